@@ -1,0 +1,223 @@
+"""The agent operations: one declaration each.
+
+A new agent operation is a request model, a task function and an entry in :data:`REGISTRY`;
+the HTTP layer registers an endpoint per entry.
+"""
+
+from __future__ import annotations
+
+from app.agents.outputs import (
+    CharacterDetails,
+    CharacterReaction,
+    EditorReview,
+    RaterFeedback,
+    chapter_outlines_model,
+)
+from app.agents.spec import ALL_LAYERS, AgentSpec, TaskInput
+from app.context.elements import Layer
+from app.errors import UnknownReference
+from app.llm.protocol import ChatMessage
+from app.schemas.context import StructuredContext
+from app.schemas.requests import (
+    ChapterOutlinesRequest,
+    CharacterDetailsRequest,
+    CharacterFeedbackRequest,
+    EditorReviewRequest,
+    FleshOutRequest,
+    GenerateChapterRequest,
+    LlmChatRequest,
+    ModifyChapterRequest,
+    RaterFeedbackRequest,
+    RegenerateBioRequest,
+)
+
+WRITER_ROLE = (
+    "You are the writer agent: a novelist who writes vivid, coherent prose in the story's own "
+    "voice, shows rather than tells, and follows the author's requests."
+)
+EDITOR_ROLE = (
+    "You are the editor agent: a developmental editor who finds concrete problems of "
+    "consistency, pacing, clarity and style, and proposes specific fixes."
+)
+CHARACTER_ROLE = (
+    "You are the character agent: you inhabit one character at a time and answer from inside "
+    "their head, true to their personality, state and history."
+)
+RATER_ROLE = (
+    "You are the rater agent: a demanding reader who judges a plot point or passage against "
+    "the story so far and explains the score."
+)
+ASSISTANT_ROLE = (
+    "You are the writing assistant: you answer the author's questions about their story, "
+    "briefly and concretely, using the story context above."
+)
+
+JSON_ONLY = "Answer with JSON only."
+
+
+def _chapter_source(
+    context: StructuredContext, number: int | None, text: str | None, param: str
+) -> tuple[str, frozenset[str], dict[str, object]]:
+    """The chapter text a request points at, the context id to exclude, and echo fields."""
+    if number is None:
+        return text or "", frozenset(), {}
+    chapter = context.find_chapter(number)
+    if chapter is None:
+        known = ", ".join(str(c.number) for c in context.chapters) or "none"
+        raise UnknownReference(
+            f"chapter {number} is not in structured_context.chapters (chapters given: {known}).",
+            param=param,
+        )
+    index = context.chapters.index(chapter)
+    return chapter.content, frozenset({f"chapters[{index}]"}), {"chapter_number": number}
+
+
+def _character(context: StructuredContext, name: str) -> str:
+    character = context.find_character(name)
+    if character is None:
+        known = ", ".join(c.character_name for c in context.character_contexts) or "none"
+        raise UnknownReference(
+            f"character '{name}' is not in structured_context.character_contexts "
+            f"(characters given: {known}); add it there or fix the name.",
+            param="character_name",
+        )
+    return character.character_name
+
+
+def generate_chapter_task(request: GenerateChapterRequest) -> TaskInput:
+    chapters = request.structured_context.chapters
+    number = request.chapter_number or (chapters[-1].number + 1 if chapters else 1)
+    heading = f"chapter {number}" + (f", titled \"{request.title}\"" if request.title else "")
+    lines = [f"Write {heading} of the story."]
+    if request.plot_point:
+        lines.append(f"In this chapter: {request.plot_point}")
+    lines.append(
+        "Continue from where the story so far ends, honour the author's requests, and write "
+        "only the chapter's prose: no title, no notes."
+    )
+    return TaskInput("\n".join(lines), summary={"chapter_number": number, "title": request.title})
+
+
+def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
+    text, exclude, summary = _chapter_source(
+        request.structured_context, request.chapter_number, request.current_chapter,
+        "chapter_number",
+    )
+    return TaskInput(
+        f"Revise the chapter below as the author asks: {request.user_request}\n"
+        "Keep everything the request does not touch. Write only the revised chapter.\n\n"
+        f"Chapter to revise:\n{text}",
+        exclude=exclude,
+        summary=summary,
+    )
+
+
+def flesh_out_task(request: FleshOutRequest) -> TaskInput:
+    return TaskInput(
+        f"Expand this {request.context_type} sketch into full prose with concrete sensory detail, "
+        "keeping its events, order and voice. Write only the expanded text.\n\n"
+        f"Sketch:\n{request.text_to_flesh_out}"
+    )
+
+
+def editor_review_task(request: EditorReviewRequest) -> TaskInput:
+    text, exclude, summary = _chapter_source(
+        request.structured_context, request.chapter_number, request.chapter_to_review,
+        "chapter_number",
+    )
+    return TaskInput(
+        "Review the text below. Give one to six suggestions, most important first, each with "
+        "the issue, a concrete suggestion and its priority (high, medium or low). "
+        f"{JSON_ONLY}\n\nText to review:\n{text}",
+        exclude=exclude,
+        summary=summary,
+    )
+
+
+def character_feedback_task(request: CharacterFeedbackRequest) -> TaskInput:
+    name = _character(request.structured_context, request.character_name)
+    return TaskInput(
+        f"Be {name} (see Characters and scene). React to this plot point as {name}: "
+        f"{request.plot_point}\n"
+        "Give short lists of actions, dialog lines, physical sensations, emotions and "
+        f"internal monologue, in {name}'s own voice. {JSON_ONLY}",
+        summary={"character_name": name},
+    )
+
+
+def rater_feedback_task(request: RaterFeedbackRequest) -> TaskInput:
+    criteria = ", ".join(request.criteria)
+    return TaskInput(
+        f"As {request.rater_name}, rate the following for {criteria}, on a scale from 1 "
+        "(poor) to 10 (excellent), with a short opinion and up to five suggestions. "
+        f"{JSON_ONLY}\n\nTo rate:\n{request.plot_point}"
+    )
+
+
+def character_details_task(request: CharacterDetailsRequest) -> TaskInput:
+    notes = f" Notes from the author: {request.basic_bio}" if request.basic_bio else ""
+    return TaskInput(
+        f"Create a character sheet for {request.character_name} that fits this story's world."
+        f"{notes}\nGive name, age, appearance, personality, background, motivations and fears, "
+        f"each brief. {JSON_ONLY}",
+        summary={"character_name": request.character_name},
+    )
+
+
+def regenerate_bio_task(request: RegenerateBioRequest) -> TaskInput:
+    name = _character(request.structured_context, request.character_name)
+    return TaskInput(
+        f"Write a new biography of {name} in one or two paragraphs, consistent with their "
+        "character sheet and the story so far. Write only the biography.",
+        summary={"character_name": name},
+    )
+
+
+def chapter_outlines_task(request: ChapterOutlinesRequest) -> TaskInput:
+    chapters = request.structured_context.chapters
+    start = chapters[-1].number + 1 if chapters else 1
+    outline = f" The author's outline: {request.story_outline}" if request.story_outline else ""
+    return TaskInput(
+        f"Plan the next {request.number_of_chapters} chapters, numbered from {start}.{outline}\n"
+        f"Give each a number, a title and a two-sentence summary. {JSON_ONLY}"
+    )
+
+
+def llm_chat_task(request: LlmChatRequest) -> TaskInput:
+    *history, last = request.messages
+    return TaskInput(
+        last.content,
+        history=tuple(ChatMessage(role=turn.role, content=turn.content) for turn in history),
+    )
+
+
+REGISTRY: dict[str, AgentSpec] = {
+    spec.operation: spec
+    for spec in [
+        AgentSpec("generate-chapter", "writer", WRITER_ROLE, ALL_LAYERS, generate_chapter_task,
+                  streams=True),
+        AgentSpec("modify-chapter", "writer", WRITER_ROLE, ALL_LAYERS, modify_chapter_task,
+                  streams=True),
+        AgentSpec("flesh-out", "writer", WRITER_ROLE, ALL_LAYERS, flesh_out_task, streams=True),
+        AgentSpec("editor-review", "editor", EDITOR_ROLE, ALL_LAYERS, editor_review_task,
+                  max_tokens=700, temperature=0.3, output_model=EditorReview),
+        AgentSpec("character-feedback", "character", CHARACTER_ROLE, ALL_LAYERS,
+                  character_feedback_task, max_tokens=600, temperature=0.7,
+                  output_model=CharacterReaction),
+        AgentSpec("rater-feedback", "rater", RATER_ROLE, ALL_LAYERS, rater_feedback_task,
+                  max_tokens=500, temperature=0.3, output_model=RaterFeedback),
+        AgentSpec("generate-character-details", "character", CHARACTER_ROLE,
+                  frozenset({Layer.system, Layer.plot_world, Layer.characters}),
+                  character_details_task, max_tokens=700, temperature=0.7,
+                  output_model=CharacterDetails),
+        AgentSpec("regenerate-bio", "character", CHARACTER_ROLE, ALL_LAYERS, regenerate_bio_task,
+                  max_tokens=300),
+        AgentSpec("generate-chapter-outlines", "writer", WRITER_ROLE, ALL_LAYERS,
+                  chapter_outlines_task, temperature=0.6,
+                  output_model=lambda r: chapter_outlines_model(r.number_of_chapters),
+                  # about 220 tokens per outline plus the JSON frame
+                  max_tokens=lambda r: 80 + 220 * r.number_of_chapters),
+        AgentSpec("llm-chat", "assistant", ASSISTANT_ROLE, ALL_LAYERS, llm_chat_task),
+    ]
+}
+

@@ -1,0 +1,222 @@
+"""The one generic agent runner: assemble the context, call the generator, check JSON output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from pydantic import BaseModel, ValidationError
+
+from app.agents.spec import AgentSpec, TaskInput
+from app.config import Settings
+from app.context.assembly import AgentTask, AssembledPrompt, assemble
+from app.context.elements import ContextElement, flatten
+from app.context.report import AssemblyReport
+from app.errors import AgentOutputInvalid, InvalidRequest
+from app.llm.protocol import Completion, SamplingParams, StreamItem, TextGenerator
+from app.schemas.requests import AgentRequest
+
+#: Extra context elements for a request (e.g. archive passages); see ``AgentRunner``.
+ExtraElements = Callable[[AgentRequest], Awaitable[list[ContextElement]]]
+
+#: Characters of a validation error quoted back to the model in the repair attempt.
+_REPAIR_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready to generate: the task, the assembled prompt and the sampling."""
+
+    task: TaskInput
+    prompt: AssembledPrompt
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """The outcome of one agent call.
+
+    ``text`` is the model's text (stripped); ``output`` the validated JSON output of JSON
+    agents (else ``None``); ``attempts`` is 2 when the repair attempt was needed.
+    """
+
+    spec: AgentSpec
+    task: TaskInput
+    text: str
+    output: BaseModel | None
+    completion: Completion
+    report: AssemblyReport
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Meta:
+    """First stream item: the assembly report and the fields the response echoes."""
+
+    report: AssemblyReport
+    summary: dict[str, object]
+
+
+class AgentRunner:
+    """Runs agent operations on one text generator.
+
+    ``extra_elements``, when given, supplies more context elements per request (the archive's
+    retrieved passages); they compete for their layer's budget like any other element.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        generator: TextGenerator,
+        extra_elements: ExtraElements | None = None,
+    ) -> None:
+        self.settings = settings
+        self.generator = generator
+        self.extra_elements = extra_elements
+
+    def sampling(self, spec: AgentSpec, request: AgentRequest) -> SamplingParams:
+        """Sampling for ``request``: its overrides, else the agent's, else the server's.
+
+        Raises:
+            InvalidRequest: ``max_tokens`` is above ``LLM_MAX_TOKENS_LIMIT``.
+        """
+        settings = self.settings
+        limit = settings.llm_max_tokens_limit
+        if request.max_tokens is not None and request.max_tokens > limit:
+            raise InvalidRequest(
+                f"max_tokens {request.max_tokens} is above this server's limit of {limit}.",
+                param="max_tokens",
+            )
+        max_tokens = request.max_tokens or spec.max_tokens_for(request) or settings.llm_max_tokens
+        temperature = request.temperature
+        if temperature is None:
+            temperature = spec.temperature if spec.temperature is not None else settings.llm_temperature
+        output_model = spec.output_model_for(request)
+        return SamplingParams(
+            max_tokens=min(max_tokens, limit),
+            temperature=temperature,
+            top_p=settings.llm_top_p,
+            top_k=settings.llm_top_k,
+            repeat_penalty=settings.llm_repeat_penalty,
+            seed=request.seed,
+            json_schema=output_model.model_json_schema() if output_model else None,
+        )
+
+    async def prepare(self, spec: AgentSpec, request: AgentRequest, note: str = "") -> Prepared:
+        """Build the task, assemble the context and choose the sampling, without generating.
+
+        ``note`` is appended to the task (used by the repair attempt).
+
+        Raises:
+            UnknownReference, InvalidRequest, ContextLengthExceeded: the request cannot be
+                served as given.
+        """
+        task = spec.build_task(request)
+        if note:
+            task = replace(task, text=f"{task.text}\n\n{note}")
+        params = self.sampling(spec, request)
+        elements = flatten(request.structured_context)
+        if self.extra_elements is not None:
+            extra = await self.extra_elements(request)
+            elements += [replace(e, order=len(elements) + i) for i, e in enumerate(extra)]
+        agent_task = AgentTask(
+            agent=spec.agent, role=spec.role, task=task.text, layers=spec.layers,
+            history=task.history,
+        )
+        config = request.context_processing_config
+        generator = self.generator
+        prompt = await asyncio.to_thread(
+            assemble,
+            elements,
+            agent_task,
+            counter=generator,
+            settings=self.settings,
+            n_ctx=generator.n_ctx,
+            model=generator.model_name,
+            max_tokens=params.max_tokens,
+            max_context_tokens=config.max_context_tokens if config else None,
+            exclude=task.exclude,
+        )
+        return Prepared(task, prompt, params)
+
+    async def run(self, spec: AgentSpec, request: AgentRequest) -> AgentResult:
+        """Run ``spec`` on ``request`` to completion.
+
+        JSON agents decode under a grammar from their output model; output that does not parse
+        or validate, or that ran out of ``max_tokens``, gets one repair attempt.
+
+        Raises:
+            AgentOutputInvalid: the repair attempt failed too.
+            plus what :meth:`prepare` and the generator raise.
+        """
+        prepared = await self.prepare(spec, request)
+        completion = await self.generator.generate(prepared.prompt.messages, prepared.params)
+        output_model = spec.output_model_for(request)
+        if output_model is None:
+            return AgentResult(spec, prepared.task, completion.text.strip(), None, completion,
+                               prepared.prompt.report, 1)
+        try:
+            output = _parse(output_model, completion)
+            return AgentResult(spec, prepared.task, completion.text, output, completion,
+                               prepared.prompt.report, 1)
+        except ValueError as first_error:
+            problem = str(first_error)[:_REPAIR_ERROR_CHARS]
+        note = (
+            f"Your previous answer was rejected: {problem}. Answer again with valid JSON, keep "
+            "every field short, and close every bracket."
+        )
+        prepared = await self.prepare(spec, request, note)
+        completion = await self.generator.generate(prepared.prompt.messages, prepared.params)
+        try:
+            output = _parse(output_model, completion)
+        except ValueError as second_error:
+            raise AgentOutputInvalid(
+                f"The {spec.agent} agent's output was not valid after a repair attempt "
+                f"({str(second_error)[:_REPAIR_ERROR_CHARS]}). Try again, raise max_tokens or "
+                "lower temperature.",
+                param="max_tokens" if completion.finish_reason == "length" else None,
+            ) from second_error
+        return AgentResult(spec, prepared.task, completion.text, output, completion,
+                           prepared.prompt.report, 2)
+
+    async def stream(
+        self, spec: AgentSpec, request: AgentRequest
+    ) -> AsyncIterator[Meta | StreamItem]:
+        """Yield :class:`Meta`, then the generator's token deltas and final completion.
+
+        Preparation errors raise before anything is yielded, so the HTTP layer can still
+        answer with a plain 4xx.
+        """
+        prepared = await self.prepare(spec, request)
+        return _stream(prepared, self.generator)
+
+
+async def _stream(prepared: Prepared, generator: TextGenerator) -> AsyncIterator[Meta | StreamItem]:
+    yield Meta(prepared.prompt.report, prepared.task.summary)
+    stream = generator.stream(prepared.prompt.messages, prepared.params)
+    try:
+        async for item in stream:
+            yield item
+    finally:
+        await stream.aclose()
+
+
+def _parse(model: type[BaseModel], completion: Completion) -> BaseModel:
+    """Parse and validate JSON output.
+
+    Raises:
+        ValueError: the output was cut by max_tokens, is not JSON, or does not validate.
+    """
+    if completion.finish_reason != "stop":
+        raise ValueError(
+            f"the output ended ({completion.finish_reason}) after {completion.completion_tokens} "
+            "tokens before the JSON was complete"
+        )
+    try:
+        # The grammar lets raw newlines into strings; strict=False accepts them.
+        data = json.loads(completion.text, strict=False)
+        return model.model_validate(data)
+    except (json.JSONDecodeError, ValidationError) as error:
+        raise ValueError(str(error)) from error

@@ -1,0 +1,108 @@
+"""The one table from exception to HTTP status and error body.
+
+Every non-2xx answer has the body ``{"error": {"code", "message", "param", "details"}}``.
+Exception text of unexpected errors never reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import (
+    AgentOutputInvalid,
+    ContextLengthExceeded,
+    GenerationFailed,
+    InvalidRequest,
+    ModelUnavailable,
+    UnknownReference,
+    WriterAssistantError,
+)
+
+logger = logging.getLogger(__name__)
+
+STATUS: dict[type[WriterAssistantError], int] = {
+    InvalidRequest: 422,
+    UnknownReference: 422,
+    ContextLengthExceeded: 400,
+    ModelUnavailable: 503,
+    AgentOutputInvalid: 502,
+    GenerationFailed: 502,
+}
+
+#: Seconds a client should wait before retrying a 503.
+RETRY_AFTER_SECONDS = 5
+
+
+def error_body(error: WriterAssistantError) -> dict[str, Any]:
+    """The JSON envelope of a domain error."""
+    return {
+        "error": {
+            "code": error.code,
+            "message": error.message,
+            "param": error.param,
+            "details": error.details,
+        }
+    }
+
+
+def _envelope(status: int, code: str, message: str, param: str | None = None,
+              headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "param": param, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    dotted = ""
+    for part in parts:
+        dotted += f"[{part}]" if part.isdigit() else (f".{part}" if dotted else part)
+    return dotted
+
+
+async def _domain_error(_request: Request, error: WriterAssistantError) -> JSONResponse:
+    status = STATUS.get(type(error), 500)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return JSONResponse(error_body(error), status_code=status, headers=headers)
+
+
+async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    errors = error.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        first = next(e for e in errors if e.get("type") == "json_invalid")
+        detail = (first.get("ctx") or {}).get("error", "")
+        return _envelope(400, "invalid_json",
+                         f"The request body is not valid JSON ({detail}); send a JSON object.")
+    shown = errors[:5]
+    parts = [f"{_location(tuple(e['loc'])) or 'body'}: {e['msg']}" for e in shown]
+    more = f" (and {len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
+    return _envelope(
+        422, "invalid_request", "; ".join(parts) + more,
+        param=_location(tuple(shown[0]["loc"])) or None,
+        errors=[{"param": _location(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
+                for e in errors[:20]],
+    )
+
+
+async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    return _envelope(error.status_code, codes.get(error.status_code, "http_error"),
+                     str(error.detail), headers=getattr(error, "headers", None))
+
+
+async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=error)
+    return _envelope(500, "internal_error", "The server failed to handle this request.")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(WriterAssistantError, _domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

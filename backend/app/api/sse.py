@@ -1,0 +1,65 @@
+"""The one place stream events become Server-Sent Events frames (via sse-starlette).
+
+Every stream ends with exactly one terminal event: ``done`` or ``error``. A failure after the
+first byte cannot change the status code any more, so it becomes an ``error`` event carrying
+the same ``code``/``message`` as the JSON error envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.errors import error_body
+from app.errors import WriterAssistantError
+
+logger = logging.getLogger(__name__)
+
+#: Event names; ``done`` and ``error`` are terminal.
+META, TOKEN, PROGRESS, DONE, ERROR = "meta", "token", "progress", "done", "error"
+
+StreamEvents = AsyncIterator[tuple[str, dict[str, Any]]]
+
+
+def _frame(event: str, data: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(data, ensure_ascii=False), event=event)
+
+
+async def _framed(events: StreamEvents) -> AsyncIterator[ServerSentEvent]:
+    terminal_sent = False
+    try:
+        async for event, data in events:
+            if terminal_sent:
+                break
+            terminal_sent = event in (DONE, ERROR)
+            yield _frame(event, data)
+    except WriterAssistantError as error:
+        yield _frame(ERROR, error_body(error)["error"])
+        terminal_sent = True
+    except Exception:  # noqa: BLE001 - after the first byte an error event is all we can send
+        logger.exception("stream failed")
+        yield _frame(ERROR, {"code": "internal_error", "message": "The stream failed.",
+                             "param": None})
+        terminal_sent = True
+    finally:
+        await events.aclose()
+    if not terminal_sent:
+        yield _frame(ERROR, {"code": "stream_incomplete",
+                             "message": "The stream ended without a result.", "param": None})
+
+
+def sse_response(events: StreamEvents, ping_seconds: float) -> EventSourceResponse:
+    """Frame ``events`` (``(name, payload)`` pairs) as an SSE response.
+
+    Keep-alive comments every ``ping_seconds``; ``X-Accel-Buffering: no`` so proxies pass
+    tokens through as they come.
+    """
+    return EventSourceResponse(
+        _framed(events),
+        ping=ping_seconds,
+        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+    )

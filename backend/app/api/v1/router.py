@@ -1,0 +1,16 @@
+"""All routes: ``/api/v1/...`` plus ``/health`` at the root for probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.v1 import agents, context, health, tokens
+
+API_PREFIX = "/api/v1"
+
+router = APIRouter()
+router.include_router(agents.router, prefix=API_PREFIX)
+router.include_router(tokens.router, prefix=API_PREFIX)
+router.include_router(context.router, prefix=API_PREFIX)
+router.include_router(health.router, prefix=API_PREFIX)
+router.include_router(health.router)

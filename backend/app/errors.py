@@ -1,0 +1,66 @@
+"""Domain errors with stable machine codes.
+
+They know nothing of HTTP: ``app.api.errors`` maps each ``code`` to a status and a body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WriterAssistantError(Exception):
+    """Base of every error the service reports to a caller.
+
+    Attributes:
+        code: stable machine-readable code (``snake_case``), part of the API contract.
+        message: a sentence for the caller that says what went wrong and what to change.
+        param: the request field at fault, as a dotted path, or ``None``.
+        details: extra JSON-serialisable figures (e.g. token counts).
+    """
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.details = details
+
+
+class ModelUnavailable(WriterAssistantError):
+    """The model is still loading or failed to load; generation cannot run yet."""
+
+    code = "model_unavailable"
+
+
+class ContextLengthExceeded(WriterAssistantError):
+    """Content that may not be trimmed or dropped does not fit the context window.
+
+    ``details`` carries ``needed_tokens`` and ``available_tokens``.
+    """
+
+    code = "context_length_exceeded"
+
+
+class UnknownReference(WriterAssistantError):
+    """The request names a character or chapter that its story context does not contain."""
+
+    code = "unknown_reference"
+
+
+class InvalidRequest(WriterAssistantError):
+    """The request is well-formed JSON of the right types but cannot be served as asked."""
+
+    code = "invalid_request"
+
+
+class AgentOutputInvalid(WriterAssistantError):
+    """A JSON agent's output failed validation after the repair attempt."""
+
+    code = "agent_output_invalid"
+
+
+class GenerationFailed(WriterAssistantError):
+    """The model raised while generating."""
+
+    code = "generation_failed"

@@ -1,0 +1,95 @@
+"""A scripted text generator for fast, deterministic unit tests.
+
+It tokenizes with a simple rule (a word or a punctuation mark is one token), renders a
+ChatML-like prompt, and answers with scripted replies. It enforces the same window invariant as
+the real runtime, so budgeting bugs fail tests instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from app.errors import ContextLengthExceeded, GenerationFailed
+from app.llm.protocol import ChatMessage, Completion, SamplingParams, StreamItem, TokenDelta
+
+_TOKEN = re.compile(r"\w+|[^\w\s]|\n")
+
+Reply = str | Callable[[Sequence[ChatMessage], SamplingParams], str]
+
+
+@dataclass
+class FakeGenerator:
+    """Scripted generator.
+
+    ``replies`` are used in order (the last one repeats); a callable reply gets the messages and
+    params. ``fail_after`` raises :class:`GenerationFailed` after that many streamed tokens.
+    ``calls`` records every ``(messages, params)`` it was asked to generate for.
+    """
+
+    replies: list[Reply] = field(default_factory=lambda: ["Once upon a time."])
+    context_window: int = 8192
+    name: str = "fake"
+    fail_after: int | None = None
+    calls: list[tuple[list[ChatMessage], SamplingParams]] = field(default_factory=list)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.context_window
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    def count_tokens(self, text: str) -> int:
+        return len(_TOKEN.findall(text))
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        parts = [f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages]
+        return "".join(parts) + "<|im_start|>assistant\n"
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        # Each special marker counts as one token, like a real chat template.
+        return sum(self.count_tokens(m.content) + 4 for m in messages) + 3
+
+    def _reply(self, messages: Sequence[ChatMessage], params: SamplingParams) -> str:
+        index = min(len(self.calls), len(self.replies)) - 1
+        self.calls.append((list(messages), params))
+        reply = self.replies[max(index, 0)] if self.replies else ""
+        return reply(messages, params) if callable(reply) else reply
+
+    def _check(self, messages: Sequence[ChatMessage], params: SamplingParams) -> int:
+        prompt_tokens = self.count_prompt_tokens(messages)
+        if prompt_tokens + params.max_tokens > self.n_ctx:
+            raise ContextLengthExceeded(
+                f"prompt {prompt_tokens} + max_tokens {params.max_tokens} > n_ctx {self.n_ctx}",
+                needed_tokens=prompt_tokens + params.max_tokens,
+                available_tokens=self.n_ctx,
+            )
+        return prompt_tokens
+
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
+        async for item in self.stream(messages, params):
+            if isinstance(item, Completion):
+                return item
+        raise GenerationFailed("the fake stream ended without a completion")
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[StreamItem]:
+        prompt_tokens = self._check(messages, params)
+        pieces = re.findall(r"\S+\s*|\s+", self._reply(messages, params))
+        text, produced = "", 0
+        for piece in pieces:
+            if produced >= params.max_tokens:
+                break
+            if self.fail_after is not None and produced >= self.fail_after:
+                raise GenerationFailed("the fake model failed mid-stream")
+            await asyncio.sleep(0)
+            text += piece
+            produced += 1
+            yield TokenDelta(piece)
+        finish = "length" if produced < len(pieces) else "stop"
+        yield Completion(text, prompt_tokens, produced, finish)

@@ -1,0 +1,128 @@
+"""What a text generator offers the rest of the service.
+
+The in-process llama.cpp runtime (``app.llm.llama``), the scripted fake (``app.llm.fake``) and,
+later, a remote OpenAI-compatible client all implement :class:`TextGenerator`. Nothing above
+``app.llm`` knows which one it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One chat message before the model's chat template is applied."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings for one generation.
+
+    ``max_tokens`` counts completion tokens. ``json_schema`` (a JSON Schema dict), when set,
+    constrains decoding to JSON matching it. ``seed`` ``None`` means a random seed.
+    """
+
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+    seed: int | None = None
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass
+class Timings:
+    """Wall-clock timings of one generation, in milliseconds.
+
+    ``queue_ms``: waiting for the model lock. ``time_to_first_token_ms``: from holding the lock
+    to the first completion token (prompt processing included). ``total_ms``: from holding the
+    lock to the end. ``decode_tokens_per_s``: completion tokens after the first, per second of
+    decoding (0 when fewer than two tokens were produced).
+    """
+
+    queue_ms: float = 0.0
+    time_to_first_token_ms: float = 0.0
+    total_ms: float = 0.0
+    decode_tokens_per_s: float = 0.0
+
+
+@dataclass
+class Completion:
+    """The outcome of one generation. Token counts are in model tokens."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    timings: Timings = field(default_factory=Timings)
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """A piece of completion text as the model produced it (one or more tokens)."""
+
+    text: str
+
+
+StreamItem = TokenDelta | Completion
+
+
+@runtime_checkable
+class TextGenerator(Protocol):
+    """A loaded language model that can count tokens and generate text.
+
+    Implementations serialise generations (one at a time per model) and run blocking work off
+    the event loop. ``count_tokens`` and ``count_prompt_tokens`` are synchronous, thread-safe
+    and exact for the served model.
+    """
+
+    @property
+    def n_ctx(self) -> int:
+        """Context window in tokens (prompt plus completion)."""
+        ...
+
+    @property
+    def model_name(self) -> str:
+        """A short name of the served model (file stem or server-side id)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` on its own, without special tokens."""
+        ...
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        """The exact prompt text the model sees: chat template applied, generation prompt added."""
+        ...
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens of ``messages`` with the chat template applied (template overhead in)."""
+        ...
+
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
+        """Generate a whole completion.
+
+        Raises:
+            app.errors.ContextLengthExceeded: prompt tokens + max_tokens exceed ``n_ctx``.
+            app.errors.GenerationFailed: the model raised.
+        """
+        ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[StreamItem]:
+        """Yield :class:`TokenDelta` items as the model produces them, then one :class:`Completion`.
+
+        Closing the iterator early (``aclose``) cancels the generation between tokens and frees
+        the model. Raises as :meth:`generate`.
+        """
+        ...

@@ -1,0 +1,140 @@
+"""Request bodies of the agent endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from app.schemas.context import (
+    MAX_ELEMENT_CHARS,
+    ContextProcessingConfig,
+    ElementText,
+    OptionalText,
+    ShortText,
+    StructuredContext,
+    _Strict,
+)
+
+RequiredShort = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+#: Most chat messages in one /llm-chat request.
+MAX_CHAT_MESSAGES = 100
+
+
+class AgentRequest(_Strict):
+    """Fields every agent endpoint takes: the story context, assembly knobs and generation
+    overrides (``None``: the agent's or the server's default)."""
+
+    structured_context: StructuredContext = Field(default_factory=StructuredContext)
+    context_processing_config: ContextProcessingConfig | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Completion tokens; at most LLM_MAX_TOKENS_LIMIT."
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+
+class GenerateChapterRequest(AgentRequest):
+    """Write the next chapter (writer agent)."""
+
+    plot_point: OptionalText | None = Field(default=None, description="What should happen.")
+    chapter_number: int | None = Field(
+        default=None, ge=1, le=10_000, description="Default: one after the last chapter."
+    )
+    title: ShortText | None = None
+
+
+class ModifyChapterRequest(AgentRequest):
+    """Rewrite a chapter as the author asks (writer agent). Give the chapter either by number
+    (from ``structured_context.chapters``) or as text."""
+
+    user_request: ElementText = Field(description="What to change.")
+    chapter_number: int | None = Field(default=None, ge=1, le=10_000)
+    current_chapter: ElementText | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModifyChapterRequest":
+        if (self.chapter_number is None) == (self.current_chapter is None):
+            raise ValueError("give exactly one of chapter_number or current_chapter")
+        return self
+
+
+class FleshOutRequest(AgentRequest):
+    """Expand a sketch into prose (writer agent)."""
+
+    text_to_flesh_out: ElementText
+    context_type: Literal["scene", "dialogue", "description", "action", "outline"] = "scene"
+
+
+class EditorReviewRequest(AgentRequest):
+    """Editorial suggestions on a chapter (editor agent). Give it by number or as text."""
+
+    chapter_to_review: ElementText | None = None
+    chapter_number: int | None = Field(default=None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EditorReviewRequest":
+        if (self.chapter_number is None) == (self.chapter_to_review is None):
+            raise ValueError("give exactly one of chapter_number or chapter_to_review")
+        return self
+
+
+class CharacterFeedbackRequest(AgentRequest):
+    """A character's reaction to a plot point (character agent)."""
+
+    character_name: RequiredShort = Field(
+        description="Name or id of a character in structured_context.character_contexts."
+    )
+    plot_point: ElementText
+
+
+class RaterFeedbackRequest(AgentRequest):
+    """A score and opinion on a plot point or passage (rater agent)."""
+
+    plot_point: ElementText = Field(description="The plot point or passage to rate.")
+    rater_name: ShortText = "rater"
+    criteria: list[RequiredShort] = Field(
+        default_factory=lambda: ["originality", "coherence with the story", "tension"],
+        max_length=10,
+    )
+
+
+class CharacterDetailsRequest(AgentRequest):
+    """A full character sheet from a name and notes (character agent)."""
+
+    character_name: RequiredShort
+    basic_bio: OptionalText = ""
+
+
+class RegenerateBioRequest(AgentRequest):
+    """A new biography of a character in the context (character agent)."""
+
+    character_name: RequiredShort = Field(
+        description="Name or id of a character in structured_context.character_contexts."
+    )
+
+
+class ChapterOutlinesRequest(AgentRequest):
+    """Outlines of the next chapters (writer agent)."""
+
+    story_outline: OptionalText = ""
+    number_of_chapters: int = Field(default=3, ge=1, le=12)
+
+
+class ChatTurn(_Strict):
+    """One message of a conversation with the assistant."""
+
+    role: Literal["user", "assistant"]
+    content: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ELEMENT_CHARS)]
+
+
+class LlmChatRequest(AgentRequest):
+    """Chat with the assistant about the story. The last message must be the user's."""
+
+    messages: list[ChatTurn] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
+
+    @model_validator(mode="after")
+    def _ends_with_user(self) -> "LlmChatRequest":
+        if self.messages[-1].role != "user":
+            raise ValueError("messages: the last message must have role 'user'")
+        return self

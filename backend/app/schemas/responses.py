@@ -1,0 +1,147 @@
+"""Response bodies and stream event payloads."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.agents.outputs import ChapterOutline, CharacterDetails, EditorSuggestion
+from app.context.report import AssemblyReport
+
+
+class Usage(BaseModel):
+    """Token usage of one generation (model tokens)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TimingsOut(BaseModel):
+    """Timings of one generation in milliseconds (and decode speed in tokens per second)."""
+
+    queue_ms: float
+    time_to_first_token_ms: float
+    total_ms: float
+    decode_tokens_per_s: float
+
+
+class GenerationInfo(BaseModel):
+    """What every agent response carries besides its payload."""
+
+    model: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: Usage
+    timings: TimingsOut
+    attempts: int = Field(description="2 when a JSON agent needed its repair attempt.")
+    context_metadata: AssemblyReport = Field(description="The assembly report of the prompt.")
+
+
+class ChapterResponse(GenerationInfo):
+    chapter_number: int
+    title: str | None = None
+    chapter_text: str
+
+
+class ModifyChapterResponse(GenerationInfo):
+    chapter_number: int | None = None
+    modified_chapter: str
+
+
+class FleshOutResponse(GenerationInfo):
+    fleshed_out_text: str
+
+
+class EditorReviewResponse(GenerationInfo):
+    chapter_number: int | None = None
+    suggestions: list[EditorSuggestion]
+
+
+class CharacterFeedbackResponse(GenerationInfo):
+    character_name: str
+    actions: list[str]
+    dialog: list[str]
+    physicalSensations: list[str]  # noqa: N815 - wire name
+    emotions: list[str]
+    internalMonologue: list[str]  # noqa: N815 - wire name
+
+
+class RaterFeedbackResponse(GenerationInfo):
+    score: int = Field(ge=1, le=10)
+    opinion: str
+    suggestions: list[str]
+
+
+class CharacterDetailsResponse(GenerationInfo):
+    character_name: str
+    details: CharacterDetails
+
+
+class RegenerateBioResponse(GenerationInfo):
+    character_name: str
+    bio: str
+
+
+class ChapterOutlinesResponse(GenerationInfo):
+    outlines: list[ChapterOutline]
+
+
+class ChatReply(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class LlmChatResponse(GenerationInfo):
+    message: ChatReply
+
+
+class ContextPreviewResponse(BaseModel):
+    """The prompt an agent call would send, without generating."""
+
+    operation: str
+    prompt: str = Field(description="The exact prompt text, chat template applied.")
+    messages: list[dict[str, str]] = Field(description="The messages before the template.")
+    context_metadata: AssemblyReport
+
+
+class TokenCountResponse(BaseModel):
+    """Token counts with the served model's tokenizer (no special tokens)."""
+
+    model: str
+    tokens: int | None = Field(default=None, description="For a single text.")
+    counts: list[int] | None = Field(default=None, description="For texts, in order.")
+    total_tokens: int
+
+
+class TokenValidateResponse(BaseModel):
+    """Whether texts fit a token budget."""
+
+    model: str
+    total_tokens: int
+    budget_tokens: int
+    fits: bool
+    n_ctx: int
+
+
+class HealthResponse(BaseModel):
+    """Service and model state."""
+
+    status: Literal["ok"] = "ok"
+    model_status: Literal["loading", "ready", "error"]
+    model: str | None = None
+    n_ctx: int | None = None
+    error: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    """The one error envelope of every non-2xx answer."""
+
+    error: ErrorBody

@@ -1,0 +1,55 @@
+"""The services of one running app, kept in one typed object on ``app.state.services``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fastapi import Request
+
+from app.agents.runner import AgentRunner
+from app.config import Settings
+from app.errors import ModelUnavailable
+from app.llm.protocol import TextGenerator
+
+ModelStatus = Literal["loading", "ready", "error"]
+
+
+@dataclass
+class ModelState:
+    """Where the model load stands; ``error`` holds the reason when it failed."""
+
+    status: ModelStatus = "loading"
+    error: str | None = None
+    generator: TextGenerator | None = None
+
+
+@dataclass
+class Services:
+    """Everything the routes need, built once at startup."""
+
+    settings: Settings
+    model: ModelState = field(default_factory=ModelState)
+    runner: AgentRunner | None = None
+
+    def set_ready(self, generator: TextGenerator) -> None:
+        """Publish a loaded generator and the runner on top of it."""
+        self.model = ModelState(status="ready", generator=generator)
+        self.runner = AgentRunner(self.settings, generator)
+
+    def require_runner(self) -> AgentRunner:
+        """The agent runner, once the model is ready.
+
+        Raises:
+            ModelUnavailable: the model is loading or failed to load (HTTP 503).
+        """
+        if self.runner is not None:
+            return self.runner
+        if self.model.status == "error":
+            raise ModelUnavailable(f"The model failed to load: {self.model.error}")
+        raise ModelUnavailable("The model is still loading; retry in a few seconds.")
+
+
+def get_services(request: Request) -> Services:
+    """FastAPI dependency: the app's services."""
+    return request.app.state.services
