@@ -41,7 +41,8 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=512,
-        description="CPU threads for generation. Unset: llama.cpp's default (the physical cores).",
+        description="CPU threads for prompt processing and generation. Unset: every CPU core "
+        "(llama-cpp-python's own default, half the cores, halves decode speed on 2 cores).",
     )
     llm_n_batch: int = Field(
         default=512, ge=8, le=65536, description="Prompt-processing batch size in tokens."

@@ -70,7 +70,7 @@ def _fit(
     taken = 0
     total = 0
     for start, end in ordered:
-        cost = count(text[start:end]) + 1  # +1 for the separator between pieces
+        cost = count(text[start:end]) + (1 if taken else 0)  # +1 for the separator
         if total + cost > budget:
             break
         total += cost
@@ -100,7 +100,7 @@ def trim_to_budget(text: str, budget: int, count: CountTokens, *, keep_tail: boo
     kept_tokens = count(kept) if kept else 0
     boundary = "paragraph"
     # Fill what is left with sentences of the next paragraph at the cut.
-    remaining = budget - kept_tokens - 1
+    remaining = budget - kept_tokens - (1 if kept else 0)
     cut_paragraph = None
     if keep_tail:
         before = [p for p in paragraphs if p[1] <= lo]

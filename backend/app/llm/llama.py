@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -111,12 +112,14 @@ class LlamaRuntime:
         """
         path = settings.model_path or default_model_path()
         check_gguf(path)
+        threads = settings.llm_n_threads or os.cpu_count() or 1
         try:
             llama = Llama(
                 model_path=str(path),
                 n_ctx=settings.llm_n_ctx,
                 n_gpu_layers=settings.llm_n_gpu_layers,
-                n_threads=settings.llm_n_threads,
+                n_threads=threads,
+                n_threads_batch=threads,
                 n_batch=settings.llm_n_batch,
                 flash_attn=settings.llm_flash_attn,
                 verbose=False,

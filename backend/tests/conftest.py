@@ -1,0 +1,99 @@
+"""Shared fixtures: a fake-model app for fast tests, a real server on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.llm.fake import FakeGenerator
+from app.main import create_app
+
+BACKEND = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BACKEND / "examples"))
+
+#: The seed example of the issue, verbatim.
+SEED_EXAMPLE = {
+    "structured_context": {
+        "plot_elements": [{"type": "scene", "content": "Hero enters forest", "priority": "high"}],
+        "character_contexts": [
+            {"character_id": "hero", "character_name": "Aria", "current_state": "determined"}
+        ],
+        "user_requests": [
+            {"type": "instruction", "content": "Add sensory details", "priority": "high"}
+        ],
+    }
+}
+
+
+def seed_example() -> dict:
+    """A fresh copy of the seed example body."""
+    return json.loads(json.dumps(SEED_EXAMPLE))
+
+
+@pytest.fixture
+def fake() -> FakeGenerator:
+    return FakeGenerator(replies=["The forest was quiet. Aria listened."])
+
+
+@pytest.fixture
+def client(fake: FakeGenerator) -> Iterator[TestClient]:
+    """An app on the fake generator (no model load)."""
+    with TestClient(create_app(Settings(), generator=fake)) as test_client:
+        yield test_client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[str]:
+    """A real uvicorn server on loopback with the embedded model loaded; yields its base URL."""
+    port = _free_port()
+    config = uvicorn.Config(create_app(Settings()), host="127.0.0.1", port=port,
+                            log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status = httpx.get(f"{base}/health", timeout=5).json()["model_status"]
+        except httpx.TransportError:
+            status = None
+        if status in ("ready", "error"):
+            break
+        time.sleep(0.2)
+    assert status == "ready", f"model did not load: {status}"
+    yield base
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def http(live_server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server, timeout=300) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def alice_request() -> dict:
+    """The documented Alice example: chapter 1 as the story so far, chapter 2 to write."""
+    from alice_context import build_request
+
+    return build_request(chapters=1)
