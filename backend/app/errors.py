@@ -64,3 +64,42 @@ class GenerationFailed(WriterAssistantError):
     """The model raised while generating."""
 
     code = "generation_failed"
+
+
+class ArchiveUnavailable(WriterAssistantError):
+    """The story archive cannot serve now: still loading, disabled, or its Chroma store failed
+    (server down, directory unwritable)."""
+
+    code = "archive_unavailable"
+
+
+class ArchiveFileNotFound(WriterAssistantError):
+    """The archive holds no file of that name."""
+
+    code = "archive_file_not_found"
+
+
+class EmbeddingModelMismatch(WriterAssistantError):
+    """The archive collection was built with another embedding model (or dimension) than the
+    one this server embeds with; ``details`` names both. Rebuild with the re-index command."""
+
+    code = "embedding_model_mismatch"
+
+
+class UnsupportedDocument(WriterAssistantError):
+    """A file the archive cannot ingest because of its type (unknown extension)."""
+
+    code = "unsupported_document"
+
+
+class InvalidDocument(WriterAssistantError):
+    """A file of a supported type whose content cannot be ingested: empty, binary, not valid
+    UTF-8, or a corrupt .docx."""
+
+    code = "invalid_document"
+
+
+class DocumentTooLarge(WriterAssistantError):
+    """An upload above ``ARCHIVE_MAX_UPLOAD_BYTES``."""
+
+    code = "document_too_large"

@@ -16,11 +16,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
     AgentOutputInvalid,
+    ArchiveFileNotFound,
+    ArchiveUnavailable,
     ContextLengthExceeded,
+    DocumentTooLarge,
+    EmbeddingModelMismatch,
     GenerationFailed,
+    InvalidDocument,
     InvalidRequest,
     ModelUnavailable,
     UnknownReference,
+    UnsupportedDocument,
     WriterAssistantError,
 )
 
@@ -33,6 +39,12 @@ STATUS: dict[type[WriterAssistantError], int] = {
     ModelUnavailable: 503,
     AgentOutputInvalid: 502,
     GenerationFailed: 502,
+    ArchiveUnavailable: 503,
+    ArchiveFileNotFound: 404,
+    EmbeddingModelMismatch: 409,
+    UnsupportedDocument: 415,
+    InvalidDocument: 422,
+    DocumentTooLarge: 413,
 }
 
 #: Seconds a client should wait before retrying a 503.

@@ -55,9 +55,9 @@ class FakeGenerator:
         return sum(self.count_tokens(m.content) + 4 for m in messages) + 3
 
     def _reply(self, messages: Sequence[ChatMessage], params: SamplingParams) -> str:
-        index = min(len(self.calls), len(self.replies)) - 1
+        index = min(len(self.calls), len(self.replies) - 1)
         self.calls.append((list(messages), params))
-        reply = self.replies[max(index, 0)] if self.replies else ""
+        reply = self.replies[index] if self.replies else ""
         return reply(messages, params) if callable(reply) else reply
 
     def _check(self, messages: Sequence[ChatMessage], params: SamplingParams) -> int:

@@ -1,0 +1,251 @@
+"""Structure-aware chunking: chapters, then paragraphs, then sentences, then words.
+
+A document is cut into chapter sections (a chunk never spans two chapters). Inside a section,
+whole paragraphs are packed into chunks of at most ``chunk_tokens`` tokens; a paragraph too long
+for one chunk is cut at sentence boundaries (pysbd), and a sentence too long at word
+boundaries. Each chunk after the first of its section starts with an overlap: the end of the
+previous chunk, at most ``overlap_tokens`` tokens, begun at a sentence start where one fits,
+else at a word.
+
+The chunks tile the document: chunk ``i``'s new text is ``text[own_start:end]`` and those
+pieces, in order, concatenate to the document text exactly (whitespace between paragraphs
+included), which is how the archive reconstructs a file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pysbd
+
+from app.archive.documents import ChapterMark, Document
+
+CountTokens = Callable[[str], int]
+
+#: Ends of blank-line runs: where a new paragraph (with its leading indentation) begins.
+_PARAGRAPH_START = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_WORD_START = re.compile(r"(?<=\s)\S")
+#: A sentence start: after end punctuation (and closing quotes or brackets) and whitespace.
+_SENTENCE_START = re.compile(r"(?:(?<=[.!?…]\s)|(?<=[.!?…][\"'”’)\]]\s))(?=\S)")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a document.
+
+    Attributes:
+        index: position in the document, from 0.
+        text: ``document.text[start:end]``: the overlap, then the chunk's new text.
+        start: character offset where the chunk (overlap included) begins.
+        own_start: character offset where its new text begins (``start`` when no overlap).
+        end: character offset where it ends (exclusive).
+        chapter: heading of its chapter (``""`` for front matter before the first heading).
+        chapter_number: 1-based ordinal of its chapter in the document (0: front matter).
+        tokens: tokens of ``text`` counted by the embedding model's tokenizer.
+    """
+
+    index: int
+    text: str
+    start: int
+    own_start: int
+    end: int
+    chapter: str
+    chapter_number: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class _Unit:
+    start: int
+    end: int
+    tokens: int
+
+
+@lru_cache(maxsize=1)
+def _segmenter() -> pysbd.Segmenter:
+    return pysbd.Segmenter(language="en", clean=False, char_span=True)
+
+
+def sections(document: Document) -> list[tuple[int, int, str, int]]:
+    """(start, end, chapter heading, chapter number) of each section of ``document``: front
+    matter (when it has text) then one per chapter; together they cover the text. Front matter
+    that is only whitespace joins the first chapter."""
+    text = document.text
+    marks = [m for m in document.chapters if 0 <= m.start < len(text)]
+    bounds: list[tuple[int, str, int]] = [(0, "", 0)]
+    for number, mark in enumerate(marks, start=1):
+        bounds.append((mark.start, mark.title, number))
+    result = []
+    for i, (start, title, number) in enumerate(bounds):
+        end = bounds[i + 1][0] if i + 1 < len(bounds) else len(text)
+        if end <= start:
+            continue
+        if number == 0 and not text[start:end].strip() and end < len(text):
+            continue
+        result.append((start, end, title, number))
+    if result and result[0][0] > 0:
+        first = result[0]
+        result[0] = (0, first[1], first[2], first[3])
+    return result
+
+
+def _paragraph_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Spans that tile ``[start, end)``, one per paragraph with its trailing blank lines."""
+    starts = [start] + [m.end() for m in _PARAGRAPH_START.finditer(text, start, end)
+                        if m.end() < end]
+    spans = [(a, b) for a, b in zip(starts, starts[1:] + [end]) if b > a]
+    return spans
+
+
+def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Spans that tile ``[start, end)`` at pysbd's sentence boundaries."""
+    cuts = {start + seg.start for seg in _segmenter().segment(text[start:end])}
+    cuts = sorted(c for c in cuts if start < c < end)
+    points = [start, *cuts, end]
+    return [(a, b) for a, b in zip(points, points[1:]) if b > a]
+
+
+def _word_spans(text: str, start: int, end: int, limit: int,
+                count: CountTokens) -> list[tuple[int, int]]:
+    """Spans that tile ``[start, end)``, cut at word starts, each at most ``limit`` tokens
+    (a single word longer than that is cut by characters)."""
+    spans = []
+    words = [start] + [m.start() for m in _WORD_START.finditer(text, start, end)]
+    i = 0
+    while i < len(words):
+        a = words[i]
+        lo, hi = i + 1, len(words)  # largest j with count(text[a:words[j] or end]) <= limit
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            b = words[mid] if mid < len(words) else end
+            if count(text[a:b]) <= limit:
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        if best is None:  # one word above the limit: cut it by characters
+            b = words[i + 1] if i + 1 < len(words) else end
+            step = max(1, (b - a) * limit // max(count(text[a:b]), 1))
+            spans += [(p, min(p + step, b)) for p in range(a, b, step)]
+            i += 1
+        else:
+            spans.append((a, words[best] if best < len(words) else end))
+            i = best
+    return spans
+
+
+def _units(text: str, start: int, end: int, limit: int, count: CountTokens) -> list[_Unit]:
+    """Paragraphs of a section, each cut finer when above ``limit`` tokens."""
+    units = []
+    for a, b in _paragraph_spans(text, start, end):
+        tokens = count(text[a:b])
+        if tokens <= limit:
+            units.append(_Unit(a, b, tokens))
+            continue
+        for sa, sb in _sentence_spans(text, a, b):
+            tokens = count(text[sa:sb])
+            if tokens <= limit:
+                units.append(_Unit(sa, sb, tokens))
+            else:
+                units += [_Unit(wa, wb, count(text[wa:wb]))
+                          for wa, wb in _word_spans(text, sa, sb, limit, count)]
+    return units
+
+
+def _overlap_start(text: str, start: int, end: int, limit: int, count: CountTokens) -> int:
+    """Where the overlap taken from ``text[start:end]`` begins: the earliest word start whose
+    suffix has at most ``limit`` tokens, moved on to the first sentence start after it if
+    there is one; ``end`` (no overlap) when not even the last word fits."""
+    if limit <= 0:
+        return end
+    words = {m.start() for m in _WORD_START.finditer(text, start, end)}
+    if start < end and not text[start].isspace():
+        words.add(start)
+    words = sorted(words)
+    lo, hi, best = 0, len(words) - 1, end
+    while lo <= hi:  # suffix tokens shrink as the start moves right
+        mid = (lo + hi) // 2
+        if count(text[words[mid]:end]) <= limit:
+            best, hi = words[mid], mid - 1
+        else:
+            lo = mid + 1
+    if best == end:
+        return end
+    sentence = _SENTENCE_START.search(text, best, end)
+    if best > start and not _SENTENCE_START.match(text, best) and sentence is not None:
+        if text[sentence.start():end].strip():
+            return sentence.start()
+    return best
+
+
+def chunk_document(
+    document: Document, count: CountTokens, chunk_tokens: int, overlap_tokens: int
+) -> list[Chunk]:
+    """Cut ``document`` into chunks of at most ``chunk_tokens`` tokens (overlap included).
+
+    Args:
+        document: the parsed document.
+        count: token counter of the embedding model (tokens of a string, no special tokens);
+            it must be additive across whitespace (WordPiece and BPE pre-tokenisers are).
+        chunk_tokens: largest chunk, in tokens.
+        overlap_tokens: largest overlap, in tokens (below ``chunk_tokens``).
+
+    Returns:
+        Chunks in document order; their ``text[own_start - start:]`` pieces concatenate to
+        ``document.text``. A document of only whitespace gives no chunks.
+
+    Raises:
+        ValueError: ``overlap_tokens >= chunk_tokens`` or ``chunk_tokens < 1``.
+    """
+    if chunk_tokens < 1 or not 0 <= overlap_tokens < chunk_tokens:
+        raise ValueError(f"need 0 <= overlap_tokens ({overlap_tokens}) < chunk_tokens "
+                         f"({chunk_tokens})")
+    text = document.text
+    if not text.strip():
+        return []
+    chunks: list[Chunk] = []
+    for sec_start, sec_end, chapter, number in sections(document):
+        units = _units(text, sec_start, sec_end, chunk_tokens, count)
+        start = own_start = sec_start
+        overlap = body_tokens = 0
+        body: list[_Unit] = []
+
+        def emit() -> None:
+            chunk_text = text[start:body[-1].end]
+            chunks.append(Chunk(len(chunks), chunk_text, start, own_start, body[-1].end,
+                                chapter, number, count(chunk_text)))
+
+        for unit in units:
+            if body and overlap + body_tokens + unit.tokens > chunk_tokens:
+                emit()
+                prev_start, prev_end = start, body[-1].end
+                limit = min(overlap_tokens, chunk_tokens - unit.tokens)
+                start = _overlap_start(text, prev_start, prev_end, limit, count)
+                own_start = prev_end
+                overlap = count(text[start:own_start]) if start < own_start else 0
+                body, body_tokens = [], 0
+            body.append(unit)
+            body_tokens += unit.tokens
+        if body:
+            emit()
+    return chunks
+
+
+def reconstruct(chunks: list[tuple[int, int, str]]) -> str:
+    """The document text from ``(start, own_start, text)`` of each chunk, in chunk order."""
+    return "".join(chunk_text[own_start - start:] for start, own_start, chunk_text in chunks)
+
+
+def chapter_marks(chunks: list[tuple[int, str, int]]) -> tuple[ChapterMark, ...]:
+    """Chapter marks recovered from ``(own_start, chapter, chapter_number)`` of each chunk in
+    order (used to re-chunk an archived document without its source file)."""
+    marks: list[ChapterMark] = []
+    seen: set[int] = set()
+    for own_start, chapter, number in chunks:
+        if number > 0 and number not in seen:
+            seen.add(number)
+            marks.append(ChapterMark(own_start, chapter))
+    return tuple(marks)

@@ -1,0 +1,375 @@
+"""Parsing uploaded or local files into archive documents: text plus chapter marks.
+
+Formats: plain text (``.txt``), Markdown (``.md``, parsed with markdown-it-py), Word
+(``.docx``, python-docx) and HTML (``.html``/``.htm``, Beautiful Soup). The document text is what
+the archive stores and gives back on reconstruction: for ``.txt`` and ``.md`` the file itself
+(less a Project Gutenberg header and licence), for ``.docx`` and ``.html`` the paragraphs'
+text joined by blank lines.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from app.errors import InvalidDocument, UnsupportedDocument
+
+#: Extensions the archive ingests, and the format each one is parsed as.
+FORMATS: dict[str, str] = {
+    ".txt": "text", ".md": "markdown", ".markdown": "markdown", ".docx": "docx",
+    ".html": "html", ".htm": "html",
+}
+#: Bytes at the start of a text file inspected for NUL bytes (the usual binary test).
+_SNIFF_BYTES = 8192
+#: Longest heading line, in characters; longer lines are prose.
+_MAX_HEADING_CHARS = 100
+
+_ROMAN = r"[IVXLCDM]+"
+_NUMBER_WORDS = (
+    "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|"
+    "fifteen|sixteen|seventeen|eighteen|nineteen|twenty"
+)
+#: "CHAPTER I. Down the Rabbit-Hole", "Chapter 3: The Storm", "BOOK TWO", "Part IV".
+_CHAPTER_WORD = re.compile(
+    rf"^(?:chapter|book|part)\s+(?:\d+|{_ROMAN}|{_NUMBER_WORDS})\b\.?:?\s*(?P<title>.*)$",
+    re.IGNORECASE,
+)
+#: "I. A SCANDAL IN BOHEMIA": a Roman numeral, a dot and an upper-case title, flush left.
+_NUMERAL_CAPS = re.compile(rf"^{_ROMAN}\.\s+(?P<title>[^a-z]*[A-Z][^a-z]*)$")
+_STANDALONE = re.compile(r"^(?:prologue|epilogue|introduction|preface|afterword)\.?$", re.I)
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_GUTENBERG_START = re.compile(
+    r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^\n]*\n", re.I | re.M
+)
+_GUTENBERG_END = re.compile(r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M)
+_GUTENBERG_END_LINE = re.compile(r"^End of (?:the )?Project Gutenberg", re.I | re.M)
+_GUTENBERG_TITLE = re.compile(r"^Title:[ \t]*(?P<title>.+?)\s*$", re.M)
+#: "[Alice's Adventures in Wonderland by Lewis Carroll 1865]" (NLTK's Gutenberg selection).
+_BRACKET_TITLE = re.compile(r"^\[(?P<title>.+?)(?: by [^\]]+)?\]$")
+
+
+@dataclass(frozen=True)
+class ChapterMark:
+    """Where a chapter starts in a document's text.
+
+    ``start`` is a character offset (the first character of the heading); ``title`` the
+    heading as written, whitespace collapsed (e.g. ``CHAPTER XII. Alice's Evidence``).
+    """
+
+    start: int
+    title: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed file.
+
+    Attributes:
+        file: the archive key: the file's base name (e.g. ``carroll-alice.txt``).
+        title: the work's title (from the file, else the file name without extension).
+        text: the text the archive stores and reconstructs (characters).
+        chapters: chapter starts in ascending order; text before the first is front matter.
+        format: ``text``, ``markdown``, ``docx`` or ``html``.
+    """
+
+    file: str
+    title: str
+    text: str
+    chapters: tuple[ChapterMark, ...]
+    format: str
+
+
+def archive_name(name: str) -> str:
+    """The archive key of a file name or path: its base name, stripped.
+
+    Raises:
+        InvalidDocument: nothing is left of the name.
+    """
+    base = PurePath(name.replace("\\", "/")).name.strip()
+    if not base or base in (".", ".."):
+        raise InvalidDocument(f"The file name {name!r} is empty; give the file a name.",
+                              param="file")
+    return base
+
+
+def document_format(name: str) -> str:
+    """The format of ``name`` by its extension.
+
+    Raises:
+        UnsupportedDocument: the extension is not one of ``FORMATS``.
+    """
+    suffix = PurePath(name).suffix.lower()
+    if suffix not in FORMATS:
+        shown = suffix or "no extension"
+        raise UnsupportedDocument(
+            f"{name!r} has {shown}; the archive takes .txt, .md, .docx and .html files.",
+            param="file", extension=suffix, supported=sorted(FORMATS),
+        )
+    return FORMATS[suffix]
+
+
+def parse_document(name: str, data: bytes) -> Document:
+    """Parse the bytes of a file named ``name`` into a :class:`Document`.
+
+    Raises:
+        UnsupportedDocument: unknown extension (HTTP 415).
+        InvalidDocument: empty, binary, not UTF-8, corrupt ``.docx``, or no text (HTTP 422).
+    """
+    file = archive_name(name)
+    kind = document_format(file)
+    if not data:
+        raise InvalidDocument(f"{file!r} is empty (0 bytes).", param="file")
+    stem = PurePath(file).stem
+    if kind == "docx":
+        document = _parse_docx(file, data, stem)
+    else:
+        text = _decode(file, data)
+        if kind == "markdown":
+            document = _parse_markdown(file, text, stem)
+        elif kind == "html":
+            document = _parse_html(file, text, stem)
+        else:
+            document = _parse_text(file, text, stem)
+    if not document.text.strip():
+        raise InvalidDocument(f"{file!r} has no text to archive.", param="file")
+    return document
+
+
+def _decode(file: str, data: bytes) -> str:
+    if b"\x00" in data[:_SNIFF_BYTES]:
+        raise InvalidDocument(
+            f"{file!r} looks binary (it contains NUL bytes), not text; upload a text file.",
+            param="file",
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InvalidDocument(
+            f"{file!r} is not valid UTF-8 (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}); save it as UTF-8 and upload it again.",
+            param="file", offset=error.start,
+        ) from error
+    controls = sum(
+        1 for ch in text[:_SNIFF_BYTES]
+        if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f\v"
+    )
+    if controls > max(8, len(text[:_SNIFF_BYTES]) // 100):
+        raise InvalidDocument(
+            f"{file!r} looks binary ({controls} control characters in its first "
+            f"{_SNIFF_BYTES} characters), not text; upload a text file.", param="file",
+        )
+    return text
+
+
+def _collapse(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- plain text ---------------------------------------------------------------------------------
+
+
+def _paragraphs(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each paragraph's non-blank text, in order."""
+    spans, start = [], 0
+    for match in _PARAGRAPH_BREAK.finditer(text):
+        if text[start:match.start()].strip():
+            spans.append((start, match.start()))
+        start = match.end()
+    if text[start:].strip():
+        spans.append((start, len(text)))
+    return [(a + len(text[a:b]) - len(text[a:b].lstrip()), b) for a, b in spans]
+
+
+def _heading(block: str, next_block: str | None) -> tuple[str, bool] | None:
+    """(title, takes the next block) when ``block`` is a chapter heading, else ``None``."""
+    if "\n" in block.strip() or len(block.strip()) > _MAX_HEADING_CHARS:
+        return None
+    line = _collapse(block)
+    match = _CHAPTER_WORD.match(line)
+    if match:
+        if match.group("title"):
+            return line, False
+        # "CHAPTER XII" alone, its title on the next short line ("Alice's Evidence").
+        if next_block is not None:
+            follower = next_block.strip()
+            if "\n" not in follower and 0 < len(follower) <= 60 and follower[-1] not in ".!?'\"”’":
+                return f"{line}. {_collapse(follower)}", True
+        return line, False
+    if not block[:1].isspace() and _NUMERAL_CAPS.match(line):
+        return line, False
+    if _STANDALONE.match(line):
+        return line, False
+    return None
+
+
+def text_chapters(text: str) -> tuple[ChapterMark, ...]:
+    """Chapter headings of plain text: ``CHAPTER I. Title`` (any case, Arabic, Roman or
+    spelled-out numbers; the title may stand on the next line), ``I. UPPER-CASE TITLE`` flush
+    left, and Prologue/Epilogue-style headings, each alone in its paragraph."""
+    spans = _paragraphs(text)
+    marks: list[ChapterMark] = []
+    skip = False
+    for i, (start, end) in enumerate(spans):
+        if skip:
+            skip = False
+            continue
+        following = text[spans[i + 1][0]:spans[i + 1][1]] if i + 1 < len(spans) else None
+        # Keep the heading's leading indentation out of the block test but in the offset.
+        line_start = text.rfind("\n", 0, start) + 1
+        found = _heading(text[line_start:end], following)
+        if found is not None:
+            title, skip = found
+            marks.append(ChapterMark(start, title))
+    return tuple(marks)
+
+
+def _gutenberg_body(text: str) -> tuple[int, int, str | None]:
+    """(start, end, title) of the text between Project Gutenberg's START and END markers;
+    the whole text when there are none."""
+    start_match = _GUTENBERG_START.search(text)
+    if start_match is None:
+        return 0, len(text), None
+    title_match = _GUTENBERG_TITLE.search(text, 0, start_match.start())
+    start = start_match.end()
+    end_match = _GUTENBERG_END.search(text, start)
+    end = end_match.start() if end_match else len(text)
+    last_line = _GUTENBERG_END_LINE.search(text, start, end)
+    if last_line is not None:
+        end = last_line.start()
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end, title_match.group("title") if title_match else None
+
+
+def _first_line_title(text: str) -> str | None:
+    """The title line of a text: a bracketed ``[Title by Author Year]`` line, or a first
+    paragraph of one short line that is not a sentence or a chapter heading."""
+    spans = _paragraphs(text)
+    if not spans:
+        return None
+    first = text[spans[0][0]:spans[0][1]].strip()
+    bracket = _BRACKET_TITLE.match(first)
+    if bracket:
+        return bracket.group("title").strip()
+    if ("\n" in first or len(first) > _MAX_HEADING_CHARS or first[-1] in ".!?,;:"
+            or _heading(first, None)):
+        return None
+    return first
+
+
+def _parse_text(file: str, text: str, stem: str) -> Document:
+    start, end, title = _gutenberg_body(text)
+    body = text[start:end]
+    return Document(file, title or _first_line_title(body) or stem, body, text_chapters(body),
+                    "text")
+
+
+# --- markdown, docx, html -----------------------------------------------------------------------
+
+
+def _chapter_level(levels: list[int]) -> tuple[int | None, bool]:
+    """(heading level of chapters, whether the first heading is the title) for a document
+    whose headings have ``levels`` in order: a lone top heading above others is the title."""
+    if not levels:
+        return None, False
+    top = min(levels)
+    if levels.count(top) == 1 and levels[0] == top and len(levels) > 1:
+        return min(level for level in levels[1:]), True
+    return top, False
+
+
+def _parse_markdown(file: str, text: str, stem: str) -> Document:
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(text)
+    line_starts = [0] + [m.end() for m in re.finditer(r"\n", text)]
+    headings: list[tuple[int, int, str]] = []
+    for i, token in enumerate(tokens):
+        if token.type == "heading_open" and token.map is not None:
+            title = _collapse(tokens[i + 1].content) if i + 1 < len(tokens) else ""
+            headings.append((int(token.tag[1:]), line_starts[token.map[0]], title))
+    level, titled = _chapter_level([h[0] for h in headings])
+    title = headings[0][2] if titled else stem
+    marks = tuple(ChapterMark(start, name) for lvl, start, name in headings[int(titled):]
+                  if lvl == level and name)
+    return Document(file, title or stem, text, marks, "markdown")
+
+
+def _joined(blocks: list[tuple[str, int | None]], file: str, stem: str,
+            title: str | None, kind: str) -> Document:
+    """A document from (text, heading level or None) blocks joined by blank lines."""
+    levels = [lvl for _, lvl in blocks if lvl is not None]
+    level, titled = _chapter_level(levels)
+    parts: list[str] = []
+    marks: list[ChapterMark] = []
+    offset, first_heading = 0, True
+    for block, lvl in blocks:
+        if lvl is not None:
+            if titled and first_heading:
+                title = title or block
+            elif lvl == level:
+                marks.append(ChapterMark(offset, block))
+            first_heading = False
+        parts.append(block)
+        offset += len(block) + 2
+    return Document(file, title or stem, "\n\n".join(parts), tuple(marks), kind)
+
+
+def _parse_docx(file: str, data: bytes, stem: str) -> Document:
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        word = docx.Document(io.BytesIO(data))
+    except (zipfile.BadZipFile, PackageNotFoundError, KeyError, ValueError) as error:
+        raise InvalidDocument(
+            f"{file!r} is not a valid .docx file ({type(error).__name__}); save it again "
+            "from a word processor.", param="file",
+        ) from error
+    blocks: list[tuple[str, int | None]] = []
+    title = (word.core_properties.title or "").strip() or None
+    for paragraph in word.paragraphs:
+        text = paragraph.text.strip()
+        if not text:
+            continue
+        style = (paragraph.style.name if paragraph.style is not None else "") or ""
+        if style == "Title":
+            title = title or _collapse(text)
+            continue
+        match = re.match(r"Heading (\d)", style)
+        blocks.append((_collapse(text) if match else text, int(match.group(1)) if match else None))
+    return _joined(blocks, file, stem, title, "docx")
+
+
+_BLOCK_TAGS = ("h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "blockquote", "dt", "dd",
+               "td", "th", "figcaption")
+
+
+def _parse_html(file: str, text: str, stem: str) -> Document:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(text, "lxml")
+    title = _collapse(soup.title.get_text()) if soup.title is not None else None
+    for tag in soup(["head", "script", "style", "noscript", "template"]):
+        tag.decompose()
+    blocks: list[tuple[str, int | None]] = []
+    for element in soup.find_all(_BLOCK_TAGS):
+        if element.find_parent(_BLOCK_TAGS) is not None:
+            continue
+        if element.name == "pre":
+            content = element.get_text().strip("\n")
+        else:
+            content = _collapse(element.get_text(" "))
+        if content:
+            level = int(element.name[1]) if re.fullmatch(r"h\d", element.name) else None
+            blocks.append((content, level))
+    if not blocks:
+        blocks = [(line, None) for line in (_collapse(p) for p in
+                  re.split(r"\n\s*\n", soup.get_text("\n"))) if line]
+    return _joined(blocks, file, stem, title, "html")

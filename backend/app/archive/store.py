@@ -1,0 +1,272 @@
+"""The Chroma store: the only module that imports ``chromadb``.
+
+Embedded by default (a ``PersistentClient`` in ``ARCHIVE_DB_PATH``); with ``CHROMA_HOST`` set,
+an ``HttpClient`` to a Chroma server (``chroma run``). Either way the collection is created
+without an embedding function: every embedding is computed by :mod:`app.archive.embeddings`,
+and Chroma's default embedding function (which downloads a model) is never used.
+
+Every failure of Chroma (server down, directory unwritable, a corrupt store) becomes
+:class:`~app.errors.ArchiveUnavailable`; the client is rebuilt on the next call, so a server
+that comes back is picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.errors import ArchiveUnavailable, EmbeddingModelMismatch, WriterAssistantError
+
+logger = logging.getLogger(__name__)
+
+#: Collection metadata keys that record the embedding model.
+MODEL_KEY, DIMENSION_KEY = "embedding_model", "embedding_dimension"
+
+Metadata = dict[str, str | int | float | bool]
+Where = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored chunk: id, text, metadata and (when asked for) similarity to a query.
+
+    ``score`` is cosine similarity in [-1, 1] (1 - Chroma's cosine distance).
+    """
+
+    id: str
+    text: str
+    metadata: Metadata
+    score: float | None = None
+
+
+class ChromaStore:
+    """One Chroma collection of chunks with their embeddings.
+
+    Thread-safe: calls may come from FastAPI's worker threads at once.
+    """
+
+    def __init__(self, settings: Settings, model: str, dimension: int) -> None:
+        self.settings = settings
+        self.name = settings.archive_collection
+        self.model = model
+        self.dimension = dimension
+        self._client: Any = None
+        self._collection: Any = None
+        self._lock = threading.RLock()
+
+    @property
+    def location(self) -> str:
+        """Where the store lives: ``server http://HOST:PORT`` or ``embedded DIR``."""
+        if self.settings.chroma_host:
+            return f"server http://{self.settings.chroma_host}:{self.settings.chroma_port}"
+        return f"embedded {Path(self.settings.archive_db_path).resolve()}"
+
+    @property
+    def mode(self) -> str:
+        """``server`` or ``embedded``."""
+        return "server" if self.settings.chroma_host else "embedded"
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turn Chroma's failures during ``action`` into ArchiveUnavailable."""
+        try:
+            yield
+        except WriterAssistantError:
+            raise
+        except Exception as error:  # noqa: BLE001 - chromadb raises many types; one meaning
+            logger.warning("archive store failed to %s at %s: %s: %s", action, self.location,
+                           type(error).__name__, error)
+            with self._lock:
+                self._client = self._collection = None
+            raise ArchiveUnavailable(
+                f"The archive store ({self.location}) failed to {action}: "
+                f"{type(error).__name__}: {str(error)[:200]}. Check that Chroma is running "
+                "and its directory is writable, then retry.",
+            ) from error
+
+    def _connect(self) -> Any:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        if self.settings.chroma_host:
+            return chromadb.HttpClient(host=self.settings.chroma_host,
+                                       port=self.settings.chroma_port, settings=chroma_settings)
+        path = Path(self.settings.archive_db_path)
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+
+    def _model_metadata(self) -> Metadata:
+        return {MODEL_KEY: self.model, DIMENSION_KEY: self.dimension}
+
+    def _open(self, name: str | None = None) -> Any:
+        """The collection ``name`` (default: the archive's), created when missing, after
+        checking it was built with this embedding model."""
+        with self._lock:
+            if name is None and self._collection is not None:
+                return self._collection
+            if self._client is None:
+                self._client = self._connect()
+            collection = self._client.get_or_create_collection(
+                name or self.name, embedding_function=None, metadata=self._model_metadata(),
+                configuration={"hnsw": {"space": "cosine"}},
+            )
+            self._check_model(collection)
+            if name is None:
+                self._collection = collection
+            return collection
+
+    def _check_model(self, collection: Any) -> None:
+        metadata = collection.metadata or {}
+        model, dimension = metadata.get(MODEL_KEY), metadata.get(DIMENSION_KEY)
+        if model == self.model and dimension == self.dimension:
+            return
+        if model is None and collection.count() == 0:
+            collection.modify(metadata={**metadata, **self._model_metadata()})
+            return
+        raise EmbeddingModelMismatch(
+            f"The archive collection {collection.name!r} was built with the embedding model "
+            f"{model!r} ({dimension} dimensions), but this server embeds with {self.model!r} "
+            f"({self.dimension} dimensions). Run `writer-assistant reindex` to rebuild the "
+            f"archive with {self.model!r}, or set EMBEDDING_MODEL back to {model!r}.",
+            param="EMBEDDING_MODEL", collection_model=model, collection_dimension=dimension,
+            server_model=self.model, server_dimension=self.dimension,
+        )
+
+    def check(self) -> None:
+        """Connect and open the collection now (startup), raising what a call would raise.
+
+        Raises:
+            ArchiveUnavailable: Chroma cannot be reached or opened.
+            EmbeddingModelMismatch: the collection was built with another embedding model.
+        """
+        with self._guard("open the collection"):
+            self._open()
+
+    def max_batch_size(self) -> int:
+        """Most records one write may carry (Chroma's limit)."""
+        with self._guard("read its batch limit"):
+            self._open()
+            return int(self._client.get_max_batch_size())
+
+    def count(self) -> int:
+        """Chunks in the collection."""
+        with self._guard("count chunks"):
+            return int(self._open().count())
+
+    def upsert(self, ids: Sequence[str], embeddings: np.ndarray, texts: Sequence[str],
+               metadatas: Sequence[Metadata], *, collection: str | None = None) -> None:
+        """Write chunks (one call; see :meth:`max_batch_size`). ``embeddings`` has shape
+        ``(len(ids), dimension)``."""
+        if embeddings.shape != (len(ids), self.dimension):
+            raise ValueError(f"embeddings of shape {embeddings.shape}, expected "
+                             f"({len(ids)}, {self.dimension})")
+        with self._guard("write chunks"):
+            self._open(collection).upsert(ids=list(ids), embeddings=embeddings,
+                                          documents=list(texts), metadatas=list(metadatas))
+
+    def delete(self, *, ids: Sequence[str] | None = None, where: Where | None = None,
+               collection: str | None = None) -> None:
+        """Delete chunks by id or by metadata filter."""
+        with self._guard("delete chunks"):
+            target = self._open(collection)
+            if ids is not None:
+                if ids:
+                    target.delete(ids=list(ids))
+            elif where is not None:
+                target.delete(where=where)
+
+    def ids(self, where: Where) -> list[str]:
+        """Ids of the chunks matching ``where``."""
+        with self._guard("list chunk ids"):
+            return list(self._open().get(where=where, include=[])["ids"])
+
+    def get(self, where: Where | None = None, *, texts: bool = True,
+            limit: int | None = None) -> list[Record]:
+        """Chunks matching ``where`` (all when ``None``), in no particular order."""
+        include = ["metadatas", "documents"] if texts else ["metadatas"]
+        with self._guard("read chunks"):
+            result = self._open().get(where=where, include=include, limit=limit)
+        documents = result.get("documents") or [""] * len(result["ids"])
+        return [Record(i, d or "", dict(m or {}))
+                for i, d, m in zip(result["ids"], documents, result["metadatas"])]
+
+    def query(self, embedding: np.ndarray, top_k: int, where: Where | None = None) -> list[Record]:
+        """The ``top_k`` chunks most similar to ``embedding`` (shape ``(dimension,)``), best
+        first, with their cosine similarity as ``score``."""
+        with self._guard("search"):
+            result = self._open().query(
+                query_embeddings=embedding.reshape(1, -1), n_results=top_k, where=where,
+                include=["metadatas", "documents", "distances"],
+            )
+        return [
+            Record(i, d or "", dict(m or {}), 1.0 - float(dist))
+            for i, d, m, dist in zip(result["ids"][0], result["documents"][0],
+                                     result["metadatas"][0], result["distances"][0])
+        ]
+
+    def collection_metadata(self) -> Mapping[str, Any]:
+        """The collection's metadata (embedding model and dimension)."""
+        with self._guard("read the collection"):
+            return dict(self._open().metadata or {})
+
+    # --- rebuilding -------------------------------------------------------------------------
+
+    def create_staging(self, suffix: str) -> str:
+        """Create an empty collection ``<name>-<suffix>`` for a rebuild (dropping a leftover
+        of the same name) and return its name."""
+        name = f"{self.name}-{suffix}"
+        with self._guard("create a staging collection"):
+            self._open()
+            self._drop(name)
+            self._open(name)
+        return name
+
+    def drop(self, name: str) -> None:
+        """Delete collection ``name`` if it exists."""
+        with self._guard("delete a collection"):
+            if self._client is None:
+                self._client = self._connect()
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        existing = {c if isinstance(c, str) else c.name for c in self._client.list_collections()}
+        if name in existing:
+            self._client.delete_collection(name)
+
+    def replace_with(self, staging: str, model: str, dimension: int) -> None:
+        """Make collection ``staging`` the archive: delete the archive collection and rename
+        ``staging`` to its name; this store then embeds with ``model``/``dimension``."""
+        with self._guard("swap in the rebuilt collection"), self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            staged = self._client.get_collection(staging, embedding_function=None)
+            self._drop(self.name)
+            staged.modify(name=self.name)
+            self.model, self.dimension = model, dimension
+            self._collection = None
+
+    def open_unchecked(self) -> list[Record]:
+        """Every chunk of the archive collection, whatever model built it (for a rebuild).
+
+        Returns an empty list when the collection does not exist.
+        """
+        with self._guard("read the collection for a rebuild"):
+            if self._client is None:
+                self._client = self._connect()
+            existing = {c if isinstance(c, str) else c.name
+                        for c in self._client.list_collections()}
+            if self.name not in existing:
+                return []
+            collection = self._client.get_collection(self.name, embedding_function=None)
+            result = collection.get(include=["metadatas", "documents"])
+        return [Record(i, d or "", dict(m or {}))
+                for i, d, m in zip(result["ids"], result["documents"], result["metadatas"])]
