@@ -373,3 +373,28 @@ def _parse_html(file: str, text: str, stem: str) -> Document:
         blocks = [(line, None) for line in (_collapse(p) for p in
                   re.split(r"\n\s*\n", soup.get_text("\n"))) if line]
     return _joined(blocks, file, stem, title, "html")
+
+
+_KEY_PREFIX = re.compile(
+    rf"^(?:(?:chapter|book|part)\s+(?:\d+|{_ROMAN}|{_NUMBER_WORDS})\b|{_ROMAN}\b|\d+\b)[.:]?\s*",
+    re.IGNORECASE,
+)
+
+
+def chapter_key(title: str) -> str:
+    """A chapter title reduced for matching: numbering prefix removed, case folded,
+    typographic quotes made plain, punctuation runs made single spaces.
+
+    ``"V. THE FIVE ORANGE PIPS"``, ``"The Five Orange Pips"`` and ``"CHAPTER V: the five
+    orange pips"`` all give ``"the five orange pips"``. A title that is only numbering
+    (``"CHAPTER XII"``) keeps it: ``"chapter xii"``.
+    """
+    plain = title.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
+    plain = _collapse(plain)
+    stripped = _KEY_PREFIX.sub("", plain, count=1)
+    # A bare Roman "I" is also the pronoun: only strip it when a dot or colon followed it.
+    if re.match(rf"^{_ROMAN}\b(?![.:])", plain, re.I) and not re.match(
+            r"^(?:chapter|book|part)\b", plain, re.I):
+        stripped = plain
+    key = re.sub(r"[^\w']+", " ", (stripped or plain).casefold()).strip()
+    return key

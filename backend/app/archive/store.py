@@ -113,9 +113,7 @@ class ChromaStore:
         with self._lock:
             if name is None and self._collection is not None:
                 return self._collection
-            if self._client is None:
-                self._client = self._connect()
-            collection = self._client.get_or_create_collection(
+            collection = self._client_now().get_or_create_collection(
                 name or self.name, embedding_function=None, metadata=self._model_metadata(),
                 configuration={"hnsw": {"space": "cosine"}},
             )
@@ -154,8 +152,7 @@ class ChromaStore:
     def max_batch_size(self) -> int:
         """Most records one write may carry (Chroma's limit)."""
         with self._guard("read its batch limit"):
-            self._open()
-            return int(self._client.get_max_batch_size())
+            return int(self._client_now().get_max_batch_size())
 
     def count(self) -> int:
         """Chunks in the collection."""
@@ -220,12 +217,17 @@ class ChromaStore:
 
     # --- rebuilding -------------------------------------------------------------------------
 
+    def _client_now(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
     def create_staging(self, suffix: str) -> str:
-        """Create an empty collection ``<name>-<suffix>`` for a rebuild (dropping a leftover
-        of the same name) and return its name."""
+        """Create an empty collection ``<name>-<suffix>`` for a rebuild with this store's
+        embedding model (dropping a leftover of the same name) and return its name."""
         name = f"{self.name}-{suffix}"
         with self._guard("create a staging collection"):
-            self._open()
             self._drop(name)
             self._open(name)
         return name
@@ -233,40 +235,34 @@ class ChromaStore:
     def drop(self, name: str) -> None:
         """Delete collection ``name`` if it exists."""
         with self._guard("delete a collection"):
-            if self._client is None:
-                self._client = self._connect()
             self._drop(name)
 
     def _drop(self, name: str) -> None:
-        existing = {c if isinstance(c, str) else c.name for c in self._client.list_collections()}
+        client = self._client_now()
+        existing = {c if isinstance(c, str) else c.name for c in client.list_collections()}
         if name in existing:
-            self._client.delete_collection(name)
+            client.delete_collection(name)
 
-    def replace_with(self, staging: str, model: str, dimension: int) -> None:
+    def replace_with(self, staging: str) -> None:
         """Make collection ``staging`` the archive: delete the archive collection and rename
-        ``staging`` to its name; this store then embeds with ``model``/``dimension``."""
+        ``staging`` to its name."""
         with self._guard("swap in the rebuilt collection"), self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            staged = self._client.get_collection(staging, embedding_function=None)
+            staged = self._client_now().get_collection(staging, embedding_function=None)
             self._drop(self.name)
             staged.modify(name=self.name)
-            self.model, self.dimension = model, dimension
             self._collection = None
 
-    def open_unchecked(self) -> list[Record]:
-        """Every chunk of the archive collection, whatever model built it (for a rebuild).
-
-        Returns an empty list when the collection does not exist.
-        """
+    def all_records_unchecked(self) -> tuple[str | None, list[Record]]:
+        """The embedding model recorded on the archive collection and all its chunks, whatever
+        model built it (for a rebuild); ``(None, [])`` when the collection does not exist."""
         with self._guard("read the collection for a rebuild"):
-            if self._client is None:
-                self._client = self._connect()
-            existing = {c if isinstance(c, str) else c.name
-                        for c in self._client.list_collections()}
+            client = self._client_now()
+            existing = {c if isinstance(c, str) else c.name for c in client.list_collections()}
             if self.name not in existing:
-                return []
-            collection = self._client.get_collection(self.name, embedding_function=None)
+                return None, []
+            collection = client.get_collection(self.name, embedding_function=None)
+            model = (collection.metadata or {}).get(MODEL_KEY)
             result = collection.get(include=["metadatas", "documents"])
-        return [Record(i, d or "", dict(m or {}))
-                for i, d, m in zip(result["ids"], result["documents"], result["metadatas"])]
+        records = [Record(i, d or "", dict(m or {}))
+                   for i, d, m in zip(result["ids"], result["documents"], result["metadatas"])]
+        return model, records

@@ -1,0 +1,234 @@
+"""The archive service: the embedding model and the store together, and its startup state.
+
+:class:`Archive` is what the API, the CLI and the agents' retrieval hook use. Its methods
+block (embedding, Chroma I/O): call them from a worker thread in async code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from app.archive.chunking import reconstruct
+from app.archive.documents import archive_name, parse_document
+from app.archive.embeddings import Embedder
+from app.archive.ingest import Progress, ingest_document, rebuild
+from app.archive.retrieval import search
+from app.archive.store import ChromaStore
+from app.config import Settings
+from app.errors import (
+    ArchiveFileNotFound,
+    ArchiveUnavailable,
+    DocumentTooLarge,
+    EmbeddingModelMismatch,
+)
+from app.schemas.archive import (
+    ArchiveFilters,
+    ArchiveStats,
+    DeleteResult,
+    FileInfo,
+    FileList,
+    FileText,
+    IngestResult,
+    Passage,
+    ReindexResult,
+)
+
+logger = logging.getLogger(__name__)
+
+ArchiveStatus = Literal["disabled", "loading", "ready", "error"]
+
+
+class Archive:
+    """The story archive: search, files, ingest and rebuild over one Chroma collection.
+
+    Writes (ingest, delete, rebuild) are serialised by a lock; reads run concurrently.
+    """
+
+    def __init__(self, settings: Settings, embedder: Embedder, store: ChromaStore) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.store = store
+        self._write_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, settings: Settings, embedder: Embedder | None = None) -> "Archive":
+        """Load the embedding model (unless given) and connect the store.
+
+        A store that cannot be reached now, or that holds another model's embeddings, is
+        logged and not fatal: each call retries it and reports the failure (503 or 409).
+
+        Raises:
+            ArchiveUnavailable: the embedding model cannot be loaded, or ARCHIVE_CHUNK_TOKENS
+                is above what it embeds.
+        """
+        embedder = embedder or Embedder.load(settings.embedding_model)
+        if settings.archive_chunk_tokens > embedder.max_tokens:
+            raise ArchiveUnavailable(
+                f"ARCHIVE_CHUNK_TOKENS is {settings.archive_chunk_tokens}, but the embedding "
+                f"model {embedder.name} embeds at most {embedder.max_tokens} tokens; lower it.",
+                param="ARCHIVE_CHUNK_TOKENS",
+            )
+        archive = cls(settings, embedder, ChromaStore(settings, embedder.name, embedder.dimension))
+        try:
+            archive.store.check()
+        except (ArchiveUnavailable, EmbeddingModelMismatch) as error:
+            logger.warning("archive store not usable yet: %s", error.message)
+        return archive
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def search(self, query: str, top_k: int | None = None,
+               filters: ArchiveFilters | None = None) -> list[Passage]:
+        """The ``top_k`` (default ``ARCHIVE_TOP_K``) passages closest to ``query``, best
+        first, within ``filters``. Raises as :func:`app.archive.retrieval.search`."""
+        return search(self.store, self.embedder, query, top_k or self.settings.archive_top_k,
+                      filters)
+
+    def context_passages(self, query: str) -> list[Passage]:
+        """Passages for an agent's context: the top ``ARCHIVE_TOP_K`` at or above
+        ``ARCHIVE_MIN_SCORE``."""
+        return [p for p in self.search(query) if p.score >= self.settings.archive_min_score]
+
+    def files(self) -> FileList:
+        """Every archived file, sorted by name."""
+        infos = []
+        for record in self.store.get({"chunk_index": 0}, texts=False):
+            meta = record.metadata
+            infos.append(FileInfo(
+                file=str(meta["file"]), title=str(meta["title"]), format=str(meta["format"]),
+                chars=int(meta["file_chars"]), chunks=int(meta["file_chunks"]),
+                chapters=json.loads(str(meta.get("chapters_json", "[]"))),
+                sha256=str(meta["file_sha256"]), ingested_at=str(meta["ingested_at"]),
+            ))
+        return FileList(files=sorted(infos, key=lambda i: i.file))
+
+    def file_text(self, file: str) -> FileText:
+        """The text of ``file`` rebuilt from its chunks (exactly the archived text).
+
+        Raises:
+            ArchiveFileNotFound: no such file.
+        """
+        records = self.store.get({"file": file})
+        if not records:
+            raise ArchiveFileNotFound(f"The archive has no file named {file!r}.", param="file")
+        records.sort(key=lambda r: int(r.metadata["chunk_index"]))
+        text = reconstruct([(int(r.metadata["start"]), int(r.metadata["own_start"]), r.text)
+                            for r in records])
+        meta = records[0].metadata
+        if len(text) != int(meta["file_chars"]):
+            logger.error("archive file %s rebuilt to %d characters, expected %s", file,
+                         len(text), meta["file_chars"])
+        return FileText(file=file, title=str(meta["title"]), chars=len(text),
+                        sha256=str(meta["file_sha256"]), text=text)
+
+    def stats(self) -> ArchiveStats:
+        """Counts and configuration of the archive."""
+        files = self.files().files
+        return ArchiveStats(
+            mode=self.store.mode, location=self.store.location, collection=self.store.name,
+            embedding_model=self.embedder.name, embedding_dimension=self.embedder.dimension,
+            files=len(files), chunks=self.store.count(), chars=sum(f.chars for f in files),
+            chunk_tokens=self.settings.archive_chunk_tokens,
+            chunk_overlap_tokens=self.settings.archive_chunk_overlap_tokens,
+        )
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def ingest_bytes(self, name: str, data: bytes,
+                     progress: Progress | None = None) -> IngestResult:
+        """Parse and archive a file's bytes under its base name, replacing an earlier
+        version.
+
+        Raises:
+            DocumentTooLarge: above ``ARCHIVE_MAX_UPLOAD_BYTES``.
+            UnsupportedDocument, InvalidDocument: the file cannot be archived.
+            ArchiveUnavailable, EmbeddingModelMismatch: the store cannot take it.
+        """
+        limit = self.settings.archive_max_upload_bytes
+        if len(data) > limit:
+            raise DocumentTooLarge(
+                f"{archive_name(name)!r} is {len(data)} bytes; the archive takes files up to "
+                f"{limit} bytes (ARCHIVE_MAX_UPLOAD_BYTES).", param="file",
+                size_bytes=len(data), limit_bytes=limit,
+            )
+        document = parse_document(name, data)
+        with self._write_lock:
+            return ingest_document(self.store, self.embedder, self.settings, document, progress)
+
+    def delete_file(self, file: str) -> DeleteResult:
+        """Remove every chunk of ``file``.
+
+        Raises:
+            ArchiveFileNotFound: no such file.
+        """
+        with self._write_lock:
+            ids = self.store.ids({"file": file})
+            if not ids:
+                raise ArchiveFileNotFound(f"The archive has no file named {file!r}.",
+                                          param="file")
+            self.store.delete(ids=ids)
+        return DeleteResult(file=file, deleted_chunks=len(ids))
+
+    def reindex(self, progress: Progress | None = None,
+                on_total: Callable[[int], None] | None = None) -> ReindexResult:
+        """Rebuild the collection with this archive's embedding model (see
+        :func:`app.archive.ingest.rebuild`)."""
+        with self._write_lock:
+            return rebuild(self.store, self.embedder, self.settings, progress, on_total)
+
+
+@dataclass
+class ArchiveState:
+    """Where the archive's startup stands; ``archive`` is set once it is ready."""
+
+    status: ArchiveStatus = "loading"
+    error: str | None = None
+    archive: Archive | None = None
+
+    def require(self) -> Archive:
+        """The archive, once ready.
+
+        Raises:
+            ArchiveUnavailable: disabled, still loading, or failed to load (HTTP 503).
+        """
+        if self.archive is not None:
+            return self.archive
+        if self.status == "disabled":
+            raise ArchiveUnavailable("The archive is disabled on this server (ARCHIVE_ENABLED).")
+        if self.status == "error":
+            raise ArchiveUnavailable(f"The archive failed to load: {self.error}")
+        raise ArchiveUnavailable("The archive is still loading (embedding model); retry in a "
+                                 "few seconds.")
+
+    def ready(self) -> Archive | None:
+        """The archive when ready, else ``None``."""
+        return self.archive
+
+
+async def load_archive(state: ArchiveState, settings: Settings) -> None:
+    """Open the archive off the event loop and publish it (or the failure) on ``state``."""
+    if not settings.archive_enabled:
+        state.status = "disabled"
+        return
+    started = time.perf_counter()
+    try:
+        archive = await asyncio.to_thread(Archive.open, settings)
+    except ArchiveUnavailable as error:
+        logger.error("archive load failed: %s", error.message)
+        state.status, state.error = "error", error.message
+        return
+    except Exception as error:  # noqa: BLE001 - reported by archive calls, never crashes startup
+        logger.exception("archive load failed")
+        state.status, state.error = "error", f"unexpected {type(error).__name__}"
+        return
+    state.archive, state.status = archive, "ready"
+    logger.info("archive ready (%s, %s) in %.1f s", archive.store.location,
+                archive.embedder.name, time.perf_counter() - started)
+
