@@ -1,0 +1,40 @@
+# Set-up, serving and testing. `make serve` and `make test` each install what they need first.
+#
+# llama-cpp-python builds from source. The default native build emits Intel AMX instructions
+# that these CPUs advertise but cannot execute ("Illegal instruction" at the first
+# generation), so the CPU build names its instruction sets explicitly. Elsewhere:
+#   CUDA:   make install LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" PIP_FLAGS="--no-cache-dir"
+#   native: make install LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON" PIP_FLAGS="--no-cache-dir"
+# (PIP_FLAGS keeps pip from reusing a wheel it built earlier with other flags.)
+
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PIP_FLAGS ?=
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test bench
+
+install: $(STAMP)
+
+$(STAMP): backend/pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# The local CPU wheel; an unpinned torch would pull several GB of CUDA packages.
+	$(BIN)/python -m pip install $(PIP_FLAGS) torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install $(PIP_FLAGS) -e "backend[test]"
+	touch $(STAMP)
+
+serve: install
+	cd backend && ../$(BIN)/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT)
+
+test: install
+	cd backend && ../$(BIN)/python -m pytest
+
+bench: install
+	cd backend && ../$(BIN)/python -m bench.bench_generation

@@ -1,0 +1,192 @@
+"""Generation benchmark: our server over HTTP against raw llama-cpp-python, in one run.
+
+Prints two ratios, each measured side by side in this run (these machines are noisy):
+
+1. decode tokens/s of ``/generate-chapter/stream`` over HTTP (client-side, from the first to the
+   last ``token`` event) divided by raw ``Llama.create_completion`` on the same prompt tokens
+   with the same sampling (greedy). Goal: at least 0.9.
+2. time to first token of a second agent (editor) on the same story divided by the first
+   agent's (writer), both over HTTP with a cold KV cache before the first. Goal: at most 0.1.
+
+Runs are interleaved (raw, server, raw, server, ...) and medians reported.
+
+    cd backend && python -m bench.bench_generation [--rounds 3] [--max-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from httpx_sse import connect_sse
+
+BACKEND = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BACKEND / "examples"))
+
+from alice_context import build_request  # noqa: E402
+
+from app.config import Settings  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=BACKEND,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/health", timeout=2).json()["model_status"] == "ready":
+                return process, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("server did not become ready")
+
+
+def stream_chapter(http: httpx.Client, path: str, body: dict) -> dict[str, float]:
+    """Stream one request; client-side time to first token and decode rate."""
+    start = time.perf_counter()
+    token_times: list[float] = []
+    done: dict = {}
+    with connect_sse(http, "POST", path, json=body) as source:
+        for event in source.iter_sse():
+            if event.event == "token":
+                token_times.append(time.perf_counter())
+            elif event.event == "done":
+                done = json.loads(event.data)
+            elif event.event == "error":
+                raise SystemExit(f"stream error: {event.data}")
+    tokens = done["usage"]["completion_tokens"]
+    decode_s = token_times[-1] - token_times[0]
+    return {
+        "ttft_s": token_times[0] - start,
+        "server_ttft_s": done["timings"]["time_to_first_token_ms"] / 1000,
+        "tokens": tokens,
+        "decode_tps": (tokens - 1) / decode_s if decode_s > 0 else 0.0,
+    }
+
+
+def raw_decode(llama, tokens: list[int], max_tokens: int, settings: Settings) -> dict[str, float]:
+    """Raw llama-cpp-python on the same prompt tokens and sampling as the server's request
+    (greedy; the prompt is in the KV cache after the first run, as it is for the server)."""
+    start = time.perf_counter()
+    times: list[float] = []
+    produced = 0
+
+    def count(_ids, scores):
+        nonlocal produced
+        produced += 1
+        return scores
+
+    from llama_cpp import LogitsProcessorList
+
+    for chunk in llama.create_completion(
+        tokens, max_tokens=max_tokens, temperature=0.0, top_p=settings.llm_top_p,
+        top_k=settings.llm_top_k, repeat_penalty=settings.llm_repeat_penalty, seed=1,
+        stream=True, logits_processor=LogitsProcessorList([count]),
+    ):
+        if chunk["choices"][0]["text"]:
+            times.append(time.perf_counter())
+    finish_eog = produced < max_tokens
+    produced -= 1 if finish_eog else 0
+    decode_s = times[-1] - times[0]
+    return {"ttft_s": times[0] - start, "tokens": produced,
+            "decode_tps": (produced - 1) / decode_s if decode_s > 0 else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    from llama_cpp import Llama
+
+    from app.llm.llama import default_model_path
+
+    settings = Settings()
+    process, base = start_server()
+    try:
+        with httpx.Client(base_url=base, timeout=600) as http:
+            request = build_request(chapters=1)
+            request.update(max_tokens=args.max_tokens, temperature=0.0, seed=1)
+            preview = http.post("/api/v1/context/preview",
+                                json={"operation": "generate-chapter", "request": request}).json()
+            prompt = preview["prompt"]
+
+            threads = settings.llm_n_threads or os.cpu_count() or 1
+            llama = Llama(model_path=str(settings.model_path or default_model_path()),
+                          n_ctx=settings.llm_n_ctx, n_threads=threads, n_threads_batch=threads,
+                          n_batch=settings.llm_n_batch, flash_attn=settings.llm_flash_attn,
+                          verbose=False)
+            tokens = llama.tokenize(prompt.encode(), add_bos=False, special=True)
+
+            raw_runs, server_runs = [], []
+            for _ in range(args.rounds):
+                raw_runs.append(raw_decode(llama, tokens, args.max_tokens, settings))
+                server_runs.append(stream_chapter(http, "/api/v1/generate-chapter/stream",
+                                                  request))
+
+            # TTFT of a second agent on the same story: evict the story from the KV cache with
+            # an unrelated request, then writer (cold), then editor (shared prefix).
+            seed = {"structured_context": {"plot_elements": [
+                {"type": "scene", "content": "Hero enters forest", "priority": "high"}]},
+                "max_tokens": 8}
+            first_ttft, second_ttft, first_server, second_server = [], [], [], []
+            for _ in range(args.rounds):
+                http.post("/api/v1/generate-chapter", json=seed).raise_for_status()
+                writer = stream_chapter(http, "/api/v1/generate-chapter/stream",
+                                        {**request, "max_tokens": 16})
+                editor_body = {"structured_context": request["structured_context"],
+                               "chapter_to_review": "Alice grew very tall and cried.",
+                               "max_tokens": 400, "temperature": 0.0}
+                start = time.perf_counter()
+                editor = http.post("/api/v1/editor-review", json=editor_body)
+                editor.raise_for_status()
+                timings = editor.json()["timings"]
+                first_ttft.append(writer["server_ttft_s"])
+                second_ttft.append(timings["time_to_first_token_ms"] / 1000)
+                first_server.append(writer["ttft_s"])
+                second_server.append(time.perf_counter() - start)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    raw_tps = statistics.median(r["decode_tps"] for r in raw_runs)
+    http_tps = statistics.median(r["decode_tps"] for r in server_runs)
+    ttft_1 = statistics.median(first_ttft)
+    ttft_2 = statistics.median(second_ttft)
+    print(f"prompt: Alice example, {len(tokens)} prompt tokens, max_tokens {args.max_tokens}, "
+          f"{args.rounds} interleaved rounds, model {Path(llama.model_path).name}")
+    print(f"{'':34}{'raw llama-cpp':>15}{'server (HTTP)':>15}{'ratio':>8}")
+    print(f"{'decode tokens/s (median)':34}{raw_tps:15.1f}{http_tps:15.1f}"
+          f"{http_tps / raw_tps:8.2f}   goal >= 0.9")
+    print(f"{'completion tokens (median)':34}"
+          f"{statistics.median(r['tokens'] for r in raw_runs):15.0f}"
+          f"{statistics.median(r['tokens'] for r in server_runs):15.0f}")
+    print(f"{'':34}{'1st agent':>15}{'2nd agent':>15}{'ratio':>8}")
+    print(f"{'time to first token, s (median)':34}{ttft_1:15.2f}{ttft_2:15.2f}"
+          f"{ttft_2 / ttft_1:8.3f}   goal <= 0.1")
+    print(f"{'  (writer stream TTFT at client)':34}{statistics.median(first_server):15.2f}")
+
+
+if __name__ == "__main__":
+    main()
