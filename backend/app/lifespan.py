@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.archive.service import load_archive
 from app.errors import ModelUnavailable
 from app.state import Services
 
@@ -35,13 +36,15 @@ async def load_model(services: Services) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start loading the model unless a generator was injected (tests), then serve."""
+    """Start loading the model unless a generator was injected (tests), and the archive, then
+    serve."""
     services: Services = app.state.services
-    task = None
+    tasks = [asyncio.create_task(load_archive(services.archive, services.settings))]
     if services.runner is None:
-        task = asyncio.create_task(load_model(services))
+        tasks.append(asyncio.create_task(load_model(services)))
     try:
         yield
     finally:
-        if task is not None and not task.done():
-            task.cancel()
+        for task in tasks:
+            if not task.done():
+                task.cancel()

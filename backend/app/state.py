@@ -8,6 +8,8 @@ from typing import Literal
 from fastapi import Request
 
 from app.agents.runner import AgentRunner
+from app.archive.retrieval import archive_context
+from app.archive.service import Archive, ArchiveState
 from app.config import Settings
 from app.errors import ModelUnavailable
 from app.llm.protocol import TextGenerator
@@ -31,11 +33,21 @@ class Services:
     settings: Settings
     model: ModelState = field(default_factory=ModelState)
     runner: AgentRunner | None = None
+    archive: ArchiveState = field(default_factory=ArchiveState)
 
     def set_ready(self, generator: TextGenerator) -> None:
-        """Publish a loaded generator and the runner on top of it."""
+        """Publish a loaded generator and the runner on top of it (with archive retrieval)."""
         self.model = ModelState(status="ready", generator=generator)
-        self.runner = AgentRunner(self.settings, generator)
+        self.runner = AgentRunner(self.settings, generator,
+                                  extra_elements=archive_context(self.archive.ready))
+
+    def require_archive(self) -> Archive:
+        """The story archive, once loaded.
+
+        Raises:
+            ArchiveUnavailable: disabled, loading or failed to load (HTTP 503).
+        """
+        return self.archive.require()
 
     def require_runner(self) -> AgentRunner:
         """The agent runner, once the model is ready.

@@ -114,11 +114,13 @@ def _rollback(store: ChromaStore, ids: Sequence[str], collection: str | None) ->
 
 
 def ingest_document(store: ChromaStore, embedder: Embedder, settings: Settings,
-                    document: Document, progress: Progress | None = None) -> IngestResult:
+                    document: Document, progress: Progress | None = None,
+                    prepared: Prepared | None = None) -> IngestResult:
     """Archive ``document``, replacing any earlier version of the same file.
 
-    Steps: chunk, embed every chunk, write the new chunks, then delete the old ones. A failure
-    in any step leaves the store as it was (the chunks written so far are deleted again).
+    Steps: chunk (unless ``prepared`` by :func:`prepare` is given), embed every chunk, write
+    the new chunks, then delete the old ones. A failure in any step leaves the store as it
+    was (the chunks written so far are deleted again).
 
     Raises:
         InvalidDocument: nothing to archive.
@@ -126,7 +128,7 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: Settings,
         EmbeddingModelMismatch: the collection was built with another embedding model.
     """
     started = time.perf_counter()
-    prepared = prepare(document, embedder, settings)
+    prepared = prepared or prepare(document, embedder, settings)
     existing = store.ids({"file": document.file})
     result = dict(file=document.file, title=document.title, format=document.format,
                   chars=len(document.text), chunks=len(prepared.ids),

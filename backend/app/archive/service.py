@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from app.archive.chunking import reconstruct
-from app.archive.documents import archive_name, parse_document
+from app.archive.documents import Document, archive_name, parse_document
 from app.archive.embeddings import Embedder
-from app.archive.ingest import Progress, ingest_document, rebuild
+from app.archive.ingest import Prepared, Progress, ingest_document, prepare, rebuild
 from app.archive.retrieval import search
 from app.archive.store import ChromaStore
 from app.config import Settings
@@ -158,9 +158,22 @@ class Archive:
                 f"{limit} bytes (ARCHIVE_MAX_UPLOAD_BYTES).", param="file",
                 size_bytes=len(data), limit_bytes=limit,
             )
-        document = parse_document(name, data)
+        return self.ingest_document(parse_document(name, data), progress)
+
+    def ingest_document(self, document: Document, progress: Progress | None = None,
+                        prepared: Prepared | None = None) -> IngestResult:
+        """Archive a parsed document (see :func:`app.archive.ingest.ingest_document`)."""
         with self._write_lock:
-            return ingest_document(self.store, self.embedder, self.settings, document, progress)
+            return ingest_document(self.store, self.embedder, self.settings, document,
+                                   progress, prepared)
+
+    def prepare(self, document: Document) -> Prepared:
+        """Chunk ``document`` with this archive's settings, before :meth:`ingest_document`.
+
+        Raises:
+            InvalidDocument: no text to archive.
+        """
+        return prepare(document, self.embedder, self.settings)
 
     def delete_file(self, file: str) -> DeleteResult:
         """Remove every chunk of ``file``.

@@ -169,3 +169,9 @@ class ContextProcessingConfig(_Strict):
         description="Cap on prompt plus completion tokens for this request (never above the "
         "model's n_ctx).",
     )
+    use_archive: bool | None = Field(
+        default=None,
+        description="Archive passages in the plot-and-world layer: unset (default) when the "
+        "archive is loaded and has relevant passages, false never, true asks for them (a "
+        "warning is logged when the archive cannot give them; the request still runs).",
+    )

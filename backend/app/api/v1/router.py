@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.v1 import agents, context, health, tokens
+from app.api.v1 import agents, archive, context, health, tokens
 
 API_PREFIX = "/api/v1"
 
@@ -12,5 +12,6 @@ router = APIRouter()
 router.include_router(agents.router, prefix=API_PREFIX)
 router.include_router(tokens.router, prefix=API_PREFIX)
 router.include_router(context.router, prefix=API_PREFIX)
+router.include_router(archive.router, prefix=API_PREFIX)
 router.include_router(health.router, prefix=API_PREFIX)
 router.include_router(health.router)

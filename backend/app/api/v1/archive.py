@@ -1,0 +1,156 @@
+"""``/api/v1/archive/...``: search, files, upload, stats, and answers grounded in the archive.
+
+Blocking archive calls (embedding, Chroma I/O) run in worker threads: plain ``def`` routes go
+to FastAPI's thread pool, the async ones use ``asyncio.to_thread``. Every archive call answers
+503 while the archive loads or while Chroma is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import UploadFile
+
+from app.api.sse import DONE, META, TOKEN, sse_response
+from app.archive import rag
+from app.errors import DocumentTooLarge, InvalidRequest
+from app.llm.protocol import Completion, TokenDelta
+from app.schemas.archive import (
+    ArchiveStats,
+    DeleteResult,
+    FileList,
+    FileText,
+    IngestResult,
+    RagAnswer,
+    RagChatRequest,
+    RagQueryRequest,
+    SearchRequest,
+    SearchResponse,
+)
+from app.schemas.responses import ErrorResponse
+from app.state import Services, get_services
+
+router = APIRouter(prefix="/archive", tags=["archive"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (404, 409, 413, 415, 422, 503)
+}
+#: Bytes of multipart framing allowed above ARCHIVE_MAX_UPLOAD_BYTES before a 413 unread.
+_MULTIPART_SLACK = 64 * 1024
+
+
+@router.post("/search", response_model=SearchResponse, responses=_ERRORS)
+def search(body: SearchRequest, services: Services = Depends(get_services)) -> SearchResponse:
+    """The passages closest in meaning to ``query``, best first, optionally within a file or
+    chapter."""
+    passages = services.require_archive().search(body.query, body.top_k, body)
+    return SearchResponse(query=body.query, passages=passages)
+
+
+@router.get("/files", response_model=FileList, responses=_ERRORS)
+def list_files(services: Services = Depends(get_services)) -> FileList:
+    """Every archived file with its title, size, chunks and chapters."""
+    return services.require_archive().files()
+
+
+@router.get("/files/{file}/text", response_model=FileText, responses=_ERRORS)
+def file_text(file: str, services: Services = Depends(get_services)) -> FileText:
+    """The archived text of ``file``, rebuilt exactly from its chunks."""
+    return services.require_archive().file_text(file)
+
+
+@router.delete("/files/{file}", response_model=DeleteResult, responses=_ERRORS)
+def delete_file(file: str, services: Services = Depends(get_services)) -> DeleteResult:
+    """Remove ``file`` and all its chunks from the archive."""
+    return services.require_archive().delete_file(file)
+
+
+@router.get("/stats", response_model=ArchiveStats, responses=_ERRORS)
+def stats(services: Services = Depends(get_services)) -> ArchiveStats:
+    """Files, chunks and characters archived, the embedding model and where the store is."""
+    return services.require_archive().stats()
+
+
+@router.post(
+    "/files", response_model=IngestResult, status_code=201, responses=_ERRORS,
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": ["file"],
+                   "properties": {"file": {"type": "string", "format": "binary"}}}}}}},
+)
+async def upload(request: Request, services: Services = Depends(get_services)) -> IngestResult:
+    """Archive an uploaded .txt, .md, .docx or .html file (multipart field ``file``),
+    replacing an earlier file of the same name."""
+    archive = services.require_archive()
+    name, data = await _read_upload(request, archive.settings.archive_max_upload_bytes)
+    return await asyncio.to_thread(archive.ingest_bytes, name, data)
+
+
+@router.post("/rag/query", response_model=RagAnswer, responses={**_ERRORS, 400: {}, 502: {}})
+async def rag_query(body: RagQueryRequest,
+                    services: Services = Depends(get_services)) -> RagAnswer:
+    """Answer a question from the archive's passages, citing them as [n]."""
+    generator = services.require_runner().generator
+    return await rag.answer(services.require_archive(), generator, body)
+
+
+@router.post("/rag/chat", responses={
+    200: {"content": {"text/event-stream": {}}, "description": "meta, token..., done or error"},
+    **_ERRORS, 400: {}})
+async def rag_chat(body: RagChatRequest, services: Services = Depends(get_services)):
+    """A conversation answered from the archive, streamed as Server-Sent Events: ``meta``
+    (the numbered sources), ``token`` (text as produced), then ``done`` or ``error``."""
+    generator = services.require_runner().generator
+    grounding = await rag.prepare_chat(services.require_archive(), generator, body)
+    events = _chat_events(grounding, rag.stream_chat(generator, grounding))
+    return sse_response(events, services.settings.sse_ping_seconds)
+
+
+async def _chat_events(grounding: rag.Grounding,
+                       items: AsyncIterator[Any]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    yield META, {"sources": [s.model_dump() for s in grounding.sources]}
+    try:
+        async for item in items:
+            if isinstance(item, TokenDelta):
+                yield TOKEN, {"text": item.text}
+            elif isinstance(item, Completion):
+                text = item.text.strip()
+                yield DONE, {"text": text, "cited": rag.cited(text, grounding.sources),
+                             "finish_reason": item.finish_reason,
+                             "usage": rag.usage(item).model_dump(),
+                             "timings": asdict(item.timings)}
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+
+
+async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:
+    """(file name, bytes) of the multipart field ``file``.
+
+    Raises:
+        DocumentTooLarge: the body or the file is above ``limit`` bytes.
+        InvalidRequest: not multipart, or no ``file`` field.
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
+        raise DocumentTooLarge(
+            f"The upload is {declared} bytes; the archive takes files up to {limit} bytes "
+            "(ARCHIVE_MAX_UPLOAD_BYTES).", param="file", size_bytes=int(declared),
+            limit_bytes=limit)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("Send the file as multipart/form-data in a field named 'file' "
+                             "(curl -F file=@story.txt).", param="file")
+    async with request.form(max_files=1, max_fields=10) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("The form has no file field named 'file' "
+                                 "(curl -F file=@story.txt).", param="file")
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise DocumentTooLarge(
+                f"{upload.filename!r} is more than {limit} bytes; the archive takes files up "
+                f"to {limit} bytes (ARCHIVE_MAX_UPLOAD_BYTES).", param="file",
+                limit_bytes=limit)
+        return upload.filename or "", data
