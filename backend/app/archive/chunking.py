@@ -62,6 +62,8 @@ class _Unit:
     start: int
     end: int
     tokens: int
+    #: A piece of a word cut by characters: chunked alone, without overlap.
+    solo: bool = False
 
 
 @lru_cache(maxsize=1)
@@ -109,31 +111,51 @@ def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 
 def _word_spans(text: str, start: int, end: int, limit: int,
-                count: CountTokens) -> list[tuple[int, int]]:
-    """Spans that tile ``[start, end)``, cut at word starts, each at most ``limit`` tokens
-    (a single word longer than that is cut by characters)."""
-    spans = []
-    words = [start] + [m.start() for m in _WORD_START.finditer(text, start, end)]
+                count: CountTokens) -> list[tuple[int, int, bool]]:
+    """Spans that tile ``[start, end)``, cut at word starts, each at most ``limit`` tokens; a
+    word longer than that is cut by characters, and those pieces are flagged ``True`` (their
+    token counts are not additive, so each becomes a chunk of its own)."""
+    spans: list[tuple[int, int, bool]] = []
+    words = [start] + [m.start() for m in _WORD_START.finditer(text, start, end)
+                       if m.start() > start]
     i = 0
     while i < len(words):
         a = words[i]
-        lo, hi = i + 1, len(words)  # largest j with count(text[a:words[j] or end]) <= limit
-        best = None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            b = words[mid] if mid < len(words) else end
-            if count(text[a:b]) <= limit:
-                best, lo = mid, mid + 1
-            else:
-                hi = mid - 1
-        if best is None:  # one word above the limit: cut it by characters
+        # The furthest word boundary j with count(text[a:boundary j]) <= limit.
+        j = _furthest(lambda k: count(text[a:words[k] if k < len(words) else end]) <= limit,
+                      i + 1, len(words))
+        if j is None:
             b = words[i + 1] if i + 1 < len(words) else end
-            step = max(1, (b - a) * limit // max(count(text[a:b]), 1))
-            spans += [(p, min(p + step, b)) for p in range(a, b, step)]
+            spans += [(p, q, True) for p, q in _char_spans(text, a, b, limit, count)]
             i += 1
         else:
-            spans.append((a, words[best] if best < len(words) else end))
-            i = best
+            spans.append((a, words[j] if j < len(words) else end, False))
+            i = j
+    return spans
+
+
+def _furthest(fits: Callable[[int], bool], lo: int, hi: int) -> int | None:
+    """The largest ``k`` in ``[lo, hi]`` with ``fits(k)`` (fits is monotone: true then
+    false), or ``None``."""
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _char_spans(text: str, start: int, end: int, limit: int,
+                count: CountTokens) -> list[tuple[int, int]]:
+    """Spans that tile ``[start, end)`` by characters, each at most ``limit`` tokens (at
+    least one character)."""
+    spans, p = [], start
+    while p < end:
+        q = _furthest(lambda k: count(text[p:k]) <= limit, p + 1, end) or p + 1
+        spans.append((p, q))
+        p = q
     return spans
 
 
@@ -150,8 +172,8 @@ def _units(text: str, start: int, end: int, limit: int, count: CountTokens) -> l
             if tokens <= limit:
                 units.append(_Unit(sa, sb, tokens))
             else:
-                units += [_Unit(wa, wb, count(text[wa:wb]))
-                          for wa, wb in _word_spans(text, sa, sb, limit, count)]
+                units += [_Unit(wa, wb, count(text[wa:wb]), solo)
+                          for wa, wb, solo in _word_spans(text, sa, sb, limit, count)]
     return units
 
 
@@ -165,13 +187,9 @@ def _overlap_start(text: str, start: int, end: int, limit: int, count: CountToke
     if start < end and not text[start].isspace():
         words.add(start)
     words = sorted(words)
-    lo, hi, best = 0, len(words) - 1, end
-    while lo <= hi:  # suffix tokens shrink as the start moves right
-        mid = (lo + hi) // 2
-        if count(text[words[mid]:end]) <= limit:
-            best, hi = words[mid], mid - 1
-        else:
-            lo = mid + 1
+    # Suffix tokens shrink as the start moves right: find the leftmost start that fits.
+    first = _furthest(lambda k: count(text[words[-1 - k]:end]) <= limit, 0, len(words) - 1)
+    best = end if first is None else words[-1 - first]
     if best == end:
         return end
     sentence = _SENTENCE_START.search(text, best, end)
@@ -219,10 +237,13 @@ def chunk_document(
                                 chapter, number, count(chunk_text)))
 
         for unit in units:
-            if body and overlap + body_tokens + unit.tokens > chunk_tokens:
+            full = overlap + body_tokens + unit.tokens > chunk_tokens
+            if body and (full or unit.solo or body[-1].solo):
                 emit()
                 prev_start, prev_end = start, body[-1].end
                 limit = min(overlap_tokens, chunk_tokens - unit.tokens)
+                if unit.solo or body[-1].solo:
+                    limit = 0
                 start = _overlap_start(text, prev_start, prev_end, limit, count)
                 own_start = prev_end
                 overlap = count(text[start:own_start]) if start < own_start else 0

@@ -358,6 +358,8 @@ def _parse_html(file: str, text: str, stem: str) -> Document:
     title = _collapse(soup.title.get_text()) if soup.title is not None else None
     for tag in soup(["head", "script", "style", "noscript", "template"]):
         tag.decompose()
+    for br in soup("br"):
+        br.replace_with("\n")
     blocks: list[tuple[str, int | None]] = []
     for element in soup.find_all(_BLOCK_TAGS):
         if element.find_parent(_BLOCK_TAGS) is not None:
@@ -365,7 +367,7 @@ def _parse_html(file: str, text: str, stem: str) -> Document:
         if element.name == "pre":
             content = element.get_text().strip("\n")
         else:
-            content = _collapse(element.get_text(" "))
+            content = _collapse(element.get_text())
         if content:
             level = int(element.name[1]) if re.fullmatch(r"h\d", element.name) else None
             blocks.append((content, level))

@@ -144,7 +144,10 @@ def _load_cached(model: str | None) -> Embedder:
     logger.info("loading embedding model %s from %s", name, source)
     try:
         from sentence_transformers import SentenceTransformer  # heavy import (torch)
+        from transformers.utils import logging as transformers_logging
 
+        # Its "Loading weights" bar would land in server logs and CLI output.
+        transformers_logging.disable_progress_bar()
         loaded = SentenceTransformer(source, device="cpu", local_files_only=True)
     except Exception as error:  # noqa: BLE001 - any load failure has one meaning for callers
         raise ArchiveUnavailable(
