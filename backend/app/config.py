@@ -8,8 +8,9 @@ Every field maps to an environment variable of the same name in upper case (``mo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +70,56 @@ class Settings(BaseSettings):
         ge=1,
         le=32768,
         description="Largest max_tokens a request may ask for; more is a 422.",
+    )
+
+    # --- remote model ----------------------------------------------------------------------
+    llm_backend: Literal["llama_cpp", "openai"] = Field(
+        default="llama_cpp",
+        description="Where the model runs: llama_cpp (in process, MODEL_PATH) or openai (an "
+        "OpenAI-compatible server at LLM_BASE_URL: llama-server, vLLM, Ollama, "
+        "llama-cpp-python's server).",
+    )
+    llm_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Base URL of the OpenAI-compatible API, /v1 included (e.g. "
+        "http://127.0.0.1:8080/v1). Required when LLM_BACKEND=openai.",
+    )
+    llm_api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for the model server, if it wants one. Never logged.",
+    )
+    llm_model: str | None = Field(
+        default=None,
+        description="Model id to ask the server for. Unset: the first model it lists at "
+        "/v1/models.",
+    )
+    llm_request_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="Seconds to wait for the model server: to connect, and between two pieces "
+        "of a streamed answer (prompt processing of a long context on a CPU takes tens of "
+        "seconds).",
+    )
+    llm_connect_retry_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="Seconds between startup attempts while the model server is unreachable or "
+        "still loading (/health says error meanwhile); 0: try once.",
+    )
+    llm_tokenizer: Literal["auto", "server", "local"] = Field(
+        default="auto",
+        description="Where remote token counts come from: server (its tokenize endpoint), "
+        "local (LLM_TOKENIZER_PATH's tokenizer), or auto (the server's endpoint where it has "
+        "one, else local). The startup check compares the two when both exist.",
+    )
+    llm_tokenizer_path: Path | None = Field(
+        default=None,
+        description="GGUF of the served model, for its tokenizer and chat template (only the "
+        "vocabulary is loaded). Unset: the embedded SmolLM2 GGUF, right when the server serves "
+        "that model; the startup check refuses a mismatch.",
     )
 
     # --- context budget --------------------------------------------------------------------
@@ -182,6 +233,14 @@ class Settings(BaseSettings):
                 "CONTEXT_PLOT_WORLD_TOKENS + CONTEXT_BUFFER_TOKENS must not exceed "
                 f"CONTEXT_MAX_TOKENS ({sum(layers.values())} + {self.context_buffer_tokens} > "
                 f"{self.context_max_tokens})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> "Settings":
+        if self.llm_backend == "openai" and not self.llm_base_url:
+            raise ValueError(
+                "LLM_BACKEND=openai needs LLM_BASE_URL (e.g. http://127.0.0.1:8080/v1)"
             )
         return self
 

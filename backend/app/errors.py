@@ -16,14 +16,18 @@ class WriterAssistantError(Exception):
         message: a sentence for the caller that says what went wrong and what to change.
         param: the request field at fault, as a dotted path, or ``None``.
         details: extra JSON-serialisable figures (e.g. token counts).
+        retry_after: seconds the caller should wait before retrying (the ``Retry-After`` header
+            of a 429 or 503), or ``None`` for the service's default.
     """
 
     code = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None, **details: Any) -> None:
+    def __init__(self, message: str, *, param: str | None = None,
+                 retry_after: float | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after = retry_after
         self.details = details
 
 
@@ -31,6 +35,13 @@ class ModelUnavailable(WriterAssistantError):
     """The model is still loading or failed to load; generation cannot run yet."""
 
     code = "model_unavailable"
+
+
+class ModelOverloaded(WriterAssistantError):
+    """The remote model server refused the request because it is busy (its HTTP 429);
+    ``retry_after`` carries its ``Retry-After`` when it sent one."""
+
+    code = "model_overloaded"
 
 
 class ContextLengthExceeded(WriterAssistantError):

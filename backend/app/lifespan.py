@@ -11,17 +11,33 @@ from fastapi import FastAPI
 
 from app.archive.service import load_archive
 from app.errors import ModelUnavailable
+from app.llm.protocol import TextGenerator
 from app.state import Services
 
 logger = logging.getLogger(__name__)
 
 
-async def load_model(services: Services) -> None:
-    """Load the in-process model off the event loop and publish it (or the failure)."""
+async def _open_generator(services: Services) -> TextGenerator:
+    """The generator ``LLM_BACKEND`` names: the in-process model, loaded in a worker thread, or
+    a remote server, reached (retrying while it is down or loading; /health says why meanwhile)
+    and checked."""
+    settings = services.settings
+    if settings.llm_backend == "openai":
+        from app.llm.remote import wait_for_server
+
+        def waiting(reason: str) -> None:
+            services.model.status, services.model.error = "error", reason
+
+        return await wait_for_server(settings, on_retry=waiting)
     from app.llm.llama import LlamaRuntime  # imported here: tests with a fake never load it
 
+    return await asyncio.to_thread(LlamaRuntime.load, settings)
+
+
+async def load_model(services: Services) -> None:
+    """Load or reach the model off the event loop and publish it (or the failure)."""
     try:
-        generator = await asyncio.to_thread(LlamaRuntime.load, services.settings)
+        generator = await _open_generator(services)
     except ModelUnavailable as error:
         logger.error("model load failed: %s", error.message)
         services.model.status, services.model.error = "error", error.message

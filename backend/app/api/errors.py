@@ -7,6 +7,7 @@ Exception text of unexpected errors never reaches the client.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ from app.errors import (
     GenerationFailed,
     InvalidDocument,
     InvalidRequest,
+    ModelOverloaded,
     ModelUnavailable,
     UnknownReference,
     UnsupportedDocument,
@@ -37,6 +39,7 @@ STATUS: dict[type[WriterAssistantError], int] = {
     UnknownReference: 422,
     ContextLengthExceeded: 400,
     ModelUnavailable: 503,
+    ModelOverloaded: 429,
     AgentOutputInvalid: 502,
     GenerationFailed: 502,
     ArchiveUnavailable: 503,
@@ -47,7 +50,7 @@ STATUS: dict[type[WriterAssistantError], int] = {
     DocumentTooLarge: 413,
 }
 
-#: Seconds a client should wait before retrying a 503.
+#: Seconds a client should wait before retrying a 503 (or 429) whose error names no other.
 RETRY_AFTER_SECONDS = 5
 
 
@@ -79,7 +82,10 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 async def _domain_error(_request: Request, error: WriterAssistantError) -> JSONResponse:
     status = STATUS.get(type(error), 500)
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    headers = None
+    if status in (429, 503):
+        seconds = RETRY_AFTER_SECONDS if error.retry_after is None else error.retry_after
+        headers = {"Retry-After": str(max(1, math.ceil(seconds)))}
     return JSONResponse(error_body(error), status_code=status, headers=headers)
 
 

@@ -90,18 +90,8 @@ class LlamaRuntime:
         self._name = name
         self._lock = asyncio.Lock()
         self._grammars: dict[str, LlamaGrammar] = {}
-        template = llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ModelUnavailable(f"model {name} has no chat template in its GGUF metadata")
-        model = llama._model  # the vocabulary, for the special tokens' text
-        eos, bos = llama.token_eos(), llama.token_bos()
-        self._formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=model.token_get_text(eos) if eos != -1 else "",
-            bos_token=model.token_get_text(bos) if bos != -1 else "",
-            add_generation_prompt=True,
-        )
-        self._add_bos = bool(model.add_bos_token())
+        self._formatter = _chat_formatter(llama, name)
+        self._add_bos = bool(llama._model.add_bos_token())
 
     @classmethod
     def load(cls, settings: Settings) -> "LlamaRuntime":
@@ -277,6 +267,81 @@ class LlamaRuntime:
         elif finish_reason == "stop" and sampled:
             sampled -= 1  # the end-of-generation token was sampled but is not output
         emit(("done", (finish_reason, sampled)))
+
+
+def _chat_formatter(llama: Llama, name: str) -> Jinja2ChatFormatter:
+    """The chat template in the GGUF metadata of ``llama``, with its BOS/EOS text filled in.
+
+    Raises:
+        ModelUnavailable: the GGUF has no chat template.
+    """
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ModelUnavailable(f"model {name} has no chat template in its GGUF metadata")
+    model = llama._model  # the vocabulary, for the special tokens' text
+    eos, bos = llama.token_eos(), llama.token_bos()
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=model.token_get_text(eos) if eos != -1 else "",
+        bos_token=model.token_get_text(bos) if bos != -1 else "",
+        add_generation_prompt=True,
+    )
+
+
+class GgufTokenizer:
+    """The tokenizer and chat template of a GGUF model, without its weights.
+
+    Loads only the vocabulary (``vocab_only``: a fraction of a second and a few MB), so a remote
+    backend can count and render prompts exactly as :class:`LlamaRuntime` would for the same
+    file. Counting is thread-safe (llama.cpp's tokenizer only reads the vocabulary).
+    """
+
+    def __init__(self, llama: Llama, name: str) -> None:
+        self._llama = llama
+        self.name = name
+        self._formatter = _chat_formatter(llama, name)
+        self._add_bos = bool(llama._model.add_bos_token())
+
+    @classmethod
+    def load(cls, path: Path) -> "GgufTokenizer":
+        """Load the vocabulary and chat template of the GGUF at ``path`` (blocking).
+
+        Raises:
+            ModelUnavailable: the file is missing or not GGUF, has no chat template, or
+                llama.cpp could not read it.
+        """
+        check_gguf(path)
+        try:
+            llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except (ValueError, RuntimeError, OSError) as error:
+            raise ModelUnavailable(
+                f"llama.cpp could not read the tokenizer of {path.name}: {error}"
+            ) from error
+        return cls(llama, path.stem)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` on its own: no BOS, special-token text not parsed (as
+        :meth:`LlamaRuntime.count_tokens`)."""
+        if not text:
+            return 0
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        """The prompt text with the chat template applied and the generation prompt added."""
+        return self._formatter(
+            messages=[{"role": m.role, "content": m.content} for m in messages]
+        ).prompt
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens of ``messages``: the rendered template tokenized with special tokens
+        parsed and BOS added where the model wants one (as :class:`LlamaRuntime` does)."""
+        return self.count_rendered_prompt(self.render_prompt(messages))
+
+    def count_rendered_prompt(self, prompt: str) -> int:
+        """Tokens of an already rendered prompt (special tokens parsed, BOS as the model
+        wants)."""
+        return len(self._llama.tokenize(prompt.encode("utf-8"), add_bos=self._add_bos,
+                                        special=True))
 
 
 def _timings(

@@ -1,0 +1,599 @@
+"""A model served by an OpenAI-compatible server, through the official ``openai`` client.
+
+Any server that speaks the chat-completions API works: llama.cpp's llama-server, vLLM, Ollama,
+llama-cpp-python's own server. :class:`RemoteGenerator` implements
+:class:`app.llm.protocol.TextGenerator`, so the agents and the budgeting above it are the same
+as with the in-process model:
+
+- **Token counts** come from the server's tokenize endpoint where it has one (detected at
+  startup: llama-cpp-python's ``/extras/tokenize``, llama-server's and vLLM's ``/tokenize``),
+  else from a local tokenizer of the same model (:class:`app.llm.llama.GgufTokenizer`, the
+  vocabulary of a GGUF). The chat template always comes from that GGUF, so prompt counts include
+  the template's overhead. At startup the two tokenizers count the same probe texts; a mismatch
+  is refused (the budgets would be wrong), unless ``LLM_TOKENIZER=server`` says to trust the
+  server anyway, which only warns.
+- **Generation** streams chat completions; JSON agents get the server's JSON-schema mode, and
+  the agent runner validates the output again. Generations are serialised by an asyncio lock,
+  one at a time per model, like the in-process runtime, and timed the same way.
+- **Errors**: unreachable server -> :class:`ModelUnavailable` (503); its 503 -> the same with its
+  ``Retry-After``; its 429 -> :class:`ModelOverloaded` (429) with its ``Retry-After``; any other
+  failure, or a stream that breaks or ends without a finish reason -> :class:`GenerationFailed`.
+  Closing the stream closes the upstream response, which tells the server to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+from app.config import Settings
+from app.errors import (
+    ContextLengthExceeded,
+    GenerationFailed,
+    ModelOverloaded,
+    ModelUnavailable,
+    WriterAssistantError,
+)
+from app.llm.protocol import (
+    ChatMessage,
+    Completion,
+    FinishReason,
+    SamplingParams,
+    StreamItem,
+    Timings,
+    TokenDelta,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Texts both tokenizers count at startup: prose, dialogue, digits, accents, emoji, code and a
+#: chat prompt with the template's special tokens (rendered separately).
+PROBE_TEXTS = (
+    "Alice was beginning to get very tired of sitting by her sister on the bank.",
+    "\u201cCuriouser and curiouser!\u201d cried Alice; 1865, 42.5% \u2014 caf\u00e9, na\u00efve, "
+    "\u00fcber \U0001f407\n\n\tdef f(x): return x ** 2",
+)
+#: Counts remembered per generator (text -> tokens); trimming recounts the same sentences.
+_COUNT_CACHE_SIZE = 8192
+#: Characters of an upstream error message quoted in ours.
+_UPSTREAM_MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class TokenizeDialect:
+    """One server family's tokenize endpoint.
+
+    ``path`` is relative to the server root (the base URL without ``/v1``). ``body`` builds the
+    request for a text; ``special`` asks for special-token text to be parsed and BOS added where
+    the model wants one (what a rendered prompt needs). ``fixed_special`` marks an endpoint that
+    always does both (llama-cpp-python's), whose counts of plain text are corrected by the count
+    of the empty text.
+    """
+
+    name: str
+    path: str
+    body: Callable[[str, bool, str], dict[str, Any]]
+    fixed_special: bool = False
+    #: How this server takes a JSON schema in ``response_format``.
+    json_object_schema: bool = False
+
+
+DIALECTS = (
+    # llama-cpp-python: llama_cpp/server/app.py, POST /extras/tokenize {"input"} ->
+    # {"tokens"}; it tokenizes with special=True and BOS as the model wants, and its
+    # response_format takes only "json_object" with a "schema" (not "json_schema").
+    TokenizeDialect("llama-cpp-python", "/extras/tokenize",
+                    lambda text, special, model: {"input": text}, fixed_special=True,
+                    json_object_schema=True),
+    # llama.cpp's llama-server: tools/server/README.md, POST /tokenize {"content",
+    # "add_special", "parse_special"} -> {"tokens"}.
+    TokenizeDialect("llama-server", "/tokenize",
+                    lambda text, special, model: {"content": text, "add_special": special,
+                                                  "parse_special": special}),
+    # vLLM: POST /tokenize {"model", "prompt", "add_special_tokens"} -> {"count", "tokens"}.
+    TokenizeDialect("vllm", "/tokenize",
+                    lambda text, special, model: {"model": model, "prompt": text,
+                                                  "add_special_tokens": special}),
+)
+
+
+class ServerTokenizer:
+    """Counts tokens with the model server's tokenize endpoint (synchronous, thread-safe).
+
+    Counting is synchronous in the protocol (context assembly runs in a worker thread), so this
+    uses a synchronous ``httpx.Client``; counts are cached.
+
+    Raises (from every method): :class:`ModelUnavailable` when the server cannot be reached,
+    else what :func:`upstream_error` maps its answer to.
+    """
+
+    def __init__(self, client: httpx.Client, dialect: TokenizeDialect, model: str) -> None:
+        self._client = client
+        self.dialect = dialect
+        self._model = model
+        self._baseline = {False: 0, True: 0}
+        if dialect.fixed_special:
+            self._baseline[False] = len(self.tokenize("", special=True))
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        """Token ids of ``text`` as the server tokenizes it."""
+        try:
+            response = self._client.post(self.dialect.path,
+                                         json=self.dialect.body(text, special, self._model))
+        except httpx.TransportError as error:
+            raise unreachable(str(self._client.base_url), error) from error
+        if response.status_code != 200:
+            raise upstream_error(response.status_code, response.headers, response.text)
+        tokens = response.json().get("tokens")
+        if not isinstance(tokens, list):
+            raise GenerationFailed(f"the model server's {self.dialect.path} answered no tokens")
+        return tokens
+
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` on its own (no BOS)."""
+        return len(self.tokenize(text, special=False)) - self._baseline[False]
+
+    def count_rendered_prompt(self, prompt: str) -> int:
+        """Tokens of a rendered prompt (special tokens parsed, BOS as the model wants)."""
+        return len(self.tokenize(prompt, special=True))
+
+
+def detect_dialect(client: httpx.Client, model: str) -> TokenizeDialect | None:
+    """The first tokenize dialect whose endpoint answers a probe with token ids, or ``None``.
+
+    Raises:
+        ModelUnavailable: the server cannot be reached.
+    """
+    for dialect in DIALECTS:
+        try:
+            response = client.post(dialect.path, json=dialect.body("Hello", False, model))
+        except httpx.TransportError as error:
+            raise unreachable(str(client.base_url), error) from error
+        if response.status_code == 200:
+            try:
+                tokens = response.json().get("tokens")
+            except ValueError:
+                continue
+            if isinstance(tokens, list) and tokens and all(isinstance(t, int) for t in tokens):
+                return dialect
+    return None
+
+
+class RemoteGenerator:
+    """A model on an OpenAI-compatible server, implementing
+    :class:`app.llm.protocol.TextGenerator`.
+
+    Build it with :meth:`connect`, which checks the server and the tokenizers.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: str,
+        n_ctx: int,
+        local: Any,
+        server: ServerTokenizer | None,
+        count_with_server: bool,
+        http: httpx.Client,
+    ) -> None:
+        self._settings = settings
+        self._model = model
+        self._n_ctx = n_ctx
+        self._local = local
+        self._server = server
+        self._count_with_server = count_with_server
+        self._http = http
+        self._json_object_schema = bool(server and server.dialect.json_object_schema)
+        api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
+        # No retries inside a request: the model lock is held meanwhile, and the caller gets
+        # the server's Retry-After instead.
+        self._client = openai.AsyncOpenAI(
+            base_url=settings.llm_base_url, api_key=api_key, max_retries=0,
+            timeout=settings.llm_request_timeout_s,
+        )
+        self._lock = asyncio.Lock()
+        self._cache: OrderedDict[str, int] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._warned_prompt_mismatch = False
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def connect(cls, settings: Settings) -> "RemoteGenerator":
+        """Reach the server, find its model, context window and tokenize endpoint, load the
+        local tokenizer and compare the two (blocking; run it in a worker thread).
+
+        Raises:
+            ModelUnavailable: the server is unreachable or loading (``retryable`` in
+                ``details``), refused the API key, serves no model, or the tokenizers disagree.
+        """
+        from app.llm.llama import GgufTokenizer, default_model_path
+
+        base = (settings.llm_base_url or "").rstrip("/")
+        root = base.removesuffix("/v1")
+        headers = {}
+        if settings.llm_api_key is not None:
+            headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
+        http = httpx.Client(base_url=root, headers=headers,
+                            timeout=settings.llm_request_timeout_s)
+        try:
+            model, n_ctx = _discover(http, base, settings)
+            dialect = detect_dialect(http, model)
+            server = ServerTokenizer(http, dialect, model) if dialect else None
+            path = settings.llm_tokenizer_path or default_model_path()
+            local = GgufTokenizer.load(Path(path))
+            count_with_server = _choose_counter(settings, server)
+            _compare_tokenizers(settings, local, server, count_with_server)
+        except BaseException:
+            http.close()
+            raise
+        logger.info(
+            "remote model ready: %s at %s (n_ctx %d, token counts from %s, tokenizer %s)",
+            model, base, n_ctx,
+            f"the server ({dialect.name})" if count_with_server and dialect else "local GGUF",
+            local.name,
+        )
+        return cls(settings, model=model, n_ctx=n_ctx, local=local, server=server,
+                   count_with_server=count_with_server, http=http)
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients."""
+        await self._client.close()
+        self._http.close()
+
+    # --- TextGenerator ----------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    @property
+    def model_name(self) -> str:
+        # llama-cpp-python names a model by its file path: show the file stem, like llama.py.
+        return Path(self._model).stem if self._model.endswith(".gguf") else self._model
+
+    @property
+    def token_source(self) -> str:
+        """Where counts come from: the server dialect's name, or ``local``."""
+        if self._count_with_server and self._server is not None:
+            return self._server.dialect.name
+        return "local"
+
+    def count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        if not (self._count_with_server and self._server):
+            return self._local.count_tokens(text)
+        with self._cache_lock:
+            if text in self._cache:
+                self._cache.move_to_end(text)
+                return self._cache[text]
+        count = self._server.count(text)
+        with self._cache_lock:
+            self._cache[text] = count
+            if len(self._cache) > _COUNT_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return count
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        return self._local.render_prompt(messages)
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        if self._count_with_server and self._server:
+            return self._server.count_rendered_prompt(self.render_prompt(messages))
+        return self._local.count_prompt_tokens(messages)
+
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
+        async for item in self.stream(messages, params):
+            if isinstance(item, Completion):
+                return item
+        raise GenerationFailed("the model stream ended without a completion")
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[StreamItem]:
+        prompt_tokens = await asyncio.to_thread(self.count_prompt_tokens, messages)
+        if prompt_tokens + params.max_tokens > self.n_ctx:
+            raise ContextLengthExceeded(
+                f"prompt tokens ({prompt_tokens}) + max_tokens ({params.max_tokens}) exceed the "
+                f"context window of {self.n_ctx}",
+                param="max_tokens",
+                needed_tokens=prompt_tokens + params.max_tokens,
+                available_tokens=self.n_ctx,
+            )
+        request = self._request(messages, params)
+        queued = time.perf_counter()
+        async with self._lock:
+            start = time.perf_counter()
+            try:
+                upstream = await self._client.chat.completions.create(**request)
+            except openai.APIError as error:
+                raise _map_openai_error(error, str(self._client.base_url)) from error
+            first_token_at: float | None = None
+            text: list[str] = []
+            pieces = 0
+            finish: str | None = None
+            usage: Any = None
+            try:
+                async for chunk in upstream:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    content = choice.delta.content if choice.delta else None
+                    if content:
+                        if first_token_at is None:
+                            first_token_at = time.perf_counter()
+                        pieces += 1
+                        text.append(content)
+                        yield TokenDelta(content)
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+            except Exception as error:  # noqa: BLE001 - any break after the first byte
+                # The openai client wraps transport failures (a dropped connection, a read
+                # timeout) in APIError subclasses; anything else is unexpected, so log it whole.
+                logger.warning("model server stream failed after %d pieces: %s", pieces,
+                               type(error).__name__, exc_info=not isinstance(error,
+                                                                             openai.APIError))
+                raise GenerationFailed(
+                    f"The model server's stream broke after {pieces} pieces "
+                    f"({_describe(error)}); try again."
+                ) from error
+            finally:
+                await upstream.close()
+            if finish is None:
+                # llama-cpp-python's server, started with interrupt_requests on (its default),
+                # ends a stream with [DONE] and no finish reason when another request arrives.
+                raise GenerationFailed(
+                    f"The model server ended the stream after {pieces} pieces without a finish "
+                    "reason (was it interrupted by another request?); try again."
+                )
+            end = time.perf_counter()
+            completion_tokens = usage.completion_tokens if usage is not None else pieces
+            served_prompt = usage.prompt_tokens if usage is not None else prompt_tokens
+            if served_prompt != prompt_tokens and not self._warned_prompt_mismatch:
+                self._warned_prompt_mismatch = True
+                logger.warning(
+                    "the model server counted %d prompt tokens where we counted %d: budgets may "
+                    "be off (check LLM_TOKENIZER_PATH)", served_prompt, prompt_tokens)
+            yield Completion(
+                text="".join(text),
+                prompt_tokens=served_prompt,
+                completion_tokens=completion_tokens,
+                finish_reason=_finish_reason(finish),
+                timings=_timings(queued, start, first_token_at, end, completion_tokens),
+            )
+
+    def _request(self, messages: Sequence[ChatMessage], params: SamplingParams) -> dict[str, Any]:
+        """Keyword arguments of ``chat.completions.create`` for one generation."""
+        request: dict[str, Any] = {
+            "model": self._model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            # Not in the OpenAI API; llama.cpp's servers take both, vLLM takes top_k.
+            "extra_body": {"top_k": params.top_k, "repeat_penalty": params.repeat_penalty},
+        }
+        if params.seed is not None:
+            request["seed"] = params.seed
+        if params.json_schema is not None:
+            if self._json_object_schema:
+                request["response_format"] = {"type": "json_object", "schema": params.json_schema}
+            else:
+                request["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "output", "schema": params.json_schema},
+                }
+        return request
+
+
+# --- startup checks ---------------------------------------------------------------------------
+def _discover(http: httpx.Client, base: str, settings: Settings) -> tuple[str, int]:
+    """The model id and context window the server reports.
+
+    The id is ``LLM_MODEL`` or the first listed at ``/v1/models``; the window is llama-server's
+    ``/props`` ``n_ctx``, else vLLM's ``max_model_len`` in the model list, else ``LLM_N_CTX``
+    (llama-cpp-python reports none).
+    """
+    try:
+        response = http.get(f"{base}/models")
+    except httpx.TransportError as error:
+        raise unreachable(base, error) from error
+    if response.status_code in (401, 403):
+        raise ModelUnavailable(
+            f"the model server at {base} refused our credentials ({response.status_code}); "
+            "check LLM_API_KEY")
+    if response.status_code != 200:
+        raise upstream_error(response.status_code, response.headers, response.text,
+                             during="listing its models")
+    listed = [m for m in response.json().get("data", []) if isinstance(m, dict) and "id" in m]
+    chosen = settings.llm_model
+    entry = next((m for m in listed if m["id"] == chosen), None) if chosen else None
+    if chosen is None:
+        if not listed:
+            raise ModelUnavailable(f"the model server at {base} lists no model; set LLM_MODEL")
+        entry = listed[0]
+        chosen = entry["id"]
+    n_ctx = _props_n_ctx(http)
+    if n_ctx is None and entry is not None and isinstance(entry.get("max_model_len"), int):
+        n_ctx = entry["max_model_len"]
+    return chosen, n_ctx or settings.llm_n_ctx
+
+
+def _props_n_ctx(http: httpx.Client) -> int | None:
+    """llama-server's context window from ``/props`` (per slot), or ``None`` elsewhere."""
+    try:
+        response = http.get("/props")
+    except httpx.TransportError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        props = response.json()
+    except ValueError:
+        return None
+    settings = props.get("default_generation_settings") or {}
+    n_ctx = settings.get("n_ctx", props.get("n_ctx"))
+    return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+
+
+def _choose_counter(settings: Settings, server: ServerTokenizer | None) -> bool:
+    """Whether token counts come from the server (else from the local tokenizer).
+
+    Raises:
+        ModelUnavailable: ``LLM_TOKENIZER=server`` and the server has no tokenize endpoint.
+    """
+    if settings.llm_tokenizer == "server" and server is None:
+        raise ModelUnavailable(
+            "LLM_TOKENIZER=server, but the model server has no tokenize endpoint we know "
+            "(/extras/tokenize, /tokenize); use LLM_TOKENIZER=local with LLM_TOKENIZER_PATH")
+    return settings.llm_tokenizer != "local" and server is not None
+
+
+def _compare_tokenizers(settings: Settings, local: Any, server: ServerTokenizer | None,
+                        count_with_server: bool) -> None:
+    """Count the probe texts and a probe chat prompt with both tokenizers.
+
+    Raises:
+        ModelUnavailable: they disagree and ``LLM_TOKENIZER`` is not ``server``.
+    """
+    if server is None:
+        logger.warning("the model server has no tokenize endpoint: token counts come from %s "
+                       "unchecked; make sure it is the served model's", local.name)
+        return
+    prompt = local.render_prompt([ChatMessage("system", PROBE_TEXTS[0]),
+                                  ChatMessage("user", PROBE_TEXTS[1])])
+    pairs = [(local.count_tokens(text), server.count(text)) for text in PROBE_TEXTS]
+    pairs.append((local.count_rendered_prompt(prompt), server.count_rendered_prompt(prompt)))
+    if all(mine == theirs for mine, theirs in pairs):
+        return
+    figures = ", ".join(f"{mine} vs {theirs}" for mine, theirs in pairs)
+    message = (
+        f"the local tokenizer ({local.name}) and the model server's ({server.dialect.name}) "
+        f"disagree on the probe texts (local vs server tokens: {figures}): the server serves "
+        "another model; set LLM_TOKENIZER_PATH to a GGUF of the served model"
+    )
+    if settings.llm_tokenizer == "server":
+        logger.warning("%s; counting with the server's tokenizer, but prompts are rendered with "
+                       "the local chat template, so template overhead may be off", message)
+        return
+    raise ModelUnavailable(message)
+
+
+# --- errors -----------------------------------------------------------------------------------
+def unreachable(base: str, error: Exception) -> ModelUnavailable:
+    """The error for a model server that cannot be reached (retryable)."""
+    return ModelUnavailable(
+        f"The model server at {base} is unreachable ({type(error).__name__}); retry later.",
+        retryable=True,
+    )
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay-seconds or an HTTP date), or ``None``."""
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def upstream_error(status: int, headers: Any, body: str, *,
+                   during: str = "generating") -> WriterAssistantError:
+    """Our error for an HTTP error answer of the model server.
+
+    429 -> :class:`ModelOverloaded`, 503 -> :class:`ModelUnavailable` (retryable), both with
+    the server's ``Retry-After``; anything else -> :class:`GenerationFailed`.
+    """
+    retry_after = retry_after_seconds(headers)
+    details = {"upstream_status": status}
+    if retry_after is not None:
+        details["retry_after_s"] = round(retry_after, 1)
+    if status == 429:
+        return ModelOverloaded("The model server is busy (429); retry after the delay given.",
+                               retry_after=retry_after, **details)
+    if status == 503:
+        return ModelUnavailable("The model server is unavailable or still loading (503); "
+                                "retry after the delay given.", retry_after=retry_after,
+                                retryable=True, **details)
+    quoted = " ".join(body.split())[:_UPSTREAM_MESSAGE_CHARS]
+    return GenerationFailed(f"The model server answered {status} while {during}: {quoted}",
+                            **details)
+
+
+def _map_openai_error(error: openai.APIError, base: str) -> WriterAssistantError:
+    if isinstance(error, openai.APIStatusError):
+        return upstream_error(error.status_code, error.response.headers, _describe(error))
+    if isinstance(error, openai.APITimeoutError):
+        return GenerationFailed("The model server did not answer within "
+                                "LLM_REQUEST_TIMEOUT_S; try again or raise it.")
+    if isinstance(error, openai.APIConnectionError):
+        return unreachable(base, error)
+    return GenerationFailed(f"The model server failed: {_describe(error)}")
+
+
+def _describe(error: openai.APIError) -> str:
+    message = getattr(error, "message", "") or type(error).__name__
+    return " ".join(str(message).split())[:_UPSTREAM_MESSAGE_CHARS]
+
+
+def _finish_reason(reason: str) -> FinishReason:
+    # The protocol knows stop and length; content_filter, tool_calls and the like end the text.
+    return "length" if reason == "length" else "stop"
+
+
+def _timings(
+    queued: float, start: float, first: float | None, end: float, completion_tokens: int
+) -> Timings:
+    """As ``app.llm.llama``: queue is the wait for the lock, the rest counts from holding it."""
+    first = first if first is not None else end
+    decode_s = end - first
+    rate = (completion_tokens - 1) / decode_s if completion_tokens > 1 and decode_s > 0 else 0.0
+    return Timings(
+        queue_ms=(start - queued) * 1000,
+        time_to_first_token_ms=(first - start) * 1000,
+        total_ms=(end - start) * 1000,
+        decode_tokens_per_s=rate,
+    )
+
+
+async def wait_for_server(settings: Settings, sleep: Callable[[float], Any] = asyncio.sleep,
+                          on_retry: Callable[[str], None] | None = None) -> RemoteGenerator:
+    """Connect, retrying every ``LLM_CONNECT_RETRY_S`` while the server is unreachable or
+    loading (never on a refusal such as a tokenizer mismatch). ``on_retry`` gets the reason.
+
+    Raises:
+        ModelUnavailable: the last attempt's failure when retrying is off, or a refusal.
+    """
+    while True:
+        try:
+            return await asyncio.to_thread(RemoteGenerator.connect, settings)
+        except ModelUnavailable as error:
+            if not error.details.get("retryable") or settings.llm_connect_retry_s <= 0:
+                raise
+            reason = f"{error.message} (retrying every {settings.llm_connect_retry_s:g} s)"
+            logger.warning("model server not ready: %s", reason)
+            if on_retry is not None:
+                on_retry(reason)
+            await sleep(settings.llm_connect_retry_s)
