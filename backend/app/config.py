@@ -218,6 +218,56 @@ class Settings(BaseSettings):
         default=32, ge=1, le=1024, description="Chunks embedded per batch during ingest."
     )
 
+    # --- distillation ------------------------------------------------------------------
+    distillation_enabled: bool = Field(
+        default=True,
+        description="Summarize story, character and world content that overflows its layer "
+        "instead of dropping it. Off: trim and drop only.",
+    )
+    distillation_plot_temperature: float = Field(
+        default=0.2, ge=0.0, le=2.0, description="Temperature of plot summaries (story text)."
+    )
+    distillation_character_temperature: float = Field(
+        default=0.2, ge=0.0, le=2.0, description="Temperature of character summaries."
+    )
+    distillation_dialogue_temperature: float = Field(
+        default=0.3, ge=0.0, le=2.0,
+        description="Temperature of dialogue summaries (story text that is mostly speech).",
+    )
+    distillation_scene_temperature: float = Field(
+        default=0.3, ge=0.0, le=2.0, description="Temperature of scene and setting summaries."
+    )
+    distillation_world_temperature: float = Field(
+        default=0.2, ge=0.0, le=2.0, description="Temperature of world and background summaries."
+    )
+    distillation_feedback_temperature: float = Field(
+        default=0.1, ge=0.0, le=2.0, description="Temperature of feedback summaries."
+    )
+    distillation_verbatim_share: float = Field(
+        default=0.5, ge=0.1, le=0.95,
+        description="Share of the story-so-far budget kept as verbatim newest text when the "
+        "story overflows; older text is summarized into the rest.",
+    )
+    distillation_chunk_summary_tokens: int = Field(
+        default=200, ge=32, le=4096,
+        description="Target tokens of a first-level summary of one chapter (or part of one).",
+    )
+    distillation_min_summary_tokens: int = Field(
+        default=32, ge=8, le=1024,
+        description="Smallest summary worth making, in tokens; with less room content is "
+        "dropped (last resort, reported).",
+    )
+    summary_cache_dir: Path = Field(
+        default=Path("data/summary-cache"),
+        description="Directory of the on-disk summary cache (relative to the working "
+        "directory); survives restarts.",
+    )
+    summary_cache_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024 * 1024,
+        description="Size bound of the summary cache in bytes; least recently used entries "
+        "are evicted past it.",
+    )
+
     # --- HTTP --------------------------------------------------------------------------------
     log_level: str = Field(default="INFO", description="Python logging level for the service.")
     sse_ping_seconds: float = Field(

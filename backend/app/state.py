@@ -11,6 +11,7 @@ from app.agents.runner import AgentRunner
 from app.archive.retrieval import archive_context
 from app.archive.service import Archive, ArchiveState
 from app.config import Settings
+from app.context.summaries import Distiller, SummaryCache
 from app.errors import ModelUnavailable
 from app.llm.protocol import TextGenerator
 
@@ -36,10 +37,15 @@ class Services:
     archive: ArchiveState = field(default_factory=ArchiveState)
 
     def set_ready(self, generator: TextGenerator) -> None:
-        """Publish a loaded generator and the runner on top of it (with archive retrieval)."""
+        """Publish a loaded generator and the runner on top of it (with archive retrieval and
+        the summary cache)."""
+        settings = self.settings
+        cache = SummaryCache(settings.summary_cache_dir, settings.summary_cache_max_bytes,
+                             generator.model_name)
         self.model = ModelState(status="ready", generator=generator)
-        self.runner = AgentRunner(self.settings, generator,
-                                  extra_elements=archive_context(self.archive.ready))
+        self.runner = AgentRunner(settings, generator,
+                                  extra_elements=archive_context(self.archive.ready),
+                                  distiller=Distiller(generator, cache, settings))
 
     def require_archive(self) -> Archive:
         """The story archive, once loaded.

@@ -47,9 +47,16 @@ def fake() -> FakeGenerator:
 
 
 @pytest.fixture
-def client(fake: FakeGenerator) -> Iterator[TestClient]:
+def settings(tmp_path: Path) -> Settings:
+    """Settings whose on-disk state (summary cache, archive) lives in a temporary directory."""
+    return Settings(summary_cache_dir=tmp_path / "summaries",
+                    archive_db_path=tmp_path / "archive")
+
+
+@pytest.fixture
+def client(fake: FakeGenerator, settings: Settings) -> Iterator[TestClient]:
     """An app on the fake generator (no model load)."""
-    with TestClient(create_app(Settings(), generator=fake)) as test_client:
+    with TestClient(create_app(settings, generator=fake)) as test_client:
         yield test_client
 
 
@@ -60,10 +67,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def live_server() -> Iterator[str]:
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real uvicorn server on loopback with the embedded model loaded; yields its base URL."""
     port = _free_port()
-    config = uvicorn.Config(create_app(Settings()), host="127.0.0.1", port=port,
+    state = tmp_path_factory.mktemp("live")
+    settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive")
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                             log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

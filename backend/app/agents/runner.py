@@ -1,9 +1,11 @@
-"""The one generic agent runner: assemble the context, call the generator, check JSON output."""
+"""The one generic agent runner: assemble the context, distill what overflows, call the
+generator, check JSON output."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -12,14 +14,22 @@ from pydantic import BaseModel, ValidationError
 from app.agents.spec import AgentSpec, TaskInput
 from app.config import Settings
 from app.context.assembly import AgentTask, AssembledPrompt, assemble
+from app.context.distill import SummaryJob, SummaryLookup
 from app.context.elements import ContextElement, flatten
-from app.context.report import AssemblyReport
-from app.errors import AgentOutputInvalid, InvalidRequest
+from app.context.report import AssemblyReport, DistillationStats
+from app.context.summaries import DistillStats, Distiller, SummaryCache
+from app.errors import AgentOutputInvalid, GenerationFailed, InvalidRequest
 from app.llm.protocol import Completion, SamplingParams, StreamItem, TextGenerator
 from app.schemas.requests import AgentRequest
 
 #: Extra context elements for a request (e.g. archive passages); see ``AgentRunner``.
 ExtraElements = Callable[[AgentRequest], Awaitable[list[ContextElement]]]
+
+#: Receives one dict per distillation step (streamed as ``progress`` events).
+ProgressCallback = Callable[[dict[str, object]], Awaitable[None]]
+
+#: Assembly passes per request: one per level of summaries (see app.context.overflow), + 1.
+_MAX_ASSEMBLY_PASSES = 8
 
 #: Characters of a validation error quoted back to the model in the repair attempt.
 _REPAIR_ERROR_CHARS = 300
@@ -52,11 +62,42 @@ class AgentResult:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """A distillation step, streamed before the first token so a client is never silent long."""
+
+    data: dict[str, object]
+
+
+@dataclass(frozen=True)
 class Meta:
-    """First stream item: the assembly report and the fields the response echoes."""
+    """The assembly report and the fields the response echoes (first after any progress)."""
 
     report: AssemblyReport
     summary: dict[str, object]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A request turned into what assembly needs."""
+
+    task: TaskInput
+    params: SamplingParams
+    elements: list[ContextElement]
+    agent_task: AgentTask
+    max_context_tokens: int | None
+
+
+class _CountingLookup:
+    """The summary cache as assembly's lookup, counting the summaries it finds."""
+
+    def __init__(self, cache: SummaryCache) -> None:
+        self.cache = cache
+        self.hits = 0
+
+    def get(self, job: SummaryJob) -> str | None:
+        text = self.cache.get(job)
+        self.hits += text is not None
+        return text
 
 
 class AgentRunner:
@@ -64,6 +105,7 @@ class AgentRunner:
 
     ``extra_elements``, when given, supplies more context elements per request (the archive's
     retrieved passages); they compete for their layer's budget like any other element.
+    ``distiller``, when given (and ``DISTILLATION_ENABLED``), summarizes what overflows.
     """
 
     def __init__(
@@ -71,10 +113,12 @@ class AgentRunner:
         settings: Settings,
         generator: TextGenerator,
         extra_elements: ExtraElements | None = None,
+        distiller: Distiller | None = None,
     ) -> None:
         self.settings = settings
         self.generator = generator
         self.extra_elements = extra_elements
+        self.distiller = distiller
 
     def sampling(self, spec: AgentSpec, request: AgentRequest) -> SamplingParams:
         """Sampling for ``request``: its overrides, else the agent's, else the server's.
@@ -104,15 +148,7 @@ class AgentRunner:
             json_schema=output_model.model_json_schema() if output_model else None,
         )
 
-    async def prepare(self, spec: AgentSpec, request: AgentRequest, note: str = "") -> Prepared:
-        """Build the task, assemble the context and choose the sampling, without generating.
-
-        ``note`` is appended to the task (used by the repair attempt).
-
-        Raises:
-            UnknownReference, InvalidRequest, ContextLengthExceeded: the request cannot be
-                served as given.
-        """
+    async def _plan(self, spec: AgentSpec, request: AgentRequest, note: str) -> _Plan:
         task = spec.build_task(request)
         if note:
             task = replace(task, text=f"{task.text}\n\n{note}")
@@ -126,20 +162,90 @@ class AgentRunner:
             history=task.history,
         )
         config = request.context_processing_config
+        return _Plan(task, params, elements, agent_task,
+                     config.max_context_tokens if config else None)
+
+    async def _assemble(self, plan: _Plan, lookup: SummaryLookup | None) -> AssembledPrompt:
         generator = self.generator
-        prompt = await asyncio.to_thread(
+        return await asyncio.to_thread(
             assemble,
-            elements,
-            agent_task,
+            plan.elements,
+            plan.agent_task,
             counter=generator,
             settings=self.settings,
             n_ctx=generator.n_ctx,
             model=generator.model_name,
-            max_tokens=params.max_tokens,
-            max_context_tokens=config.max_context_tokens if config else None,
-            exclude=task.exclude,
+            max_tokens=plan.params.max_tokens,
+            max_context_tokens=plan.max_context_tokens,
+            exclude=plan.task.exclude,
+            summaries=lookup,
         )
-        return Prepared(task, prompt, params)
+
+    def _lookup(self) -> _CountingLookup | None:
+        if self.distiller is None or not self.settings.distillation_enabled:
+            return None
+        return _CountingLookup(self.distiller.cache)
+
+    async def _distill(
+        self,
+        plan: _Plan,
+        prompt: AssembledPrompt,
+        lookup: _CountingLookup | None,
+        progress: ProgressCallback | None,
+    ) -> AssembledPrompt:
+        """Make the summaries assembly asked for and assemble again, until none is missing.
+
+        Raises:
+            GenerationFailed: the model failed while summarizing, or the passes ran out.
+        """
+        if lookup is None or self.distiller is None:
+            return prompt
+        started = time.perf_counter()
+        stats = DistillStats()
+        for _ in range(_MAX_ASSEMBLY_PASSES):
+            if not prompt.missing:
+                break
+            jobs = list({job.digest: job for job in prompt.missing}.values())
+            for step, job in enumerate(jobs, start=1):
+                if progress is not None:
+                    await progress({"stage": "distilling", "summary": job.id, "label": job.label,
+                                    "layer": job.layer.value, "level": job.level,
+                                    "step": step, "steps": len(jobs)})
+                await self.distiller.make(job, stats)
+            lookup.hits = 0
+            prompt = await self._assemble(plan, lookup)
+        if prompt.missing:
+            raise GenerationFailed("distilling the context did not converge; retry the request")
+        prompt.report.distillation = DistillationStats(
+            llm_calls=stats.llm_calls,
+            cache_hits=max(0, lookup.hits - stats.made),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return prompt
+
+    async def prepare(
+        self,
+        spec: AgentSpec,
+        request: AgentRequest,
+        note: str = "",
+        progress: ProgressCallback | None = None,
+    ) -> Prepared:
+        """Build the task, assemble (and distill) the context and choose the sampling,
+        without generating the answer.
+
+        ``note`` is appended to the task (used by the repair attempt); ``progress`` receives
+        a dict per summary made.
+
+        Raises:
+            UnknownReference, InvalidRequest, ContextLengthExceeded: the request cannot be
+                served as given.
+            GenerationFailed: the model failed while distilling.
+        """
+        plan = await self._plan(spec, request, note)
+        lookup = self._lookup()
+        prompt = await self._assemble(plan, lookup)
+        prompt = await self._distill(plan, prompt, lookup, progress)
+        return Prepared(plan.task, prompt, plan.params)
 
     async def run(self, spec: AgentSpec, request: AgentRequest) -> AgentResult:
         """Run ``spec`` on ``request`` to completion.
@@ -183,24 +289,41 @@ class AgentRunner:
 
     async def stream(
         self, spec: AgentSpec, request: AgentRequest
-    ) -> AsyncIterator[Meta | StreamItem]:
-        """Yield :class:`Meta`, then the generator's token deltas and final completion.
+    ) -> AsyncIterator[Progress | Meta | StreamItem]:
+        """Yield :class:`Progress` while distilling, then :class:`Meta`, then the generator's
+        token deltas and final completion.
 
-        Preparation errors raise before anything is yielded, so the HTTP layer can still
-        answer with a plain 4xx.
+        The request is validated and assembled once before anything is yielded, so the HTTP
+        layer can still answer bad input with a plain 4xx.
         """
-        prepared = await self.prepare(spec, request)
-        return _stream(prepared, self.generator)
+        plan = await self._plan(spec, request, "")
+        lookup = self._lookup()
+        prompt = await self._assemble(plan, lookup)
+        return self._stream(plan, prompt, lookup)
 
-
-async def _stream(prepared: Prepared, generator: TextGenerator) -> AsyncIterator[Meta | StreamItem]:
-    yield Meta(prepared.prompt.report, prepared.task.summary)
-    stream = generator.stream(prepared.prompt.messages, prepared.params)
-    try:
-        async for item in stream:
-            yield item
-    finally:
-        await stream.aclose()
+    async def _stream(
+        self, plan: _Plan, prompt: AssembledPrompt, lookup: _CountingLookup | None
+    ) -> AsyncIterator[Progress | Meta | StreamItem]:
+        events: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        distilling = asyncio.create_task(self._distill(plan, prompt, lookup, events.put))
+        try:
+            while not distilling.done() or not events.empty():
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({distilling, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield Progress(getter.result())
+                else:
+                    getter.cancel()
+            prompt = distilling.result()
+        finally:
+            distilling.cancel()
+        yield Meta(prompt.report, plan.task.summary)
+        stream = self.generator.stream(prompt.messages, plan.params)
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            await stream.aclose()
 
 
 def _parse(model: type[BaseModel], completion: Completion) -> BaseModel:

@@ -8,15 +8,29 @@ context fits therefore shares the whole system message with the first as a token
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from app.config import Settings
 from app.context.budget import Window, allocate, plan_window
-from app.context.elements import LAYER_TITLES, PRIORITY_RANK, ContextElement, Layer
-from app.context.report import AssemblyReport, ElementReport, Fate, LayerReport
-from app.context.trim import trim_to_budget
+from app.context.distill import SummaryJob, SummaryLookup
+from app.context.elements import LAYER_TITLES, ContextElement, Layer
+from app.context.overflow import (
+    Distillation,
+    Summary,
+    fit_by_distilling,
+    fit_by_trimming,
+    fit_story_by_distilling,
+)
+from app.context.report import (
+    AssemblyReport,
+    ElementReport,
+    Fate,
+    LayerReport,
+    SummaryReport,
+    SummarySourceReport,
+)
+from app.context.slots import Slot, TokenCounter, cut, importance
 from app.errors import ContextLengthExceeded
 from app.llm.protocol import ChatMessage
 from app.schemas.context import Priority
@@ -29,14 +43,6 @@ SYSTEM_PREAMBLE = (
 
 #: Extra tokens to shave per correction round when the exact count overshoots the estimate.
 _CORRECTION_SLACK = 8
-
-
-class TokenCounter(Protocol):
-    """The two counts assembly needs from the served model (see ``TextGenerator``)."""
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -57,44 +63,15 @@ class AgentTask:
 
 @dataclass(frozen=True)
 class AssembledPrompt:
-    """Messages ready for the generator, and the report of how they were built."""
+    """Messages ready for the generator, and the report of how they were built.
+
+    ``missing`` lists summaries the lookup did not have yet: while it is not empty the prompt is
+    provisional (what they stand for is left out); make them and assemble again.
+    """
 
     messages: list[ChatMessage]
     report: AssemblyReport
-
-
-@dataclass
-class _Slot:
-    """Working state of one element during assembly."""
-
-    element: ContextElement
-    tokens: int
-    kept_body: str | None  # None: dropped
-    kept_tokens: int
-    fate: Fate
-    reason: str
-    boundary: str | None = None
-
-    @property
-    def kept_text(self) -> str | None:
-        """The element as rendered into the prompt now, or None when dropped."""
-        if self.kept_body is None:
-            return None
-        return self.element.render(self.kept_body, trimmed=self.fate is Fate.trimmed)
-
-    def drop(self) -> None:
-        self.kept_body, self.kept_tokens, self.fate, self.boundary = None, 0, Fate.dropped, None
-
-    @property
-    def cost(self) -> int:
-        # +1 for the newline that joins it to its neighbours
-        return self.kept_tokens + 1 if self.kept_body is not None else 0
-
-
-def _importance(slot: _Slot) -> tuple[int, int]:
-    """Sort key, most important first. For story text (keep_tail) newer beats older."""
-    element = slot.element
-    return PRIORITY_RANK[element.priority], (-element.order if element.keep_tail else element.order)
+    missing: list[SummaryJob] = field(default_factory=list)
 
 
 def build_messages(
@@ -118,49 +95,6 @@ def build_messages(
     ]
 
 
-def _cut(slot: _Slot, tokens_to_free: int, count: TokenCounter) -> None:
-    """Free at least ``tokens_to_free`` tokens from a kept slot by trimming it, or drop it."""
-    element = slot.element
-    heading_tokens = count.count_tokens(element.heading) + 1 if element.heading else 0
-    marker_tokens = 3  # the "[...]" marker
-    target = slot.kept_tokens - tokens_to_free - heading_tokens - marker_tokens
-    body = slot.kept_body if slot.kept_body is not None else element.text
-    result = trim_to_budget(body, target, count.count_tokens, keep_tail=element.keep_tail)
-    if not result.text:
-        slot.drop()
-        return
-    slot.kept_body, slot.fate, slot.boundary = result.text, Fate.trimmed, result.boundary
-    slot.kept_tokens = count.count_tokens(slot.kept_text or "")
-
-
-def _fit_layer(
-    layer: Layer, slots: list[_Slot], budget: int, count: TokenCounter
-) -> None:
-    """Trim or drop the layer's least important slots until their cost fits ``budget``."""
-    excess = sum(s.cost for s in slots) - budget
-    for slot in sorted(slots, key=_importance, reverse=True):
-        if excess <= 0:
-            break
-        if slot.element.priority is Priority.high or slot.kept_body is None:
-            continue
-        before = slot.cost
-        if before <= excess:
-            slot.drop()
-        else:
-            _cut(slot, excess, count)
-        excess -= before - slot.cost
-        slot.reason = (
-            f"the {layer.value} layer was over its {budget}-token budget and this was the "
-            f"least important {'story text' if slot.element.keep_tail else 'element'} left "
-            f"({slot.element.priority.value} priority"
-            + (", older text first" if slot.element.keep_tail else ", lowest priority first")
-            + ")"
-        )
-        if slot.fate is Fate.trimmed:
-            part = "end" if slot.element.keep_tail else "start"
-            slot.reason += f"; kept its {part} up to a {slot.boundary} boundary"
-
-
 def assemble(
     elements: Iterable[ContextElement],
     task: AgentTask,
@@ -172,13 +106,16 @@ def assemble(
     max_tokens: int,
     max_context_tokens: int | None = None,
     exclude: frozenset[str] = frozenset(),
+    summaries: SummaryLookup | None = None,
 ) -> AssembledPrompt:
     """Fit ``elements`` and ``task`` into the window and report each element's fate.
 
     Elements of layers the agent does not read, and those whose id is in ``exclude`` (already
-    part of the task), are dropped and reported. In each layer the
-    lowest-priority elements are trimmed (at paragraph or sentence boundaries) or dropped
-    first; high-priority elements never are. The returned prompt satisfies
+    part of the task), are dropped and reported. In each layer over its budget the
+    lowest-priority elements give way first; high-priority elements never do. Without
+    ``summaries`` they are trimmed (at paragraph or sentence boundaries) or dropped. With it,
+    story, character and world content is distilled instead (see ``app.context.overflow``);
+    summaries the lookup lacks come back in ``missing``. The returned prompt satisfies
     ``prompt_tokens + max_tokens <= window <= n_ctx`` exactly (counted after rendering).
 
     Raises:
@@ -186,7 +123,7 @@ def assemble(
             ``needed_tokens`` and ``available_tokens``.
     """
     window = plan_window(settings, n_ctx, max_tokens, max_context_tokens)
-    slots: list[_Slot] = []
+    slots: list[Slot] = []
     for element in elements:
         tokens = counter.count_tokens(element.render())
         if element.id in exclude:
@@ -194,16 +131,16 @@ def assemble(
         elif element.layer not in task.layers:
             reason = f"the {task.agent} agent does not read the {element.layer.value} layer"
         else:
-            slots.append(_Slot(element, tokens, element.text, tokens, Fate.kept, "fits its layer budget"))
+            slots.append(Slot(element, tokens, element.text, tokens, Fate.kept, "fits its layer budget"))
             continue
-        slots.append(_Slot(element, tokens, None, 0, Fate.dropped, reason))
+        slots.append(Slot(element, tokens, None, 0, Fate.dropped, reason))
 
     present = {s.element.layer for s in slots if s.kept_body is not None}
     skeleton = build_messages(task, {layer: [""] for layer in present})
     fixed = counter.count_prompt_tokens(skeleton)
     capacity = window.total - window.max_tokens - window.buffer - fixed
 
-    by_layer: dict[Layer, list[_Slot]] = {layer: [] for layer in Layer}
+    by_layer: dict[Layer, list[Slot]] = {layer: [] for layer in Layer}
     for slot in slots:
         if slot.kept_body is not None:
             by_layer[slot.element.layer].append(slot)
@@ -226,10 +163,26 @@ def assemble(
             available_tokens=window.total,
         )
     budgets = allocate(capacity, window.shares, required, wanted)
+    distillation = None
+    if summaries is not None:
+        distillation = Distillation(
+            lookup=summaries,
+            counter=counter,
+            min_tokens=settings.distillation_min_summary_tokens,
+            chunk_tokens=settings.distillation_chunk_summary_tokens,
+            verbatim_share=settings.distillation_verbatim_share,
+            input_limit=max(256, n_ctx // 2),
+        )
     for layer, group in by_layer.items():
-        _fit_layer(layer, group, budgets[layer], counter)
+        if distillation is None or layer is Layer.system:
+            fit_by_trimming(layer, group, budgets[layer], counter)
+        elif layer is Layer.recent_story:
+            fit_story_by_distilling(group, budgets[layer], distillation)
+        else:
+            fit_by_distilling(layer, group, budgets[layer], distillation)
+    placed = distillation.summaries if distillation else {}
 
-    messages, prompt_tokens = _render_exact(task, slots, window, counter)
+    messages, prompt_tokens = _render_exact(task, slots, placed, window, counter)
     report = AssemblyReport(
         agent=task.agent,
         model=model,
@@ -245,7 +198,8 @@ def assemble(
                 share_tokens=window.shares[layer],
                 budget_tokens=budgets[layer],
                 requested_tokens=wanted[layer],
-                used_tokens=sum(s.cost for s in by_layer[layer]),
+                used_tokens=sum(s.cost for s in by_layer[layer]) + sum(
+                    p.tokens + 1 for p in placed.get(layer, [])),
             )
             for layer in Layer
         ],
@@ -262,15 +216,39 @@ def assemble(
                 reason=s.reason,
                 boundary=s.boundary,
                 source=s.element.source,
+                distilled_into=s.distilled_into,
+                summary_tokens=s.summary_tokens,
             )
             for s in slots
         ],
+        summaries=[
+            SummaryReport(
+                id=p.id,
+                layer=layer,
+                strategy=p.job.strategy.value if p.job else "excerpt",
+                level=p.job.level if p.job else 0,
+                label=p.label,
+                sources=[SummarySourceReport(element_id=src.element_id, start=src.start,
+                                             end=src.end) for src in p.sources],
+                inputs=list(p.inputs),
+                source_tokens=p.source_tokens or p.tokens,
+                tokens=p.tokens,
+                target_tokens=p.job.target_tokens if p.job else p.tokens,
+            )
+            for layer, pieces in placed.items()
+            for p in pieces
+        ],
     )
-    return AssembledPrompt(messages=messages, report=report)
+    missing = distillation.missing if distillation else []
+    return AssembledPrompt(messages=messages, report=report, missing=missing)
 
 
 def _render_exact(
-    task: AgentTask, slots: list[_Slot], window: Window, counter: TokenCounter
+    task: AgentTask,
+    slots: list[Slot],
+    placed: dict[Layer, list[Summary]],
+    window: Window,
+    counter: TokenCounter,
 ) -> tuple[list[ChatMessage], int]:
     """Render the kept slots and count the prompt exactly; shave more if it overshoots.
 
@@ -280,10 +258,18 @@ def _render_exact(
     """
     limit = window.total - window.max_tokens
     while True:
-        sections: dict[Layer, list[str]] = {}
+        # Story summaries stand for older text, so they come before the verbatim chapters;
+        # other layers' summaries follow what was kept whole.
+        sections: dict[Layer, list[str]] = {
+            Layer.recent_story: [p.render(Layer.recent_story)
+                                 for p in placed.get(Layer.recent_story, [])]
+        }
         for slot in slots:
             if slot.kept_text is not None:
                 sections.setdefault(slot.element.layer, []).append(slot.kept_text)
+        for layer, pieces in placed.items():
+            if layer is not Layer.recent_story:
+                sections.setdefault(layer, []).extend(p.render(layer) for p in pieces)
         messages = build_messages(task, sections)
         prompt_tokens = counter.count_prompt_tokens(messages)
         overshoot = prompt_tokens - limit
@@ -300,12 +286,12 @@ def _render_exact(
                 needed_tokens=prompt_tokens + window.max_tokens,
                 available_tokens=window.total,
             )
-        slot = max(candidates, key=_importance)
+        slot = max(candidates, key=importance)
         before = slot.cost
         if before <= overshoot + _CORRECTION_SLACK:
             slot.drop()
         else:
-            _cut(slot, overshoot + _CORRECTION_SLACK, counter)
+            cut(slot, overshoot + _CORRECTION_SLACK, counter)
         slot.reason = (
             f"the exact prompt count overshot the estimate by {overshoot} tokens; the least "
             "important element gave them up"

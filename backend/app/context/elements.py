@@ -54,6 +54,8 @@ class ContextElement:
         heading: a line rendered above the body and never trimmed (may be empty).
         label: a short human name for the report.
         order: position in the request, for stable sorting.
+        content_type: what the content is (a plot element type such as ``world``, or
+            ``character``, ``chapter``...); picks the distillation strategy.
         keep_tail: when trimmed, keep the end (story text) rather than the start.
         source: extra provenance shown in the report (e.g. archive file and chapter).
     """
@@ -65,6 +67,7 @@ class ContextElement:
     text: str
     label: str
     order: int
+    content_type: str = ""
     heading: str = ""
     keep_tail: bool = False
     source: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +123,7 @@ def flatten(context: StructuredContext) -> list[ContextElement]:
             priority=item.priority,
             text=f"- {item.content}",
             label=f"system instruction ({item.type})",
+            content_type="feedback",
         )
     for i, item in enumerate(context.user_requests):
         add(
@@ -129,6 +133,7 @@ def flatten(context: StructuredContext) -> list[ContextElement]:
             priority=item.priority,
             text=f"- Request ({item.type}): {item.content}",
             label=f"user request ({item.type})",
+            content_type="feedback",
         )
     if context.metadata:
         add(
@@ -138,6 +143,7 @@ def flatten(context: StructuredContext) -> list[ContextElement]:
             priority=Priority.medium,
             text="\n".join(f"- {key}: {value}" for key, value in context.metadata.items()),
             label="story metadata",
+            content_type="world",
         )
     for i, item in enumerate(context.plot_elements):
         add(
@@ -147,6 +153,7 @@ def flatten(context: StructuredContext) -> list[ContextElement]:
             priority=item.priority,
             text=f"- {item.type.value.replace('_', ' ').capitalize()}: {item.content}",
             label=f"plot element ({item.type.value})",
+            content_type=item.type.value,
         )
     for i, character in enumerate(context.character_contexts):
         add(
@@ -157,6 +164,7 @@ def flatten(context: StructuredContext) -> list[ContextElement]:
             heading=f"### {character.character_name} (id: {character.character_id})",
             text=_render_character(character),
             label=f"character {character.character_name}",
+            content_type="character",
         )
     newest = len(context.chapters) - 1
     for i, chapter in enumerate(context.chapters):
@@ -169,6 +177,7 @@ def flatten(context: StructuredContext) -> list[ContextElement]:
             heading=heading,
             text=chapter.content,
             label=f"chapter {chapter.number}",
+            content_type="chapter",
             keep_tail=True,
             source={"chapter": chapter.number},
         )

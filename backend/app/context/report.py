@@ -20,6 +20,7 @@ class Fate(str, Enum):
 
     kept = "kept"
     trimmed = "trimmed"
+    distilled = "distilled"
     dropped = "dropped"
 
 
@@ -39,6 +40,45 @@ class ElementReport(BaseModel):
         default=None, description="For trimmed elements: paragraph or sentence."
     )
     source: dict[str, Any] = Field(default_factory=dict, description="Extra provenance.")
+    distilled_into: str | None = Field(
+        default=None, description="For distilled elements: the id of the summary standing for it."
+    )
+    summary_tokens: int | None = Field(
+        default=None, description="Tokens of that summary (it may stand for several elements)."
+    )
+
+
+class SummarySourceReport(BaseModel):
+    """A character range ``[start, end)`` of an element's text that a summary stands for."""
+
+    element_id: str
+    start: int
+    end: int
+
+
+class SummaryReport(BaseModel):
+    """One summary in the prompt and what it stands for."""
+
+    id: str
+    layer: Layer
+    strategy: str
+    level: int = Field(description="1: a summary of source text; 2 and up: of summaries.")
+    label: str
+    sources: list[SummarySourceReport]
+    inputs: list[str] = Field(
+        default_factory=list, description="Ids of the summaries it condenses (level 2 and up)."
+    )
+    source_tokens: int = Field(description="Tokens of the text it condenses.")
+    tokens: int = Field(description="Tokens of the summary, clipped to its target.")
+    target_tokens: int
+
+
+class DistillationStats(BaseModel):
+    """Model work done to distill this request's context."""
+
+    llm_calls: int = Field(default=0, description="Summarization calls made for this request.")
+    cache_hits: int = Field(default=0, description="Summaries found in the summary cache.")
+    seconds: float = Field(default=0.0, description="Wall-clock seconds spent distilling.")
 
 
 class LayerReport(BaseModel):
@@ -67,3 +107,5 @@ class AssemblyReport(BaseModel):
     prompt_tokens: int = Field(description="Exact prompt tokens, chat template included.")
     layers: list[LayerReport]
     elements: list[ElementReport]
+    summaries: list[SummaryReport] = Field(default_factory=list)
+    distillation: DistillationStats = Field(default_factory=DistillationStats)

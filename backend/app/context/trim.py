@@ -23,12 +23,15 @@ class TrimResult:
     """Trimmed text, its token count and the boundary it was cut at.
 
     ``boundary`` is ``paragraph`` or ``sentence``; ``text`` is empty when not even one sentence
-    fits.
+    fits. ``start``/``end`` are the character range of the original that the kept text covers
+    (whitespace between kept pieces may be normalised to a blank line).
     """
 
     text: str
     tokens: int
     boundary: str
+    start: int = 0
+    end: int = 0
 
 
 @lru_cache(maxsize=1)
@@ -93,12 +96,14 @@ def trim_to_budget(text: str, budget: int, count: CountTokens, *, keep_tail: boo
     Never cuts inside a sentence. ``budget`` and the returned ``tokens`` are in model tokens.
     """
     if budget <= 0:
-        return TrimResult("", 0, "paragraph")
+        edge = len(text) if keep_tail else 0
+        return TrimResult("", 0, "paragraph", edge, edge)
     paragraphs = _paragraph_spans(text)
     lo, hi = _fit(text, paragraphs, budget, count, keep_tail)
     kept = text[lo:hi]
     kept_tokens = count(kept) if kept else 0
     boundary = "paragraph"
+    start, end = lo, hi
     # Fill what is left with sentences of the next paragraph at the cut.
     remaining = budget - kept_tokens - (1 if kept else 0)
     cut_paragraph = None
@@ -119,4 +124,44 @@ def trim_to_budget(text: str, budget: int, count: CountTokens, *, keep_tail: boo
             candidate_tokens = count(candidate)
             if candidate_tokens <= budget:
                 kept, kept_tokens, boundary = candidate, candidate_tokens, "sentence"
-    return TrimResult(kept, kept_tokens, boundary)
+                start, end = (s_lo, hi if hi > lo else s_hi) if keep_tail else (
+                    lo if hi > lo else s_lo, s_hi)
+    if not kept:
+        start = end = len(text) if keep_tail else 0
+    return TrimResult(kept, kept_tokens, boundary, start, end)
+
+
+def split_to_budget(text: str, budget: int, count: CountTokens) -> list[str]:
+    """Split ``text`` into consecutive parts of at most ``budget`` tokens each.
+
+    Parts break at paragraph boundaries; a paragraph longer than the budget breaks at sentence
+    boundaries, and a sentence longer than it between words. Used to keep every
+    summarization prompt within the model's window.
+    """
+    pieces: list[str] = []
+    for lo, hi in _paragraph_spans(text):
+        paragraph = text[lo:hi]
+        if count(paragraph) <= budget:
+            pieces.append(paragraph)
+            continue
+        for s_lo, s_hi in _sentence_spans(paragraph, 0):
+            sentence = paragraph[s_lo:s_hi]
+            if count(sentence) <= budget:
+                pieces.append(sentence)
+                continue
+            words = sentence.split()
+            step = max(1, len(words) * budget // max(count(sentence), 1))
+            pieces += [" ".join(words[i:i + step]) for i in range(0, len(words), step)]
+    parts: list[str] = []
+    current: list[str] = []
+    size = 0
+    for piece in pieces:
+        tokens = count(piece) + 1
+        if current and size + tokens > budget:
+            parts.append("\n\n".join(current))
+            current, size = [], 0
+        current.append(piece)
+        size += tokens
+    if current:
+        parts.append("\n\n".join(current))
+    return parts

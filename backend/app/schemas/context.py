@@ -48,6 +48,7 @@ class PlotElementType(str, Enum):
     backstory = "backstory"
     foreshadowing = "foreshadowing"
     goal = "goal"
+    feedback = "feedback"
     other = "other"
 
 

@@ -41,12 +41,17 @@ CASES = [
 ]
 
 
-def make_client(*replies, **kw) -> TestClient:
-    return TestClient(create_app(Settings(), generator=FakeGenerator(replies=list(replies), **kw)))
+@pytest.fixture
+def make_client(settings):
+    def make(*replies, **kw) -> TestClient:
+        generator = FakeGenerator(replies=list(replies), **kw)
+        return TestClient(create_app(settings, generator=generator))
+
+    return make
 
 
 @pytest.mark.parametrize(("operation", "fields", "reply", "key"), CASES)
-def test_every_agent_endpoint_answers_json(operation, fields, reply, key):
+def test_every_agent_endpoint_answers_json(operation, fields, reply, key, make_client):
     with make_client(reply) as client:
         response = client.post(f"/api/v1/{operation}", json={**seed_example(), **fields})
     assert response.status_code == 200, response.text
@@ -59,7 +64,7 @@ def test_every_agent_endpoint_answers_json(operation, fields, reply, key):
     assert body["usage"]["prompt_tokens"] == report["prompt_tokens"]
 
 
-def test_json_agent_repairs_once_then_succeeds():
+def test_json_agent_repairs_once_then_succeeds(make_client):
     with make_client("{not json", RATER_JSON) as client:
         response = client.post("/api/v1/rater-feedback",
                                json={**seed_example(), "plot_point": "A wolf howls."})
@@ -67,7 +72,7 @@ def test_json_agent_repairs_once_then_succeeds():
     assert response.json()["attempts"] == 2
 
 
-def test_json_agent_fails_clearly_after_repair():
+def test_json_agent_fails_clearly_after_repair(make_client):
     with make_client('{"score": 42, "opinion": "x", "suggestions": []}') as client:
         response = client.post("/api/v1/rater-feedback",
                                json={**seed_example(), "plot_point": "A wolf howls."})
@@ -83,7 +88,7 @@ def read_events(client, path, body):
         return [(event.event, json.loads(event.data)) for event in source.iter_sse()]
 
 
-def test_stream_sends_meta_tokens_and_one_done():
+def test_stream_sends_meta_tokens_and_one_done(make_client):
     with make_client("The forest was quiet and cold.") as client:
         events = read_events(client, "/api/v1/generate-chapter/stream", seed_example())
     names = [name for name, _ in events]
@@ -97,7 +102,7 @@ def test_stream_sends_meta_tokens_and_one_done():
     assert events[0][1]["context_metadata"]["agent"] == "writer"
 
 
-def test_failure_mid_stream_becomes_one_error_event():
+def test_failure_mid_stream_becomes_one_error_event(make_client):
     with make_client("one two three four five", fail_after=2) as client:
         events = read_events(client, "/api/v1/flesh-out/stream",
                              {**seed_example(), "text_to_flesh_out": "She runs."})
@@ -107,7 +112,7 @@ def test_failure_mid_stream_becomes_one_error_event():
     assert events[-1][1]["code"] == "generation_failed"
 
 
-def test_only_chapter_endpoints_stream():
+def test_only_chapter_endpoints_stream(make_client):
     with make_client("x") as client:
         paths = client.get("/openapi.json").json()["paths"]
     streams = sorted(p for p in paths if p.endswith("/stream"))
@@ -135,8 +140,8 @@ def test_tokens_count_and_validate(client):
     assert check.json()["fits"] is False
 
 
-def test_health_reports_loading_and_generation_waits():
-    app = create_app(Settings())  # no lifespan run: the model never starts loading
+def test_health_reports_loading_and_generation_waits(settings):
+    app = create_app(settings)  # no lifespan run: the model never starts loading
     client = TestClient(app)
     assert client.get("/health").json()["model_status"] == "loading"
     response = client.post("/api/v1/generate-chapter", json=seed_example())
@@ -145,10 +150,10 @@ def test_health_reports_loading_and_generation_waits():
     assert "loading" in response.json()["error"]["message"]
 
 
-def test_health_reports_load_error(tmp_path):
+def test_health_reports_load_error(tmp_path, settings):
     bogus = tmp_path / "model.gguf"
     bogus.write_bytes(b"not a model at all, just text" * 10)
-    with TestClient(create_app(Settings(model_path=bogus))) as client:
+    with TestClient(create_app(settings.model_copy(update={"model_path": bogus}))) as client:
         import time
         for _ in range(100):
             health = client.get("/health").json()

@@ -1,8 +1,8 @@
 """One POST endpoint per agent operation, generated from the registry.
 
 Chapter operations (``spec.streams``) also get a ``/stream`` twin that answers Server-Sent
-Events: ``meta`` (assembly report), ``token`` (text as it is produced), then ``done`` or
-``error``.
+Events: ``progress`` (one per summary made while distilling the context), ``meta`` (assembly
+report), ``token`` (text as it is produced), then ``done`` or ``error``.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations,
@@ -16,8 +16,8 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from app.agents.registry import REGISTRY
-from app.agents.runner import AgentResult, Meta
-from app.api.sse import DONE, META, TOKEN, sse_response
+from app.agents.runner import AgentResult, Meta, Progress
+from app.api.sse import DONE, META, PROGRESS, TOKEN, sse_response
 from app.llm.protocol import Completion, TokenDelta
 from app.schemas import requests as rq
 from app.schemas import responses as rs
@@ -98,7 +98,9 @@ async def _events(items: AsyncIterator[Any]) -> AsyncIterator[tuple[str, dict[st
     """Map runner stream items onto SSE event names and payloads."""
     try:
         async for item in items:
-            if isinstance(item, Meta):
+            if isinstance(item, Progress):
+                yield PROGRESS, item.data
+            elif isinstance(item, Meta):
                 yield META, {**item.summary,
                              "context_metadata": item.report.model_dump(mode="json")}
             elif isinstance(item, TokenDelta):

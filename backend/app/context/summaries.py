@@ -1,0 +1,166 @@
+"""Making and caching summaries with the served model.
+
+The cache is a ``diskcache.Cache`` (SQLite on disk, size-bounded, least-recently-used
+eviction): summaries survive restarts and are keyed by the model, the strategy, the target
+length and a hash of the source text, so a second request over the same story makes no
+summarization calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import diskcache
+
+from app.config import Settings
+from app.context.distill import GUIDANCE, Strategy, SummaryJob
+from app.context.trim import split_to_budget, trim_to_budget
+from app.llm.protocol import ChatMessage, SamplingParams, TextGenerator
+
+logger = logging.getLogger(__name__)
+
+SUMMARIZER_ROLE = (
+    "You condense fiction for a writing assistant. Write a faithful, dense summary in plain "
+    "prose, in the past tense, without commentary, headings or lists."
+)
+#: Tokens of the summarization prompt around the text (role, guidance, instruction, template),
+#: an upper bound used to split inputs before counting the real prompt.
+_PROMPT_OVERHEAD_TOKENS = 160
+#: English prose runs at about 0.75 words per token (SmolLM2's BPE on the corpus: 0.74).
+_WORDS_PER_TOKEN = 0.75
+
+
+class SummaryCache:
+    """Persistent, size-bounded summary cache for one model.
+
+    ``directory`` is created if missing; ``max_bytes`` bounds the cache on disk.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int, model: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(
+            str(directory), size_limit=max_bytes, eviction_policy="least-recently-used"
+        )
+        self._model = model
+
+    def _key(self, job: SummaryJob) -> str:
+        return f"{self._model}\x00{job.digest}"
+
+    def get(self, job: SummaryJob) -> str | None:
+        """The cached summary of ``job``, or None."""
+        value = self._cache.get(self._key(job))
+        return value if isinstance(value, str) else None
+
+    def set(self, job: SummaryJob, text: str) -> None:
+        self._cache.set(self._key(job), text)
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+@dataclass
+class DistillStats:
+    """Counters of one request's distillation."""
+
+    llm_calls: int = 0
+    made: int = 0
+
+
+class Distiller:
+    """Makes summaries for summary jobs with the text generator and caches them."""
+
+    def __init__(self, generator: TextGenerator, cache: SummaryCache, settings: Settings) -> None:
+        self.generator = generator
+        self.cache = cache
+        self.settings = settings
+
+    def temperature(self, strategy: Strategy) -> float:
+        """The strategy's temperature (``DISTILLATION_<STRATEGY>_TEMPERATURE``)."""
+        return getattr(self.settings, f"distillation_{strategy.value}_temperature")
+
+    async def make(self, job: SummaryJob, stats: DistillStats) -> str:
+        """The summary of ``job`` (made with the model unless cached), clipped to its target.
+
+        Raises what the generator raises (``GenerationFailed``...).
+        """
+        cached = self.cache.get(job)
+        if cached is not None:
+            return cached
+        text = await self._summarize(job.text, job.strategy, job.target_tokens, stats)
+        self.cache.set(job, text)
+        stats.made += 1
+        return text
+
+    def _input_limit(self, target_tokens: int) -> int:
+        """Most tokens of source text one summarization call can take."""
+        return self.generator.n_ctx - self._max_tokens(target_tokens) - _PROMPT_OVERHEAD_TOKENS
+
+    @staticmethod
+    def _max_tokens(target_tokens: int) -> int:
+        # Room to finish the last sentence; the result is clipped to the target anyway.
+        return target_tokens + target_tokens // 2 + 16
+
+    def _messages(self, text: str, strategy: Strategy, target_tokens: int) -> list[ChatMessage]:
+        words = max(10, int(target_tokens * _WORDS_PER_TOKEN))
+        return [
+            ChatMessage("system", f"{SUMMARIZER_ROLE} {GUIDANCE[strategy]}"),
+            ChatMessage("user", f"Summarize the text below in at most {words} words.\n\n"
+                                f"Text:\n{text}"),
+        ]
+
+    async def _summarize(
+        self, text: str, strategy: Strategy, target_tokens: int, stats: DistillStats
+    ) -> str:
+        """Summarize ``text`` to at most ``target_tokens`` tokens.
+
+        Text longer than one call can take is split at paragraph or sentence boundaries;
+        the parts are summarized (map) and their summaries summarized again while they are
+        longer than the target (reduce). No summarization prompt exceeds the window.
+        """
+        count = self.generator.count_tokens
+        limit = self._input_limit(target_tokens)
+        messages = self._messages(text, strategy, target_tokens)
+        fits = (count(text) <= limit and self.generator.count_prompt_tokens(messages)
+                + self._max_tokens(target_tokens) <= self.generator.n_ctx)
+        if not fits:
+            tokens = count(text)
+            # A text within the limit whose prompt still overflows is halved instead.
+            parts = split_to_budget(text, limit if tokens > limit else max(64, tokens // 2), count)
+            part_target = max(self.settings.distillation_min_summary_tokens,
+                              target_tokens // len(parts))
+            summaries = [await self._summarize(part, strategy, part_target, stats)
+                         for part in parts]
+            joined = "\n\n".join(summaries)
+            if count(joined) <= target_tokens:
+                return joined
+            return await self._summarize(joined, strategy, target_tokens, stats)
+        params = SamplingParams(
+            max_tokens=self._max_tokens(target_tokens),
+            temperature=self.temperature(strategy),
+            top_p=self.settings.llm_top_p,
+            top_k=self.settings.llm_top_k,
+            repeat_penalty=self.settings.llm_repeat_penalty,
+            seed=0,  # the same input gives the same summary
+        )
+        completion = await self.generator.generate(messages, params)
+        stats.llm_calls += 1
+        return clip(completion.text.strip(), target_tokens, count) or clip(text, target_tokens,
+                                                                           count)
+
+
+def clip(text: str, target_tokens: int, count) -> str:  # noqa: ANN001 - a token counter
+    """``text`` cut to at most ``target_tokens`` tokens at a sentence boundary, else by words."""
+    if count(text) <= target_tokens:
+        return text
+    trimmed = trim_to_budget(text, target_tokens, count, keep_tail=False).text
+    if trimmed:
+        return trimmed
+    words = text.split()
+    kept: list[str] = []
+    for word in words:
+        if count(" ".join([*kept, word])) > target_tokens:
+            break
+        kept.append(word)
+    return " ".join(kept)
