@@ -7,6 +7,9 @@ boundaries. Each chunk after the first of its section starts with an overlap: th
 previous chunk, at most ``overlap_tokens`` tokens, begun at a sentence start where one fits,
 else at a word.
 
+Front matter (text before the first chapter heading) shorter than a quarter of a chunk, such
+as a lone title line, joins the first chapter instead of making a tiny chunk of its own.
+
 The chunks tile the document: chunk ``i``'s new text is ``text[own_start:end]`` and those
 pieces, in order, concatenate to the document text exactly (whitespace between paragraphs
 included), which is how the archive reconstructs a file.
@@ -28,6 +31,8 @@ CountTokens = Callable[[str], int]
 #: Ends of blank-line runs: where a new paragraph (with its leading indentation) begins.
 _PARAGRAPH_START = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _WORD_START = re.compile(r"(?<=\s)\S")
+#: Front matter below this share of a chunk joins the first chapter's first chunk.
+_SHORT_FRONT_MATTER = 0.25
 #: A sentence start: after end punctuation (and closing quotes or brackets) and whitespace.
 _SENTENCE_START = re.compile(r"(?:(?<=[.!?…]\s)|(?<=[.!?…][\"'”’)\]]\s))(?=\S)")
 
@@ -225,7 +230,12 @@ def chunk_document(
     if not text.strip():
         return []
     chunks: list[Chunk] = []
-    for sec_start, sec_end, chapter, number in sections(document):
+    parts = sections(document)
+    if (len(parts) > 1 and parts[0][3] == 0
+            and count(text[parts[0][0]:parts[0][1]]) < chunk_tokens * _SHORT_FRONT_MATTER):
+        # A title line alone would be a chunk that matches every query about the work.
+        parts = [(0, *parts[1][1:]), *parts[2:]]
+    for sec_start, sec_end, chapter, number in parts:
         units = _units(text, sec_start, sec_end, chunk_tokens, count)
         start = own_start = sec_start
         overlap = body_tokens = 0

@@ -65,7 +65,8 @@ def test_long_paragraph_is_cut_at_sentences_then_words() -> None:
 
 
 def test_chunks_never_span_two_chapters() -> None:
-    text = "Front.\n\nCHAPTER 1\n\nA a a.\n\nB b b.\n\nCHAPTER 2\n\nC c c."
+    text = ("Front matter. " * 10 + "\n\nCHAPTER 1\n\nA a a.\n\nB b b.\n\nCHAPTER 2\n\n"
+            "C c c.")
     marks = (ChapterMark(text.index("CHAPTER 1"), "CHAPTER 1"),
              ChapterMark(text.index("CHAPTER 2"), "CHAPTER 2"))
     chunks = chunk_document(doc(text, marks), words, 100, 20)
@@ -74,6 +75,16 @@ def test_chunks_never_span_two_chapters() -> None:
     assert chunks[1].start == chunks[1].own_start  # no overlap across a chapter start
     assert chapter_marks([(c.own_start, c.chapter, c.chapter_number) for c in chunks]) == marks
     assert rebuilt(chunks) == text
+
+
+def test_a_short_front_matter_joins_the_first_chapter() -> None:
+    text = "My Title\n\nCHAPTER 1\n\n" + "Words and words. " * 10
+    marks = (ChapterMark(text.index("CHAPTER"), "CHAPTER 1"),)
+    chunks = chunk_document(doc(text, marks), words, 100, 10)
+    assert [(c.chapter, c.text) for c in chunks] == [("CHAPTER 1", text)]
+    # Long enough front matter (a quarter of a chunk) stays a chunk of its own.
+    chunks = chunk_document(doc(text, marks), words, 8, 2)
+    assert chunks[0].chapter == "" and chunks[0].text == "My Title\n\n"
 
 
 def test_whitespace_front_matter_joins_the_first_chapter() -> None:
@@ -120,4 +131,6 @@ def test_corpus_chunks_fit_the_embedding_model(path, real_embedder: Embedder) ->
     assert max(c.tokens for c in chunks) <= 200 <= real_embedder.max_tokens
     # Chunk ids, titles and chapters come out the same on a second run.
     assert chunks == chunk_document(document, real_embedder.count_tokens, 200, 40)
-    assert {c.chapter_number for c in chunks} == set(range(13))
+    # Alice's front matter is its title line alone: it joins chapter I.
+    first = 1 if path == ALICE else 0
+    assert {c.chapter_number for c in chunks} == set(range(first, 13))
