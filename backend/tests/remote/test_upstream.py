@@ -1,0 +1,224 @@
+"""The remote backend against a scripted fake upstream on loopback: upstream failures and
+overload map onto our envelope, a mid-stream failure becomes one ``error`` event, a client that
+disconnects closes the upstream stream, a down server is a 503 and is retried at startup, and
+the tokenizer check refuses a server that serves another model."""
+
+import json
+import time
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from app.config import Settings
+from app.errors import ModelUnavailable
+from app.llm.remote import RemoteGenerator, retry_after_seconds
+from app.main import create_app
+from tests.conftest import seed_example
+from tests.remote.conftest import remote_settings
+from tests.remote.servers import Upstream, fake_upstream, free_port, serve, wait_for_model
+
+CHAPTER = "/api/v1/generate-chapter"
+
+
+def events_of(base: str, path: str, body: dict) -> list[tuple[str, dict]]:
+    with httpx.Client(base_url=base, timeout=60) as client:
+        with connect_sse(client, "POST", path, json=body) as source:
+            assert source.response.status_code == 200
+            return [(event.event, json.loads(event.data)) for event in source.iter_sse()]
+
+
+def test_generates_through_the_upstream(fake_app, script):
+    response = httpx.post(f"{fake_app}{CHAPTER}", json={**seed_example(), "max_tokens": 20},
+                          timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["chapter_text"] == "Aria walked on."
+    assert body["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 3  # no usage chunk: one piece per token
+    sent = script.requests[-1]
+    assert sent["stream"] is True and sent["max_tokens"] == 20
+    assert sent["top_k"] == 40 and sent["repeat_penalty"] == 1.1  # llama.cpp's extra fields
+    assert sent["model"] == "fake-model"
+    assert sent["messages"][0]["role"] == "system"
+
+
+def test_json_agents_ask_for_the_schema_the_way_the_server_takes_it(fake_app, script):
+    script.pieces = ['{"suggestions": [{"issue": "Flat.", ', '"suggestion": "Add smell.", ',
+                     '"priority": "high"}]}']
+    body = {**seed_example(), "chapter_to_review": "Aria walked.", "max_tokens": 50}
+    response = httpx.post(f"{fake_app}/api/v1/editor-review", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    fmt = script.requests[-1]["response_format"]
+    # llama-cpp-python's server takes only json_object with a schema.
+    assert fmt["type"] == "json_object" and fmt["schema"]["type"] == "object"
+    assert "suggestions" in fmt["schema"]["properties"]
+    assert response.json()["suggestions"][0]["suggestion"] == "Add smell."
+
+
+def test_mid_stream_failure_is_one_error_event(fake_app, script):
+    script.mode = "drop"
+    events = events_of(fake_app, f"{CHAPTER}/stream", {**seed_example(), "max_tokens": 30})
+    names = [name for name, _ in events]
+    assert names[0] == "meta"
+    assert names.count("token") == 3
+    assert names[-1] == "error" and names.count("error") == 1 and "done" not in names
+    assert events[-1][1]["code"] == "generation_failed"
+    assert "broke after 3 pieces" in events[-1][1]["message"]
+
+
+def test_stream_without_a_finish_reason_is_an_error_event(fake_app, script):
+    script.mode = "nofinish"
+    events = events_of(fake_app, f"{CHAPTER}/stream", {**seed_example(), "max_tokens": 30})
+    assert [name for name, _ in events][-1] == "error"
+    assert events[-1][1]["code"] == "generation_failed"
+
+
+@pytest.mark.parametrize(("status", "code"), [(429, "model_overloaded"),
+                                              (503, "model_unavailable")])
+def test_upstream_overload_maps_to_our_envelope_with_its_retry_after(fake_app, script, status,
+                                                                      code):
+    script.mode, script.retry_after = str(status), "11"
+    response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
+    assert response.status_code == status
+    assert response.headers["retry-after"] == "11"
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["details"]["upstream_status"] == status
+    assert error["details"]["retry_after_s"] == 11
+
+
+def test_other_upstream_errors_are_502(fake_app, script):
+    script.mode = "500"
+    response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "generation_failed"
+
+
+def test_client_disconnect_closes_the_upstream_stream(fake_app, script):
+    script.mode = "slow"
+    closed_before = script.streams_closed
+    body = {**seed_example(), "max_tokens": 2000}
+    with httpx.Client(base_url=fake_app, timeout=60) as client:
+        with connect_sse(client, "POST", f"{CHAPTER}/stream", json=body) as source:
+            tokens = 0
+            for event in source.iter_sse():
+                tokens += event.event == "token"
+                if tokens == 3:
+                    break
+    deadline = time.monotonic() + 10
+    while script.streams_closed == closed_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The fake streams for a minute; it stopped because our side closed the upstream response.
+    assert script.streams_closed == closed_before + 1
+
+
+def test_upstream_down_is_503_then_retried_until_it_is_up(tmp_path):
+    port = free_port()
+    settings = remote_settings(f"http://127.0.0.1:{port}/v1", tmp_path,
+                               llm_connect_retry_s=0.2)
+    with serve(create_app(settings)) as app:
+        deadline = time.monotonic() + 10
+        health = httpx.get(f"{app}/health").json()
+        while health["model_status"] != "error" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            health = httpx.get(f"{app}/health").json()
+        assert health["model_status"] == "error"
+        assert "unreachable" in health["error"] and "retrying" in health["error"]
+        response = httpx.post(f"{app}{CHAPTER}", json=seed_example(), timeout=30)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "model_unavailable"
+        assert "Retry-After" in response.headers
+
+        with serve(fake_upstream(Upstream()), port=port):
+            assert wait_for_model(app, timeout=20)["model_status"] == "ready"
+            assert httpx.post(f"{app}{CHAPTER}", json=seed_example(),
+                              timeout=30).status_code == 200
+        # The server went away after startup: generation answers 503 again.
+        response = httpx.post(f"{app}{CHAPTER}", json=seed_example(), timeout=30)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "model_unavailable"
+
+
+def test_tokenizer_mismatch_is_refused(upstream, script):
+    script.tokenize_offset = 1  # the server counts one token more: another model
+    settings = Settings(llm_backend="openai", llm_base_url=f"{upstream}/v1")
+    with pytest.raises(ModelUnavailable, match="disagree on the probe texts"):
+        RemoteGenerator.connect(settings)
+
+
+def test_tokenizer_mismatch_only_warns_when_the_server_counts(upstream, script, caplog):
+    script.tokenize_offset = 1
+    settings = Settings(llm_backend="openai", llm_base_url=f"{upstream}/v1",
+                        llm_tokenizer="server")
+    generator = RemoteGenerator.connect(settings)
+    assert "disagree on the probe texts" in caplog.text
+    assert generator.count_tokens("Hello world") == 2 + 1  # the server's count
+
+
+def test_llama_server_dialect(upstream, script):
+    script.dialect, script.n_ctx = "llama-server", 4096
+    generator = RemoteGenerator.connect(Settings(llm_backend="openai",
+                                                 llm_base_url=f"{upstream}/v1"))
+    assert generator.token_source == "llama-server"
+    assert generator.n_ctx == 4096  # from /props
+    assert generator.count_tokens("Hello world") == 2
+    from app.llm.protocol import SamplingParams
+
+    request = generator._request([], SamplingParams(max_tokens=5, json_schema={"type": "object"}))
+    assert request["response_format"]["type"] == "json_schema"
+
+
+def test_no_tokenize_endpoint_counts_locally(upstream, script):
+    script.dialect = "none"
+    generator = RemoteGenerator.connect(Settings(llm_backend="openai",
+                                                 llm_base_url=f"{upstream}/v1"))
+    assert generator.token_source == "local"
+    assert generator.count_tokens("Hello world") == 2
+    with pytest.raises(ModelUnavailable, match="no tokenize endpoint"):
+        RemoteGenerator.connect(Settings(llm_backend="openai", llm_base_url=f"{upstream}/v1",
+                                         llm_tokenizer="server"))
+
+
+def test_api_key_is_sent_and_never_shown(upstream, script):
+    settings = Settings(llm_backend="openai", llm_base_url=f"{upstream}/v1",
+                        llm_api_key="sk-secret-123")
+    assert "sk-secret-123" not in repr(settings)
+    RemoteGenerator.connect(settings)
+    assert script.authorization[-1] == "Bearer sk-secret-123"
+
+
+def test_retry_after_header_forms():
+    assert retry_after_seconds({"retry-after": "7"}) == 7
+    assert retry_after_seconds({}) is None
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+
+
+def test_closing_the_stream_between_tokens_closes_the_upstream(upstream, script):
+    # The path a runner takes when its consumer stops (aclose at a yield, not during a read).
+    import asyncio
+
+    from app.llm.protocol import ChatMessage, SamplingParams
+
+    script.mode = "slow"
+    generator = RemoteGenerator.connect(Settings(llm_backend="openai",
+                                                 llm_base_url=f"{upstream}/v1"))
+    closed_before = script.streams_closed
+
+    async def run() -> int:
+        stream = generator.stream([ChatMessage("user", "Go on.")], SamplingParams(max_tokens=900))
+        received = 0
+        async for _ in stream:
+            received += 1
+            if received == 3:
+                break
+        await stream.aclose()
+        deadline = time.monotonic() + 10
+        while script.streams_closed == closed_before and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert script.streams_closed == closed_before + 1  # before this loop ends
+        assert not generator._lock.locked()  # the next generation can run
+        return received
+
+    assert asyncio.run(run()) == 3
