@@ -114,3 +114,39 @@ class DocumentTooLarge(WriterAssistantError):
     """An upload above ``ARCHIVE_MAX_UPLOAD_BYTES``."""
 
     code = "document_too_large"
+
+
+class QueueFull(WriterAssistantError):
+    """The model is busy and its queue is full (``QUEUE_MAX_WAITING``); retry later."""
+
+    code = "queue_full"
+
+
+class QueueTimeout(WriterAssistantError):
+    """The request waited longer than ``QUEUE_MAX_WAIT_S`` for the model."""
+
+    code = "queue_timeout"
+
+
+class GenerationTimeout(WriterAssistantError):
+    """A generation ran past ``GENERATION_TIMEOUT_S`` and was stopped."""
+
+    code = "generation_timeout"
+
+
+class ServiceDraining(WriterAssistantError):
+    """The server is shutting down and takes no new generations."""
+
+    code = "service_draining"
+
+
+class RateLimited(WriterAssistantError):
+    """The caller is over its own limit (concurrent requests or requests per minute)."""
+
+    code = "rate_limited"
+
+
+class Unauthenticated(WriterAssistantError):
+    """No API key, or an unknown one, on a route that requires one."""
+
+    code = "unauthenticated"
