@@ -111,9 +111,10 @@ class Upstream:
     ``mode`` scripts ``/v1/chat/completions``: ``ok`` streams ``pieces`` then stops; ``drop``
     streams three pieces then breaks the connection; ``slow`` streams a piece every 20 ms for
     a minute; ``nofinish`` ends with ``[DONE]`` but no finish reason; a number (``429``,
-    ``503``) answers that status with ``Retry-After``. ``tokenize_offset`` is added to every tokenize answer (a
-    server that serves another model). ``dialect`` is ``llama-cpp-python`` (``/extras/
-    tokenize``) or ``llama-server`` (``/tokenize`` and ``/props``).
+    ``503``) answers that status with ``Retry-After``. ``tokenize_offset`` is added to every
+    count of a non-empty text (a server that serves another model). ``dialect`` is
+    ``llama-cpp-python`` (``/extras/tokenize``), ``llama-server`` (``/tokenize`` and
+    ``/props``) or anything else (no tokenize endpoint).
     """
 
     mode: str = "ok"
