@@ -42,11 +42,12 @@ def main(
     ctx.obj = {k: v for k, v in overrides.items() if v is not None}
 
 
-def _archive(ctx: typer.Context) -> Any:
+def _archive(ctx: typer.Context, threads: int | None = None) -> Any:
     from app.archive.service import Archive  # heavy imports (torch) only for archive commands
 
+    overrides = ctx.obj | ({"embedding_threads": threads} if threads else {})
     try:
-        return Archive.open(Settings(**ctx.obj))
+        return Archive.open(Settings(**overrides))
     except WriterAssistantError as error:
         _fail(error)
 
@@ -61,6 +62,9 @@ def ingest(
     ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Files or directories (searched "
                                                 "recursively for .txt .md .docx .html).")],
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="Embedding threads (default EMBEDDING_THREADS); all cores is fastest on "
+        "an idle machine.")] = None,
 ) -> None:
     """Archive files, replacing earlier versions of the same file names."""
     from app.archive.documents import parse_document
@@ -74,7 +78,7 @@ def ingest(
     if not files:
         typer.echo("error: no .txt, .md, .docx or .html files found", err=True)
         raise typer.Exit(2)
-    archive = _archive(ctx)
+    archive = _archive(ctx, threads)
     failed, work = 0, []
     for path in files:
         try:
@@ -104,10 +108,14 @@ def ingest(
 
 
 @app.command()
-def reindex(ctx: typer.Context) -> None:
+def reindex(
+    ctx: typer.Context,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="Embedding threads (default EMBEDDING_THREADS).")] = None,
+) -> None:
     """Rebuild the archive collection with the configured embedding model (after changing
     EMBEDDING_MODEL or the chunk settings)."""
-    archive = _archive(ctx)
+    archive = _archive(ctx, threads)
     bar = tqdm(unit="chunk", desc="reindex", file=sys.stderr)
     try:
         result = archive.reindex(progress=bar.update, on_total=lambda n: bar.reset(total=n))

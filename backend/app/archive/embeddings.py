@@ -113,6 +113,19 @@ class Embedder:
         return np.vstack(parts).astype(np.float32, copy=False)
 
 
+def set_threads(threads: int) -> None:
+    """Set the CPU threads torch uses for embedding (process-wide).
+
+    Torch's multi-threaded kernels wait for every thread at each op; when the cores are busy
+    (the language model generating) each op waits a scheduler time slice, so one thread is
+    far faster for short texts there (measured on 2 busy cores: 15 ms vs 700 ms a query).
+    """
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _dimension(model: object) -> int:
     getter = getattr(model, "get_embedding_dimension", None) or getattr(
         model, "get_sentence_embedding_dimension"

@@ -17,7 +17,7 @@ from typing import Literal
 
 from app.archive.chunking import reconstruct
 from app.archive.documents import Document, archive_name, parse_document
-from app.archive.embeddings import Embedder
+from app.archive.embeddings import Embedder, set_threads
 from app.archive.ingest import Prepared, Progress, ingest_document, prepare, rebuild
 from app.archive.retrieval import search
 from app.archive.store import ChromaStore
@@ -59,7 +59,8 @@ class Archive:
 
     @classmethod
     def open(cls, settings: Settings, embedder: Embedder | None = None) -> "Archive":
-        """Load the embedding model (unless given) and connect the store.
+        """Load the embedding model (unless given), set its threads (``EMBEDDING_THREADS``)
+        and connect the store.
 
         A store that cannot be reached now, or that holds another model's embeddings, is
         logged and not fatal: each call retries it and reports the failure (503 or 409).
@@ -69,6 +70,7 @@ class Archive:
                 is above what it embeds.
         """
         embedder = embedder or Embedder.load(settings.embedding_model)
+        set_threads(settings.embedding_threads)
         if settings.archive_chunk_tokens > embedder.max_tokens:
             raise ArchiveUnavailable(
                 f"ARCHIVE_CHUNK_TOKENS is {settings.archive_chunk_tokens}, but the embedding "
