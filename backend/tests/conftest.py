@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -48,9 +49,10 @@ def fake() -> FakeGenerator:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Settings whose on-disk state (summary cache, archive) lives in a temporary directory."""
+    """Settings whose on-disk state lives in a temporary directory; no archive (its embedding
+    model takes seconds to load; archive tests turn it on)."""
     return Settings(summary_cache_dir=tmp_path / "summaries",
-                    archive_db_path=tmp_path / "archive")
+                    archive_db_path=tmp_path / "archive", archive_enabled=False)
 
 
 @pytest.fixture
@@ -66,15 +68,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real uvicorn server on loopback with the embedded model loaded; yields its base URL."""
+@contextmanager
+def serve(app) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port in a thread; yield its base URL once
+    ``/health`` reports the model ready."""
     port = _free_port()
-    state = tmp_path_factory.mktemp("live")
-    settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive")
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -87,11 +87,22 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             status = None
         if status in ("ready", "error"):
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     assert status == "ready", f"model did not load: {status}"
-    yield base
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real uvicorn server on loopback with the embedded model loaded; yields its base URL."""
+    state = tmp_path_factory.mktemp("live")
+    settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive")
+    with serve(create_app(settings)) as base:
+        yield base
 
 
 @pytest.fixture(scope="session")

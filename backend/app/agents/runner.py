@@ -18,7 +18,8 @@ from app.context.distill import SummaryJob, SummaryLookup
 from app.context.elements import ContextElement, flatten
 from app.context.report import AssemblyReport, DistillationStats
 from app.context.summaries import DistillStats, Distiller, SummaryCache
-from app.errors import AgentOutputInvalid, GenerationFailed, InvalidRequest
+from app.errors import AgentOutputInvalid, GenerationFailed, GenerationTimeout, InvalidRequest
+from app.llm.admission import Admission, Ticket
 from app.llm.protocol import Completion, SamplingParams, StreamItem, TextGenerator
 from app.schemas.requests import AgentRequest
 
@@ -114,11 +115,32 @@ class AgentRunner:
         generator: TextGenerator,
         extra_elements: ExtraElements | None = None,
         distiller: Distiller | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.generator = generator
         self.extra_elements = extra_elements
         self.distiller = distiller
+        self.admission = admission or Admission(settings.queue_max_waiting,
+                                                settings.queue_max_wait_s)
+
+    async def _generate(self, prepared: Prepared) -> Completion:
+        """One generation under the ``GENERATION_TIMEOUT_S`` wall-clock cap.
+
+        Raises:
+            GenerationTimeout: the cap ran out; the generation was stopped and the model freed.
+        """
+        try:
+            async with asyncio.timeout(self.settings.generation_timeout_s):
+                return await self.generator.generate(prepared.prompt.messages, prepared.params)
+        except TimeoutError:
+            raise self._timeout() from None
+
+    def _timeout(self) -> GenerationTimeout:
+        return GenerationTimeout(
+            f"The generation ran past the {self.settings.generation_timeout_s:g}-second cap and "
+            "was stopped; lower max_tokens or shorten the context.",
+        )
 
     def sampling(self, spec: AgentSpec, request: AgentRequest) -> SamplingParams:
         """Sampling for ``request``: its overrides, else the agent's, else the server's.
@@ -247,7 +269,27 @@ class AgentRunner:
         prompt = await self._distill(plan, prompt, lookup, progress)
         return Prepared(plan.task, prompt, plan.params)
 
+    async def preview(self, spec: AgentSpec, request: AgentRequest) -> Prepared:
+        """:meth:`prepare` for a preview: it may distill, so it takes its turn in the queue.
+
+        Raises what :meth:`prepare` raises, and ``QueueFull`` / ``QueueTimeout``.
+        """
+        async with self.admission.reserve():
+            return await self.prepare(spec, request)
+
     async def run(self, spec: AgentSpec, request: AgentRequest) -> AgentResult:
+        """Take a turn in the model's queue, then :meth:`_run` (see there).
+
+        Raises:
+            QueueFull: the queue is full (at once). QueueTimeout: the turn did not come in time.
+        """
+        ticket = self.admission.reserve()
+        async with ticket:
+            result = await self._run(spec, request)
+        result.completion.timings.queue_ms = ticket.queue_s * 1000
+        return result
+
+    async def _run(self, spec: AgentSpec, request: AgentRequest) -> AgentResult:
         """Run ``spec`` on ``request`` to completion.
 
         JSON agents decode under a grammar from their output model; output that does not parse
@@ -258,7 +300,7 @@ class AgentRunner:
             plus what :meth:`prepare` and the generator raise.
         """
         prepared = await self.prepare(spec, request)
-        completion = await self.generator.generate(prepared.prompt.messages, prepared.params)
+        completion = await self._generate(prepared)
         output_model = spec.output_model_for(request)
         if output_model is None:
             return AgentResult(spec, prepared.task, completion.text.strip(), None, completion,
@@ -274,7 +316,7 @@ class AgentRunner:
             "every field short, and close every bracket."
         )
         prepared = await self.prepare(spec, request, note)
-        completion = await self.generator.generate(prepared.prompt.messages, prepared.params)
+        completion = await self._generate(prepared)
         try:
             output = _parse(output_model, completion)
         except ValueError as second_error:
@@ -293,15 +335,32 @@ class AgentRunner:
         """Yield :class:`Progress` while distilling, then :class:`Meta`, then the generator's
         token deltas and final completion.
 
-        The request is validated and assembled once before anything is yielded, so the HTTP
-        layer can still answer bad input with a plain 4xx.
+        The request is validated and assembled once, and its place in the model's queue taken,
+        before anything is yielded, so the HTTP layer can still answer bad input with a plain
+        4xx and a full queue with a plain 503. Waiting for its turn happens inside the stream
+        (a client that leaves while queued never starts); a queue timeout or the generation
+        cap end the stream with an error.
         """
         plan = await self._plan(spec, request, "")
         lookup = self._lookup()
         prompt = await self._assemble(plan, lookup)
-        return self._stream(plan, prompt, lookup)
+        ticket = self.admission.reserve()
+        return self._stream(plan, prompt, lookup, ticket)
 
     async def _stream(
+        self, plan: _Plan, prompt: AssembledPrompt, lookup: _CountingLookup | None,
+        ticket: Ticket,
+    ) -> AsyncIterator[Progress | Meta | StreamItem]:
+        try:
+            async with ticket:
+                async for item in self._stream_in_turn(plan, prompt, lookup):
+                    if isinstance(item, Completion):
+                        item.timings.queue_ms = ticket.queue_s * 1000
+                    yield item
+        finally:
+            ticket.cancel()  # a stream closed before its turn leaves the queue
+
+    async def _stream_in_turn(
         self, plan: _Plan, prompt: AssembledPrompt, lookup: _CountingLookup | None
     ) -> AsyncIterator[Progress | Meta | StreamItem]:
         events: asyncio.Queue[dict[str, object]] = asyncio.Queue()
@@ -319,8 +378,16 @@ class AgentRunner:
             distilling.cancel()
         yield Meta(prompt.report, plan.task.summary)
         stream = self.generator.stream(prompt.messages, plan.params)
+        deadline = asyncio.get_running_loop().time() + self.settings.generation_timeout_s
         try:
-            async for item in stream:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        item = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise self._timeout() from None
                 yield item
         finally:
             await stream.aclose()

@@ -26,14 +26,18 @@ class FakeGenerator:
 
     ``replies`` are used in order (the last one repeats); a callable reply gets the messages and
     params. ``fail_after`` raises :class:`GenerationFailed` after that many streamed tokens.
-    ``calls`` records every ``(messages, params)`` it was asked to generate for.
+    ``token_delay_s`` sleeps between tokens (seconds), to play a slow model. ``calls`` records
+    every ``(messages, params)`` it was asked to generate for and ``produced`` the tokens each
+    call produced (updated as it streams).
     """
 
     replies: list[Reply] = field(default_factory=lambda: ["Once upon a time."])
     context_window: int = 8192
     name: str = "fake"
     fail_after: int | None = None
+    token_delay_s: float = 0.0
     calls: list[tuple[list[ChatMessage], SamplingParams]] = field(default_factory=list)
+    produced: list[int] = field(default_factory=list)
 
     @property
     def n_ctx(self) -> int:
@@ -81,15 +85,18 @@ class FakeGenerator:
     ) -> AsyncIterator[StreamItem]:
         prompt_tokens = self._check(messages, params)
         pieces = re.findall(r"\S+\s*|\s+", self._reply(messages, params))
+        call = len(self.produced)
+        self.produced.append(0)
         text, produced = "", 0
         for piece in pieces:
             if produced >= params.max_tokens:
                 break
             if self.fail_after is not None and produced >= self.fail_after:
                 raise GenerationFailed("the fake model failed mid-stream")
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.token_delay_s)
             text += piece
             produced += 1
+            self.produced[call] = produced
             yield TokenDelta(piece)
         finish = "length" if produced < len(pieces) else "stop"
         yield Completion(text, prompt_tokens, produced, finish)

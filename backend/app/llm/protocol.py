@@ -44,7 +44,7 @@ class SamplingParams:
 class Timings:
     """Wall-clock timings of one generation, in milliseconds.
 
-    ``queue_ms``: waiting for the model lock. ``time_to_first_token_ms``: from holding the lock
+    ``queue_ms``: waiting for a turn in the model's queue. ``time_to_first_token_ms``: from holding the lock
     to the first completion token (prompt processing included). ``total_ms``: from holding the
     lock to the end. ``decode_tokens_per_s``: completion tokens after the first, per second of
     decoding (0 when fewer than two tokens were produced).

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from app.agents.registry import REGISTRY
 from app.agents.runner import AgentResult, Meta, Progress
+from app.api.disconnect import unless_disconnected
 from app.api.sse import DONE, META, PROGRESS, TOKEN, sse_response
 from app.llm.protocol import Completion, TokenDelta
 from app.schemas import requests as rq
@@ -120,8 +121,9 @@ def _register(operation: str) -> None:
     spec = REGISTRY[operation]
     request_model, response_model, payload = ENDPOINTS[operation]
 
-    async def run(body: request_model, services: Services = Depends(get_services)):  # type: ignore[valid-type]
-        result = await services.require_runner().run(spec, body)
+    async def run(body: request_model, request: Request,  # type: ignore[valid-type]
+                  services: Services = Depends(get_services)):
+        result = await unless_disconnected(request, services.require_runner().run(spec, body))
         return response_model.model_validate({**generation_info(result), **payload(result)})
 
     run.__name__ = operation.replace("-", "_")

@@ -39,7 +39,7 @@ async def preview(body: ContextPreviewRequest, services: Services = Depends(get_
             [{**e, "loc": ("body", "request", *e["loc"])} for e in error.errors()]
         ) from None
     runner = services.require_runner()
-    prepared = await runner.prepare(REGISTRY[name], request)
+    prepared = await runner.preview(REGISTRY[name], request)
     messages = prepared.prompt.messages
     return ContextPreviewResponse(
         operation=name,
