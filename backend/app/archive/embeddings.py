@@ -100,17 +100,20 @@ class Embedder:
         """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        parts = []
+        # Longest first across all texts, as sentence-transformers sorts inside one encode
+        # call: batches of similar lengths waste less on padding.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        result = np.empty((len(texts), self.dimension), dtype=np.float32)
         with self._lock:
             for first in range(0, len(texts), batch_size):
-                batch = list(texts[first:first + batch_size])
-                parts.append(self._model.encode(  # type: ignore[attr-defined]
-                    batch, batch_size=batch_size, normalize_embeddings=True,
+                rows = order[first:first + batch_size]
+                result[rows] = self._model.encode(  # type: ignore[attr-defined]
+                    [texts[i] for i in rows], batch_size=batch_size, normalize_embeddings=True,
                     convert_to_numpy=True, show_progress_bar=False,
-                ))
+                )
                 if progress is not None:
-                    progress(len(batch))
-        return np.vstack(parts).astype(np.float32, copy=False)
+                    progress(len(rows))
+        return result
 
 
 def set_threads(threads: int) -> None:

@@ -67,22 +67,24 @@ def prepare(document: Document, embedder: Embedder, settings: Settings) -> Prepa
     file_key = _sha(document.file)[:16]
     ids = [f"{file_key}-{version}-{c.index:05d}" for c in chunks]
     ingested_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    common: Metadata = {
-        "file": document.file, "title": document.title, "format": document.format,
-        "file_chars": len(document.text), "file_chunks": len(chunks), "file_sha256": sha,
-        "version": version, "ingested_at": ingested_at,
-    }
     metadatas: list[Metadata] = []
     for chunk in chunks:
+        # Few fields per chunk (each one costs every query a little); file-level facts live on
+        # chunk 0 only.
         metadata: Metadata = {
-            **common, "chapter": chunk.chapter, "chapter_key": chapter_key(chunk.chapter),
-            "chapter_number": chunk.chapter_number, "chunk_index": chunk.index,
-            "start": chunk.start, "own_start": chunk.own_start, "end": chunk.end,
-            "tokens": chunk.tokens,
+            "file": document.file, "title": document.title, "chapter": chunk.chapter,
+            "chapter_key": chapter_key(chunk.chapter), "chapter_number": chunk.chapter_number,
+            "chunk_index": chunk.index, "start": chunk.start, "own_start": chunk.own_start,
+            "end": chunk.end,
         }
         if chunk.index == 0:
-            metadata["chapters_json"] = json.dumps([m.title for m in document.chapters],
-                                                   ensure_ascii=False)
+            metadata |= {
+                "format": document.format, "file_chars": len(document.text),
+                "file_chunks": len(chunks), "file_sha256": sha, "version": version,
+                "ingested_at": ingested_at,
+                "chapters_json": json.dumps([m.title for m in document.chapters],
+                                            ensure_ascii=False),
+            }
         metadatas.append(metadata)
     return Prepared(document, chunks, ids, metadatas)
 
