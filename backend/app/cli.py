@@ -1,6 +1,6 @@
 """``writer-assistant``: the command line (a Typer app; one command per function).
 
-Archive commands: ``ingest PATH...`` (with a progress bar), ``reindex``, ``search``, ``files``,
+``serve`` runs the HTTP service. Archive commands: ``ingest PATH...`` (with a progress bar), ``reindex``, ``search``, ``files``,
 ``delete``, ``stats``. They read the same settings as the server (environment and ``.env``);
 ``--db-path``, ``--chroma-host`` and ``--chroma-port`` override the store's location.
 """
@@ -35,8 +35,9 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
 ) -> None:
     """Settings come from the environment and .env; these options override them."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    if ctx.invoked_subcommand != "serve":  # the service configures its own logging
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {"archive_db_path": db_path, "chroma_host": chroma_host,
                                  "chroma_port": chroma_port}
     ctx.obj = {k: v for k, v in overrides.items() if v is not None}
@@ -55,6 +56,18 @@ def _archive(ctx: typer.Context, threads: int | None = None) -> Any:
 def _fail(error: WriterAssistantError) -> None:
     typer.echo(f"error ({error.code}): {error.message}", err=True)
     raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+) -> None:
+    """Run the HTTP service (drains running generations on SIGTERM, then exits 0)."""
+    from app.server import run
+
+    run(Settings(**ctx.obj), host=host, port=port)
 
 
 @app.command()

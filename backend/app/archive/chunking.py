@@ -204,6 +204,31 @@ def _overlap_start(text: str, start: int, end: int, limit: int, count: CountToke
     return best
 
 
+def _pack(text: str, units: list[_Unit], start: int, chunk_tokens: int, overlap_tokens: int,
+          count: CountTokens) -> list[tuple[int, int, int]]:
+    """(start, own_start, end) of the chunks of one section: units packed greedily, each
+    chunk after the first opened with an overlap from the one before."""
+    spans: list[tuple[int, int, int]] = []
+    own_start, overlap, body_tokens = start, 0, 0
+    body: list[_Unit] = []
+    for unit in units:
+        full = overlap + body_tokens + unit.tokens > chunk_tokens
+        if body and (full or unit.solo or body[-1].solo):
+            end = body[-1].end
+            spans.append((start, own_start, end))
+            limit = 0 if unit.solo or body[-1].solo else min(overlap_tokens,
+                                                             chunk_tokens - unit.tokens)
+            start = _overlap_start(text, start, end, limit, count)
+            own_start = end
+            overlap = count(text[start:own_start]) if start < own_start else 0
+            body, body_tokens = [], 0
+        body.append(unit)
+        body_tokens += unit.tokens
+    if body:
+        spans.append((start, own_start, body[-1].end))
+    return spans
+
+
 def chunk_document(
     document: Document, count: CountTokens, chunk_tokens: int, overlap_tokens: int
 ) -> list[Chunk]:
@@ -236,32 +261,12 @@ def chunk_document(
         # A title line alone would be a chunk that matches every query about the work.
         parts = [(0, *parts[1][1:]), *parts[2:]]
     for sec_start, sec_end, chapter, number in parts:
-        units = _units(text, sec_start, sec_end, chunk_tokens, count)
-        start = own_start = sec_start
-        overlap = body_tokens = 0
-        body: list[_Unit] = []
-
-        def emit() -> None:
-            chunk_text = text[start:body[-1].end]
-            chunks.append(Chunk(len(chunks), chunk_text, start, own_start, body[-1].end,
-                                chapter, number, count(chunk_text)))
-
-        for unit in units:
-            full = overlap + body_tokens + unit.tokens > chunk_tokens
-            if body and (full or unit.solo or body[-1].solo):
-                emit()
-                prev_start, prev_end = start, body[-1].end
-                limit = min(overlap_tokens, chunk_tokens - unit.tokens)
-                if unit.solo or body[-1].solo:
-                    limit = 0
-                start = _overlap_start(text, prev_start, prev_end, limit, count)
-                own_start = prev_end
-                overlap = count(text[start:own_start]) if start < own_start else 0
-                body, body_tokens = [], 0
-            body.append(unit)
-            body_tokens += unit.tokens
-        if body:
-            emit()
+        for start, own_start, end in _pack(text, _units(text, sec_start, sec_end, chunk_tokens,
+                                                        count), sec_start, chunk_tokens,
+                                           overlap_tokens, count):
+            chunk_text = text[start:end]
+            chunks.append(Chunk(len(chunks), chunk_text, start, own_start, end, chapter, number,
+                                count(chunk_text)))
     return chunks
 
 

@@ -207,7 +207,7 @@ def test_archive_passages_compete_for_the_plot_world_budget(
 def test_rag_query_over_the_corpus_grounds_on_the_right_story(
     corpus_client: tuple[TestClient, FakeGenerator]
 ) -> None:
-    client, fake = corpus_client
+    client, _ = corpus_client
     body = client.post(f"{API}/rag/query", json={
         "question": "Which story has a goose with a blue stone in its crop?",
         "top_k": 3}).json()
