@@ -31,7 +31,7 @@ $(STAMP): backend/pyproject.toml Makefile
 	touch $(STAMP)
 
 serve: install
-	cd backend && ../$(BIN)/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT)
+	cd backend && ../$(BIN)/writer-assistant serve --host $(HOST) --port $(PORT)
 
 test: install
 	cd backend && ../$(BIN)/python -m pytest

@@ -294,6 +294,18 @@ class Settings(BaseSettings):
         "stopped (504, or an error event on a stream) and the model freed.",
     )
 
+    # --- lifecycle ---------------------------------------------------------------------
+    model_load_retry_s: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="Seconds between attempts to load the model after a failure (file "
+        "missing, not GGUF, server down); the service recovers once the cause is gone.",
+    )
+    drain_grace_s: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="On SIGTERM: seconds running generations get to finish before streams "
+        "still running are ended with an error event and the process exits.",
+    )
+
     # --- HTTP --------------------------------------------------------------------------------
     log_level: str = Field(default="INFO", description="Python logging level for the service.")
     sse_ping_seconds: float = Field(

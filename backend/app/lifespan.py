@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -35,19 +36,74 @@ async def _open_generator(services: Services) -> TextGenerator:
 
 
 async def load_model(services: Services) -> None:
-    """Load or reach the model off the event loop and publish it (or the failure)."""
+    """Load or reach the model off the event loop and publish it.
+
+    A failure (file missing, not GGUF, server down...) is published on ``/health`` and
+    ``/ready`` and the load is retried every ``MODEL_LOAD_RETRY_S`` seconds, so the service
+    recovers by itself once the cause goes away.
+    """
+    while True:
+        try:
+            generator = await _open_generator(services)
+        except ModelUnavailable as error:
+            logger.error("model load failed: %s", error.message)
+            services.model.status, services.model.error = "error", error.message
+        except Exception as error:  # noqa: BLE001 - reported on /health, never crashes startup
+            logger.exception("model load failed")
+            services.model.status = "error"
+            services.model.error = f"unexpected {type(error).__name__} while loading the model"
+        else:
+            services.set_ready(generator)
+            return
+        await asyncio.sleep(services.settings.model_load_retry_s)
+
+
+async def drain(services: Services, then: Callable[[], None]) -> None:
+    """Stop taking generations, let running ones finish within ``DRAIN_GRACE_S``, end the
+    streams still running with an error event, then call ``then`` (the server's own exit)."""
+    admission = services.admission
+    admission.begin_drain()
+    logger.info("draining: %d running, %d waiting", admission.running, admission.waiting)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + services.settings.drain_grace_s
+    def busy() -> bool:
+        return admission.busy or services.streams.count > 0
+
+    while busy() and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    if busy():
+        logger.warning("drain grace period over: ending %d stream(s)", services.streams.count)
+        admission.stop_streams()
+        # a token or two for the streams to send their error event
+        await asyncio.sleep(min(1.0, services.settings.drain_grace_s))
+    then()
+
+
+def install_sigterm(services: Services) -> None:
+    """On SIGTERM, drain first (readiness fails at once), then hand the signal to the server.
+
+    Only possible in the main thread (uvicorn's own runner); elsewhere (tests running the
+    server in a thread) the server's own handling stands.
+    """
+    loop = asyncio.get_running_loop()
     try:
-        generator = await _open_generator(services)
-    except ModelUnavailable as error:
-        logger.error("model load failed: %s", error.message)
-        services.model.status, services.model.error = "error", error.message
-        return
-    except Exception as error:  # noqa: BLE001 - reported on /health, never crashes startup
-        logger.exception("model load failed")
-        services.model.status = "error"
-        services.model.error = f"unexpected {type(error).__name__} while loading the model"
-        return
-    services.set_ready(generator)
+        server_handler = signal.getsignal(signal.SIGTERM)
+        tasks: set[asyncio.Task[None]] = set()
+
+        def exit_server() -> None:
+            if callable(server_handler):
+                server_handler(signal.SIGTERM, None)
+
+        def start_drain() -> None:
+            if not services.admission.draining:
+                tasks.add(loop.create_task(drain(services, exit_server)))
+
+        def on_sigterm(_signum: int, _frame: object) -> None:
+            loop.call_soon_threadsafe(start_drain)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        logger.debug("SIGTERM drain not installed (not in the main thread)")
 
 
 @asynccontextmanager
@@ -55,6 +111,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start loading the model unless a generator was injected (tests), and the archive, then
     serve."""
     services: Services = app.state.services
+    install_sigterm(services)
     tasks = [asyncio.create_task(load_archive(services.archive, services.settings))]
     if services.runner is None:
         tasks.append(asyncio.create_task(load_model(services)))

@@ -8,11 +8,13 @@ from typing import Literal
 from fastapi import Request
 
 from app.agents.runner import AgentRunner
+from app.api.sse import OpenStreams
 from app.archive.retrieval import archive_context
 from app.archive.service import Archive, ArchiveState
 from app.config import Settings
 from app.context.summaries import Distiller, SummaryCache
 from app.errors import ModelUnavailable
+from app.llm.admission import Admission
 from app.llm.protocol import TextGenerator
 
 ModelStatus = Literal["loading", "ready", "error"]
@@ -35,6 +37,13 @@ class Services:
     model: ModelState = field(default_factory=ModelState)
     runner: AgentRunner | None = None
     archive: ArchiveState = field(default_factory=ArchiveState)
+    admission: Admission = field(init=False)
+    streams: OpenStreams = field(default_factory=OpenStreams)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.settings.queue_max_waiting, self.settings.queue_max_wait_s)
+        if not self.settings.archive_enabled:
+            self.archive.status = "disabled"
 
     def set_ready(self, generator: TextGenerator) -> None:
         """Publish a loaded generator and the runner on top of it (with archive retrieval and
@@ -45,7 +54,8 @@ class Services:
         self.model = ModelState(status="ready", generator=generator)
         self.runner = AgentRunner(settings, generator,
                                   extra_elements=archive_context(self.archive.ready),
-                                  distiller=Distiller(generator, cache, settings))
+                                  distiller=Distiller(generator, cache, settings),
+                                  admission=self.admission)
 
     def require_archive(self) -> Archive:
         """The story archive, once loaded.

@@ -18,7 +18,13 @@ from app.context.distill import SummaryJob, SummaryLookup
 from app.context.elements import ContextElement, flatten
 from app.context.report import AssemblyReport, DistillationStats
 from app.context.summaries import DistillStats, Distiller, SummaryCache
-from app.errors import AgentOutputInvalid, GenerationFailed, GenerationTimeout, InvalidRequest
+from app.errors import (
+    AgentOutputInvalid,
+    GenerationFailed,
+    GenerationTimeout,
+    InvalidRequest,
+    ServiceDraining,
+)
 from app.llm.admission import Admission, Ticket
 from app.llm.protocol import Completion, SamplingParams, StreamItem, TextGenerator
 from app.schemas.requests import AgentRequest
@@ -388,6 +394,9 @@ class AgentRunner:
                     return
                 except TimeoutError:
                     raise self._timeout() from None
+                if self.admission.streams_stopped:
+                    raise ServiceDraining("The server is shutting down; this stream was ended "
+                                          "before it finished. Retry after the restart.")
                 yield item
         finally:
             await stream.aclose()

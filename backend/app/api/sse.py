@@ -25,11 +25,30 @@ META, TOKEN, PROGRESS, DONE, ERROR = "meta", "token", "progress", "done", "error
 StreamEvents = AsyncIterator[tuple[str, dict[str, Any]]]
 
 
+class OpenStreams:
+    """How many SSE responses are still sending; a drain waits for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 def _frame(event: str, data: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps(data, ensure_ascii=False), event=event)
 
 
-async def _framed(events: StreamEvents) -> AsyncIterator[ServerSentEvent]:
+async def _framed(events: StreamEvents, open_streams: OpenStreams | None
+                  ) -> AsyncIterator[ServerSentEvent]:
+    if open_streams is not None:
+        open_streams.count += 1
+    try:
+        async for frame in _frames(events):
+            yield frame
+    finally:
+        if open_streams is not None:
+            open_streams.count -= 1
+
+
+async def _frames(events: StreamEvents) -> AsyncIterator[ServerSentEvent]:
     terminal_sent = False
     try:
         async for event, data in events:
@@ -52,14 +71,15 @@ async def _framed(events: StreamEvents) -> AsyncIterator[ServerSentEvent]:
                              "message": "The stream ended without a result.", "param": None})
 
 
-def sse_response(events: StreamEvents, ping_seconds: float) -> EventSourceResponse:
+def sse_response(events: StreamEvents, ping_seconds: float,
+                 open_streams: OpenStreams | None = None) -> EventSourceResponse:
     """Frame ``events`` (``(name, payload)`` pairs) as an SSE response.
 
     Keep-alive comments every ``ping_seconds``; ``X-Accel-Buffering: no`` so proxies pass
-    tokens through as they come.
+    tokens through as they come. ``open_streams`` counts the response while it sends.
     """
     return EventSourceResponse(
-        _framed(events),
+        _framed(events, open_streams),
         ping=ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )

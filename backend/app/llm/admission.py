@@ -14,7 +14,7 @@ import math
 import time
 from types import TracebackType
 
-from app.errors import QueueFull, QueueTimeout
+from app.errors import QueueFull, QueueTimeout, ServiceDraining
 
 #: Weight of the newest request in the running average of time in the model (EWMA).
 _EWMA_WEIGHT = 0.2
@@ -34,6 +34,25 @@ class Admission:
         self.waiting = 0
         self.running = 0
         self._average_s = 5.0
+        self.draining = False
+        self._stop_streams = asyncio.Event()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request holds or waits for the model."""
+        return bool(self.running or self.waiting)
+
+    def begin_drain(self) -> None:
+        """Refuse new requests from now on (``ServiceDraining``); running ones go on."""
+        self.draining = True
+
+    def stop_streams(self) -> None:
+        """Tell running streams to end now (the drain's grace period is over)."""
+        self._stop_streams.set()
+
+    @property
+    def streams_stopped(self) -> bool:
+        return self._stop_streams.is_set()
 
     def retry_after_s(self) -> int:
         """Seconds until a place is likely free: the queue ahead times the average stay."""
@@ -43,8 +62,12 @@ class Admission:
         """Take a place in the queue, or refuse at once.
 
         Raises:
+            ServiceDraining: the server is shutting down (HTTP 503).
             QueueFull: ``max_waiting`` requests are already waiting (HTTP 503, Retry-After).
         """
+        if self.draining:
+            raise ServiceDraining("The server is shutting down and takes no new generations; "
+                                  "retry on another instance or after the restart.")
         if (self._slot.locked() or self.waiting) and self.waiting >= self.max_waiting:
             raise QueueFull(
                 f"The model is busy and {self.waiting} requests are already waiting; retry "

@@ -134,6 +134,12 @@ class HealthResponse(BaseModel):
     error: str | None = None
 
 
+class ReadyResponse(BaseModel):
+    """Ready to serve."""
+
+    status: Literal["ready"] = "ready"
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

@@ -137,7 +137,13 @@ def test_editor_review_of_chapter_one_leaves_it_out_of_the_context(http, alice_r
 
 
 def test_context_too_large_for_the_window_is_400_not_a_crash(http, alice_request):
-    body = alice(alice_request, max_tokens=4000)  # 3,300 prompt + 4,000 + buffer > 8,192
+    body = alice(alice_request, max_tokens=4000)
+    # high-priority content may not be trimmed, dropped or distilled: chapter 1 as such an
+    # element (2,800 tokens) twice, with 4,000 completion tokens, cannot fit 8,192
+    text = alice_request["structured_context"]["chapters"][0]["content"]
+    body["structured_context"]["plot_elements"] = [
+        {"type": "world", "content": text, "priority": "high"},
+        {"type": "backstory", "content": text, "priority": "high"}]
     response = http.post("/api/v1/generate-chapter", json=body)
     assert response.status_code == 400
     details = response.json()["error"]["details"]

@@ -106,7 +106,7 @@ async def rag_chat(body: RagChatRequest, services: Services = Depends(get_servic
     generator = services.require_runner().generator
     grounding = await rag.prepare_chat(services.require_archive(), generator, body)
     events = _chat_events(grounding, rag.stream_chat(generator, grounding))
-    return sse_response(events, services.settings.sse_ping_seconds)
+    return sse_response(events, services.settings.sse_ping_seconds, services.streams)
 
 
 async def _chat_events(grounding: rag.Grounding,

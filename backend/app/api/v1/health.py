@@ -1,10 +1,14 @@
-"""``/health``: answers while the model loads and reports its state."""
+"""``/health`` (liveness, and the model's state) and ``/ready`` (readiness)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import asyncio
 
-from app.schemas.responses import HealthResponse
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from app.errors import WriterAssistantError
+from app.schemas.responses import HealthResponse, ReadyResponse
 from app.state import Services, get_services
 
 router = APIRouter(tags=["health"])
@@ -12,7 +16,8 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthResponse)
 async def health(services: Services = Depends(get_services)) -> HealthResponse:
-    """Service liveness and the model's state (loading, ready, or error with the reason)."""
+    """Liveness: answers at once, from memory, touching neither the model nor Chroma. Reports
+    the model's state (loading, ready, or error with the reason)."""
     model = services.model
     generator = model.generator
     return HealthResponse(
@@ -20,4 +25,41 @@ async def health(services: Services = Depends(get_services)) -> HealthResponse:
         model=generator.model_name if generator else None,
         n_ctx=generator.n_ctx if generator else None,
         error=model.error,
+    )
+
+
+async def _not_ready_reasons(services: Services) -> list[str]:
+    reasons = []
+    if services.admission.draining:
+        reasons.append("draining")
+    if services.model.status == "loading":
+        reasons.append("model_loading")
+    elif services.model.status == "error":
+        reasons.append("model_error")
+    archive = services.archive
+    if archive.status in ("loading", "error"):
+        reasons.append(f"archive_{archive.status}")
+    elif archive.archive is not None:
+        try:
+            await asyncio.to_thread(archive.archive.store.check)
+        except WriterAssistantError:  # unreachable, or the collection no longer opens
+            reasons.append("archive_unreachable")
+    return reasons
+
+
+@router.get("/ready", response_model=ReadyResponse,
+            responses={503: {"description": "Not ready; error.details.reasons says why."}})
+async def ready(services: Services = Depends(get_services)):
+    """Readiness: 200 when the model is loaded, the archive (if enabled) reachable and the
+    server not draining; otherwise 503 with reason codes (``draining``, ``model_loading``,
+    ``model_error``, ``archive_loading``, ``archive_error``, ``archive_unreachable``)."""
+    reasons = await _not_ready_reasons(services)
+    if not reasons:
+        return ReadyResponse()
+    detail = services.model.error or services.archive.error
+    message = "Not ready: " + ", ".join(reasons) + (f" ({detail})" if detail else "")
+    return JSONResponse(
+        {"error": {"code": "not_ready", "message": message, "param": None,
+                   "details": {"reasons": reasons}}},
+        status_code=503, headers={"Retry-After": "5"},
     )
