@@ -277,6 +277,18 @@ class Settings(BaseSettings):
         "are evicted past it.",
     )
 
+    # --- observability -------------------------------------------------------------------
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="Log line format: json (one JSON object per event, with request_id, for "
+        "log collectors) or text (for humans).",
+    )
+    log_prompts: bool = Field(
+        default=False,
+        description="Debugging aid: add the rendered prompt and the generated text to each "
+        "generation log event. Off: logs carry counts and timings only, never story text.",
+    )
+
     # --- admission and timeouts ----------------------------------------------------------
     queue_max_waiting: int = Field(
         default=8, ge=0, le=10_000,

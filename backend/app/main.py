@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI
 
 from app.api import errors
@@ -11,13 +9,14 @@ from app.api.v1 import router as v1_router
 from app.config import Settings
 from app.lifespan import lifespan
 from app.llm.protocol import TextGenerator
+from app.observability.logging import configure_logging
 from app.state import Services
 
 
 def create_app(settings: Settings | None = None, generator: TextGenerator | None = None) -> FastAPI:
     """Build the app. With ``generator`` (tests), skip loading the model and use it."""
     settings = settings or Settings()
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logging(settings)
     app = FastAPI(
         title="Writer Assistant",
         version="0.1.0",

@@ -28,5 +28,6 @@ def run(settings: Settings | None = None, host: str = "127.0.0.1", port: int = 8
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's own lines go through app.observability.logging too
         timeout_graceful_shutdown=int(settings.drain_grace_s) + _SHUTDOWN_MARGIN_S,
     )

@@ -16,6 +16,7 @@ from app.context.summaries import Distiller, SummaryCache
 from app.errors import ModelUnavailable
 from app.llm.admission import Admission
 from app.llm.protocol import TextGenerator
+from app.observability.metrics import Metrics
 
 ModelStatus = Literal["loading", "ready", "error"]
 
@@ -39,9 +40,12 @@ class Services:
     archive: ArchiveState = field(default_factory=ArchiveState)
     admission: Admission = field(init=False)
     streams: OpenStreams = field(default_factory=OpenStreams)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.queue_max_waiting, self.settings.queue_max_wait_s)
+        self.metrics.track_queue(lambda: self.admission.running, lambda: self.admission.waiting)
+        self.archive.metrics = self.metrics
         if not self.settings.archive_enabled:
             self.archive.status = "disabled"
 
@@ -55,7 +59,7 @@ class Services:
         self.runner = AgentRunner(settings, generator,
                                   extra_elements=archive_context(self.archive.ready),
                                   distiller=Distiller(generator, cache, settings),
-                                  admission=self.admission)
+                                  admission=self.admission, metrics=self.metrics)
 
     def require_archive(self) -> Archive:
         """The story archive, once loaded.

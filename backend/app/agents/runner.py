@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ValidationError
@@ -24,9 +24,19 @@ from app.errors import (
     GenerationTimeout,
     InvalidRequest,
     ServiceDraining,
+    WriterAssistantError,
 )
 from app.llm.admission import Admission, Ticket
-from app.llm.protocol import Completion, SamplingParams, StreamItem, TextGenerator
+from app.llm.protocol import (
+    ChatMessage,
+    Completion,
+    SamplingParams,
+    StreamItem,
+    TextGenerator,
+    TokenDelta,
+)
+from app.observability.logging import log_error_answer, log_generation
+from app.observability.metrics import Metrics
 from app.schemas.requests import AgentRequest
 
 #: Extra context elements for a request (e.g. archive passages); see ``AgentRunner``.
@@ -77,10 +87,12 @@ class Progress:
 
 @dataclass(frozen=True)
 class Meta:
-    """The assembly report and the fields the response echoes (first after any progress)."""
+    """The assembly report and the fields the response echoes (first after any progress);
+    ``messages`` is the prompt about to be generated from."""
 
     report: AssemblyReport
     summary: dict[str, object]
+    messages: tuple[ChatMessage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,22 @@ class _Plan:
     elements: list[ContextElement]
     agent_task: AgentTask
     max_context_tokens: int | None
+
+
+class _TokenGaps:
+    """Observes the seconds between consecutive token deltas of one generation (the first
+    delta's wait is the time to first token, measured by the generator)."""
+
+    def __init__(self, metrics: Metrics, spec: AgentSpec) -> None:
+        self._observe = metrics.inter_token_latency.labels(agent=spec.agent,
+                                                           operation=spec.operation).observe
+        self._last: float | None = None
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self._observe(now - self._last)
+        self._last = now
 
 
 class _CountingLookup:
@@ -113,6 +141,8 @@ class AgentRunner:
     ``extra_elements``, when given, supplies more context elements per request (the archive's
     retrieved passages); they compete for their layer's budget like any other element.
     ``distiller``, when given (and ``DISTILLATION_ENABLED``), summarizes what overflows.
+    ``metrics`` receives the figures of every request and generation (the app's; a private
+    one when not given), and every completed generation is logged as a ``generation`` event.
     """
 
     def __init__(
@@ -122,6 +152,7 @@ class AgentRunner:
         extra_elements: ExtraElements | None = None,
         distiller: Distiller | None = None,
         admission: Admission | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.generator = generator
@@ -129,18 +160,47 @@ class AgentRunner:
         self.distiller = distiller
         self.admission = admission or Admission(settings.queue_max_waiting,
                                                 settings.queue_max_wait_s)
+        self.metrics = metrics if metrics is not None else Metrics()
 
-    async def _generate(self, prepared: Prepared) -> Completion:
-        """One generation under the ``GENERATION_TIMEOUT_S`` wall-clock cap.
+    async def _generate(self, spec: AgentSpec, prepared: Prepared, queue_s: float,
+                        attempt: int) -> Completion:
+        """One generation under the ``GENERATION_TIMEOUT_S`` wall-clock cap, observed.
+
+        Consumes the generator's stream (what its ``generate`` does too) so the gaps between
+        token deltas are measured the same way on every backend.
 
         Raises:
             GenerationTimeout: the cap ran out; the generation was stopped and the model freed.
         """
+        gaps = _TokenGaps(self.metrics, spec)
+        stream = self.generator.stream(prepared.prompt.messages, prepared.params)
         try:
             async with asyncio.timeout(self.settings.generation_timeout_s):
-                return await self.generator.generate(prepared.prompt.messages, prepared.params)
+                async for item in stream:
+                    if isinstance(item, TokenDelta):
+                        gaps.tick()
+                    elif isinstance(item, Completion):
+                        item.timings.queue_ms = queue_s * 1000
+                        self._observe(spec, prepared.prompt.messages, item, False, attempt)
+                        return item
         except TimeoutError:
             raise self._timeout() from None
+        finally:
+            await stream.aclose()
+        raise GenerationFailed("the model stream ended without a completion")
+
+    def _observe(self, spec: AgentSpec, messages: Sequence[ChatMessage], completion: Completion,
+                 streamed: bool, attempt: int = 1) -> None:
+        """Record a completed generation in the metrics and the log (the prompt and text
+        only with ``LOG_PROMPTS``)."""
+        self.metrics.observe_completion(spec.agent, spec.operation, completion)
+        prompt = self.generator.render_prompt(messages) if self.settings.log_prompts else None
+        log_generation(operation=spec.operation, agent=spec.agent, completion=completion,
+                       streamed=streamed, attempt=attempt, prompt=prompt)
+
+    def _stream_failed(self, code: str) -> None:
+        self.metrics.count_error(code)
+        log_error_answer(code, None)
 
     def _timeout(self) -> GenerationTimeout:
         return GenerationTimeout(
@@ -289,13 +349,16 @@ class AgentRunner:
         Raises:
             QueueFull: the queue is full (at once). QueueTimeout: the turn did not come in time.
         """
+        started = time.perf_counter()
         ticket = self.admission.reserve()
         async with ticket:
-            result = await self._run(spec, request)
-        result.completion.timings.queue_ms = ticket.queue_s * 1000
+            self.metrics.observe_queue(spec.agent, spec.operation, ticket.queue_s)
+            result = await self._run(spec, request, ticket.queue_s)
+        self.metrics.observe_request(spec.agent, spec.operation, time.perf_counter() - started)
         return result
 
-    async def _run(self, spec: AgentSpec, request: AgentRequest) -> AgentResult:
+    async def _run(self, spec: AgentSpec, request: AgentRequest,
+                   queue_s: float = 0.0) -> AgentResult:
         """Run ``spec`` on ``request`` to completion.
 
         JSON agents decode under a grammar from their output model; output that does not parse
@@ -306,7 +369,7 @@ class AgentRunner:
             plus what :meth:`prepare` and the generator raise.
         """
         prepared = await self.prepare(spec, request)
-        completion = await self._generate(prepared)
+        completion = await self._generate(spec, prepared, queue_s, attempt=1)
         output_model = spec.output_model_for(request)
         if output_model is None:
             return AgentResult(spec, prepared.task, completion.text.strip(), None, completion,
@@ -322,7 +385,7 @@ class AgentRunner:
             "every field short, and close every bracket."
         )
         prepared = await self.prepare(spec, request, note)
-        completion = await self._generate(prepared)
+        completion = await self._generate(spec, prepared, queue_s, attempt=2)
         try:
             output = _parse(output_model, completion)
         except ValueError as second_error:
@@ -347,22 +410,42 @@ class AgentRunner:
         (a client that leaves while queued never starts); a queue timeout or the generation
         cap end the stream with an error.
         """
+        started = time.perf_counter()
         plan = await self._plan(spec, request, "")
         lookup = self._lookup()
         prompt = await self._assemble(plan, lookup)
         ticket = self.admission.reserve()
-        return self._stream(plan, prompt, lookup, ticket)
+        return self._stream(spec, plan, prompt, lookup, ticket, started)
 
     async def _stream(
-        self, plan: _Plan, prompt: AssembledPrompt, lookup: _CountingLookup | None,
-        ticket: Ticket,
+        self, spec: AgentSpec, plan: _Plan, prompt: AssembledPrompt,
+        lookup: _CountingLookup | None, ticket: Ticket, started: float,
     ) -> AsyncIterator[Progress | Meta | StreamItem]:
+        """The stream in its turn, observed. An error raised here reaches the client as a
+        stream ``error`` event, not an HTTP error answer, so it is counted here."""
+        agent, operation = spec.agent, spec.operation
+        gaps = _TokenGaps(self.metrics, spec)
+        messages: tuple[ChatMessage, ...] = ()
         try:
             async with ticket:
+                self.metrics.observe_queue(agent, operation, ticket.queue_s)
                 async for item in self._stream_in_turn(plan, prompt, lookup):
-                    if isinstance(item, Completion):
+                    if isinstance(item, TokenDelta):
+                        gaps.tick()
+                    elif isinstance(item, Meta):
+                        messages = item.messages
+                    elif isinstance(item, Completion):
                         item.timings.queue_ms = ticket.queue_s * 1000
+                        self._observe(spec, messages, item, True)
+                        self.metrics.observe_request(agent, operation,
+                                                     time.perf_counter() - started)
                     yield item
+        except WriterAssistantError as error:
+            self._stream_failed(error.code)
+            raise
+        except Exception:
+            self._stream_failed("internal_error")
+            raise
         finally:
             ticket.cancel()  # a stream closed before its turn leaves the queue
 
@@ -382,7 +465,7 @@ class AgentRunner:
             prompt = distilling.result()
         finally:
             distilling.cancel()
-        yield Meta(prompt.report, plan.task.summary)
+        yield Meta(prompt.report, plan.task.summary, tuple(prompt.messages))
         stream = self.generator.stream(prompt.messages, plan.params)
         deadline = asyncio.get_running_loop().time() + self.settings.generation_timeout_s
         try:

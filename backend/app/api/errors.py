@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from app.errors import (
     AgentOutputInvalid,
@@ -37,6 +38,7 @@ from app.errors import (
     UnsupportedDocument,
     WriterAssistantError,
 )
+from app.observability.logging import log_error_answer
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +80,28 @@ def error_body(error: WriterAssistantError) -> dict[str, Any]:
     }
 
 
+class ErrorResponse(JSONResponse):
+    """An error envelope. Every error answer is one, wherever it is made (exception handlers,
+    middleware), so this is the one place error answers are counted in the app's metrics
+    (rejections or backend errors, by code) and logged (an ``error_answer`` event)."""
+
+    def __init__(self, body: dict[str, Any], status_code: int,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(body, status_code=status_code, headers=headers)
+        self.code = str(body["error"]["code"])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+        if services is not None:
+            services.metrics.count_error(self.code)
+        log_error_answer(self.code, self.status_code)
+        await super().__call__(scope, receive, send)
+
+
 def _envelope(status: int, code: str, message: str, param: str | None = None,
-              headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:
+              headers: dict[str, str] | None = None, **details: Any) -> ErrorResponse:
     body = {"error": {"code": code, "message": message, "param": param, "details": details}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return ErrorResponse(body, status_code=status, headers=headers)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -98,7 +118,7 @@ async def _domain_error(_request: Request, error: WriterAssistantError) -> JSONR
     if status in (429, 503):
         seconds = RETRY_AFTER_SECONDS if error.retry_after is None else error.retry_after
         headers = {"Retry-After": str(max(1, math.ceil(seconds)))}
-    return JSONResponse(error_body(error), status_code=status, headers=headers)
+    return ErrorResponse(error_body(error), status_code=status, headers=headers)
 
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:

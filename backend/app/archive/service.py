@@ -39,6 +39,7 @@ from app.schemas.archive import (
     Passage,
     ReindexResult,
 )
+from app.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +50,20 @@ class Archive:
     """The story archive: search, files, ingest and rebuild over one Chroma collection.
 
     Writes (ingest, delete, rebuild) are serialised by a lock; reads run concurrently.
+    Each operation's latency goes to ``metrics`` (the app's; a private one when not given).
     """
 
-    def __init__(self, settings: Settings, embedder: Embedder, store: ChromaStore) -> None:
+    def __init__(self, settings: Settings, embedder: Embedder, store: ChromaStore,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.embedder = embedder
         self.store = store
+        self.metrics = metrics if metrics is not None else Metrics()
         self._write_lock = threading.Lock()
 
     @classmethod
-    def open(cls, settings: Settings, embedder: Embedder | None = None) -> "Archive":
+    def open(cls, settings: Settings, embedder: Embedder | None = None,
+             metrics: Metrics | None = None) -> "Archive":
         """Load the embedding model (unless given), set its threads (``EMBEDDING_THREADS``)
         and connect the store.
 
@@ -77,7 +82,8 @@ class Archive:
                 f"model {embedder.name} embeds at most {embedder.max_tokens} tokens; lower it.",
                 param="ARCHIVE_CHUNK_TOKENS",
             )
-        archive = cls(settings, embedder, ChromaStore(settings, embedder.name, embedder.dimension))
+        archive = cls(settings, embedder, ChromaStore(settings, embedder.name, embedder.dimension),
+                      metrics)
         try:
             archive.store.check()
         except (ArchiveUnavailable, EmbeddingModelMismatch) as error:
@@ -90,8 +96,9 @@ class Archive:
                filters: ArchiveFilters | None = None) -> list[Passage]:
         """The ``top_k`` (default ``ARCHIVE_TOP_K``) passages closest to ``query``, best
         first, within ``filters``. Raises as :func:`app.archive.retrieval.search`."""
-        return search(self.store, self.embedder, query, top_k or self.settings.archive_top_k,
-                      filters)
+        with self.metrics.archive_operation("search"):
+            return search(self.store, self.embedder, query,
+                          top_k or self.settings.archive_top_k, filters)
 
     def context_passages(self, query: str) -> list[Passage]:
         """Passages for an agent's context: the top ``ARCHIVE_TOP_K`` at or above
@@ -100,6 +107,10 @@ class Archive:
 
     def files(self) -> FileList:
         """Every archived file, sorted by name."""
+        with self.metrics.archive_operation("files"):
+            return self._files()
+
+    def _files(self) -> FileList:
         infos = []
         for record in self.store.get({"chunk_index": 0}, texts=False):
             meta = record.metadata
@@ -117,6 +128,10 @@ class Archive:
         Raises:
             ArchiveFileNotFound: no such file.
         """
+        with self.metrics.archive_operation("file_text"):
+            return self._file_text(file)
+
+    def _file_text(self, file: str) -> FileText:
         records = self.store.get({"file": file})
         if not records:
             raise ArchiveFileNotFound(f"The archive has no file named {file!r}.", param="file")
@@ -132,14 +147,15 @@ class Archive:
 
     def stats(self) -> ArchiveStats:
         """Counts and configuration of the archive."""
-        files = self.files().files
-        return ArchiveStats(
-            mode=self.store.mode, location=self.store.location, collection=self.store.name,
-            embedding_model=self.embedder.name, embedding_dimension=self.embedder.dimension,
-            files=len(files), chunks=self.store.count(), chars=sum(f.chars for f in files),
-            chunk_tokens=self.settings.archive_chunk_tokens,
-            chunk_overlap_tokens=self.settings.archive_chunk_overlap_tokens,
-        )
+        with self.metrics.archive_operation("stats"):
+            files = self._files().files
+            return ArchiveStats(
+                mode=self.store.mode, location=self.store.location, collection=self.store.name,
+                embedding_model=self.embedder.name, embedding_dimension=self.embedder.dimension,
+                files=len(files), chunks=self.store.count(), chars=sum(f.chars for f in files),
+                chunk_tokens=self.settings.archive_chunk_tokens,
+                chunk_overlap_tokens=self.settings.archive_chunk_overlap_tokens,
+            )
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -165,7 +181,7 @@ class Archive:
     def ingest_document(self, document: Document, progress: Progress | None = None,
                         prepared: Prepared | None = None) -> IngestResult:
         """Archive a parsed document (see :func:`app.archive.ingest.ingest_document`)."""
-        with self._write_lock:
+        with self.metrics.archive_operation("ingest"), self._write_lock:
             return ingest_document(self.store, self.embedder, self.settings, document,
                                    progress, prepared)
 
@@ -183,7 +199,7 @@ class Archive:
         Raises:
             ArchiveFileNotFound: no such file.
         """
-        with self._write_lock:
+        with self.metrics.archive_operation("delete"), self._write_lock:
             ids = self.store.ids({"file": file})
             if not ids:
                 raise ArchiveFileNotFound(f"The archive has no file named {file!r}.",
@@ -195,7 +211,7 @@ class Archive:
                 on_total: Callable[[int], None] | None = None) -> ReindexResult:
         """Rebuild the collection with this archive's embedding model (see
         :func:`app.archive.ingest.rebuild`)."""
-        with self._write_lock:
+        with self.metrics.archive_operation("reindex"), self._write_lock:
             return rebuild(self.store, self.embedder, self.settings, progress, on_total)
 
 
@@ -206,6 +222,7 @@ class ArchiveState:
     status: ArchiveStatus = "loading"
     error: str | None = None
     archive: Archive | None = None
+    metrics: Metrics | None = None
 
     def require(self) -> Archive:
         """The archive, once ready.
@@ -234,7 +251,7 @@ async def load_archive(state: ArchiveState, settings: Settings) -> None:
         return
     started = time.perf_counter()
     try:
-        archive = await asyncio.to_thread(Archive.open, settings)
+        archive = await asyncio.to_thread(Archive.open, settings, None, state.metrics)
     except ArchiveUnavailable as error:
         logger.error("archive load failed: %s", error.message)
         state.status, state.error = "error", error.message

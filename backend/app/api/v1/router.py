@@ -1,10 +1,11 @@
-"""All routes: ``/api/v1/...`` plus ``/health`` at the root for probes."""
+"""All routes: ``/api/v1/...`` plus ``/health`` at the root for probes and ``/metrics`` for
+Prometheus."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.v1 import agents, archive, context, health, tokens
+from app.api.v1 import agents, archive, context, health, metrics, tokens
 
 API_PREFIX = "/api/v1"
 
@@ -15,3 +16,4 @@ router.include_router(context.router, prefix=API_PREFIX)
 router.include_router(archive.router, prefix=API_PREFIX)
 router.include_router(health.router, prefix=API_PREFIX)
 router.include_router(health.router)
+router.include_router(metrics.router)
