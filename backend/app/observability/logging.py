@@ -38,6 +38,11 @@ _JSON_RENAMES = {"asctime": "time", "levelname": "level", "name": "logger",
 #: The logger of per-generation events.
 generation_logger = logging.getLogger("app.generation")
 
+#: Libraries that log request or response content at DEBUG: sse-starlette every SSE chunk
+#: (story text, token by token), the openai client its request options (the messages). They are
+#: held at INFO unless LOG_PROMPTS is on, so LOG_LEVEL=DEBUG never leaks story text.
+CONTENT_LOGGERS = ("sse_starlette", "openai")
+
 
 def _formatter(log_format: str) -> logging.Formatter:
     if log_format == "text":
@@ -51,7 +56,8 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
     ``LOG_LEVEL``, with the request id; returns the handler.
 
     Idempotent: a handler installed by an earlier call is replaced, other handlers (pytest's
-    capture, say) are left alone. Uvicorn's loggers propagate here when it runs with
+    capture, say) are left alone. Loggers that would log content at DEBUG
+    (:data:`CONTENT_LOGGERS`) are held at INFO unless ``LOG_PROMPTS`` is on. Uvicorn's loggers propagate here when it runs with
     ``log_config=None`` (``app.server``); otherwise uvicorn keeps its own format.
     """
     root = logging.getLogger()
@@ -65,6 +71,8 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
     handler.setFormatter(_formatter(settings.log_format))
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    for name in CONTENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if settings.log_prompts else logging.INFO)
     return handler
 
 
