@@ -1,23 +1,35 @@
 """``writer-assistant``: the command line (a Typer app; one command per function).
 
-``serve`` runs the HTTP service. Archive commands: ``ingest PATH...`` (with a progress bar), ``reindex``, ``search``, ``files``,
-``delete``, ``stats``. They read the same settings as the server (environment and ``.env``);
-``--db-path``, ``--chroma-host`` and ``--chroma-port`` override the store's location.
+``serve`` runs the HTTP service. Model commands: ``count-tokens`` (the served model's
+tokenizer), ``preview`` (the assembly report or exact prompt for a context file, without
+generating) and ``generate`` (streams the answer for a context file to the terminal); they run
+the same :class:`app.agents.runner.AgentRunner` as the service. Archive commands: ``ingest
+PATH...`` (with a progress bar), ``reindex``, ``search``, ``files``, ``delete``, ``stats``.
+All read the same settings as the server (environment and ``.env``); ``--db-path``,
+``--chroma-host`` and ``--chroma-port`` override the store's location.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from tqdm import tqdm
 
 from app.config import Settings
 from app.errors import WriterAssistantError
+
+if TYPE_CHECKING:
+    from app.agents.runner import AgentRunner
+    from app.agents.spec import AgentSpec
+    from app.context.report import AssemblyReport
+    from app.llm.protocol import Completion, TextGenerator
+    from app.schemas.requests import AgentRequest
 
 app = typer.Typer(help="Writer Assistant: command-line tools.", no_args_is_help=True,
                   add_completion=False)
@@ -194,3 +206,263 @@ def stats(ctx: typer.Context) -> None:
         typer.echo(json.dumps(archive.stats().model_dump(), indent=2))
     except WriterAssistantError as error:
         _fail(error)
+
+
+# --- model commands ---------------------------------------------------------------------------
+
+#: The operation a context file is for when neither the file nor --operation names one.
+DEFAULT_OPERATION = "generate-chapter"
+
+ContextFile = Annotated[Path, typer.Argument(
+    help="A JSON request body (e.g. from backend/examples/alice_context.py), or "
+    '{"operation": ..., "request": {...}} as /api/v1/context/preview takes.',
+    exists=True, dir_okay=False, readable=True)]
+OperationOption = Annotated[str | None, typer.Option(
+    "--operation", "-o", help="Agent operation (endpoint name), e.g. generate-chapter, "
+    f"editor-review. Default: the file's, else {DEFAULT_OPERATION}.")]
+ArchiveOption = Annotated[bool | None, typer.Option(
+    "--archive/--no-archive", help="Add archive passages to the context as the server does "
+    "(loads the embedding model). Default: ARCHIVE_ENABLED.")]
+
+
+def _read_context(path: Path, operation: str | None,
+                  overrides: dict[str, Any] | None = None) -> tuple[AgentSpec, AgentRequest]:
+    """The agent spec and validated request of a context file (exit 2 when unusable)."""
+    from pydantic import ValidationError
+
+    from app.agents.registry import REGISTRY
+    from app.api.v1.agents import ENDPOINTS
+
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        typer.echo(f"error: cannot read {path} as JSON: {error}", err=True)
+        raise typer.Exit(2) from error
+    if isinstance(body, dict) and "request" in body and "structured_context" not in body:
+        operation = operation or body.get("operation")
+        body = body["request"]
+    operation = operation or DEFAULT_OPERATION
+    if operation not in ENDPOINTS:
+        typer.echo(f"error: unknown operation {operation!r}; one of: {', '.join(ENDPOINTS)}",
+                   err=True)
+        raise typer.Exit(2)
+    if not isinstance(body, dict):
+        typer.echo(f"error: {path} holds no JSON object", err=True)
+        raise typer.Exit(2)
+    try:
+        request = ENDPOINTS[operation][0].model_validate({**body, **(overrides or {})})
+    except ValidationError as error:
+        for problem in error.errors()[:10]:
+            where = ".".join(str(part) for part in problem["loc"]) or "body"
+            typer.echo(f"error: {where}: {problem['msg']}", err=True)
+        raise typer.Exit(2) from error
+    return REGISTRY[operation], request
+
+
+def _open_generator(settings: Settings) -> TextGenerator:
+    """The model ``LLM_BACKEND`` names (blocking): the GGUF whose weights load on the first
+    generation, or the remote server, reached and checked once."""
+    if settings.llm_backend == "openai":
+        from app.llm.remote import RemoteGenerator
+
+        return RemoteGenerator.connect(settings)
+    from app.llm.lazy import LazyModel
+
+    return LazyModel.open(settings)
+
+
+async def _runner(settings: Settings, archive: bool | None) -> AgentRunner:
+    """The runner the service would build (summary cache, distiller and, when on, archive
+    retrieval), on :func:`_open_generator`'s model."""
+    from app.archive.service import load_archive
+    from app.state import Services
+
+    if archive is not None:
+        settings = settings.model_copy(update={"archive_enabled": archive})
+    services = Services(settings=settings)
+    await load_archive(services.archive, settings)
+    if services.archive.status == "error":
+        typer.echo(f"warning: archive unavailable ({services.archive.error}); going on "
+                   "without archive passages", err=True)
+    services.set_ready(await asyncio.to_thread(_open_generator, settings))
+    return services.require_runner()
+
+
+def _run_async(work: Any) -> Any:
+    """Run a coroutine; a domain error is printed with its code (exit 1)."""
+    try:
+        return asyncio.run(work)
+    except WriterAssistantError as error:
+        _fail(error)
+
+
+async def _progress(data: dict[str, object]) -> None:
+    """Print a distillation step (the runner's progress callback)."""
+    typer.echo(f"distilling {data['step']}/{data['steps']}: {data['label']} "
+               f"({data['layer']}, level {data['level']})", err=True)
+
+
+def _report_table(report: AssemblyReport) -> str:
+    """The assembly report as aligned text: the window, each layer, each element's fate."""
+    lines = [
+        f"agent {report.agent} | model {report.model} | n_ctx {report.n_ctx}",
+        f"window {report.window_tokens} tokens = prompt {report.prompt_tokens} + max_tokens "
+        f"{report.max_tokens} + free {report.window_tokens - report.prompt_tokens - report.max_tokens}"
+        f" (buffer {report.buffer_tokens}); fixed part {report.fixed_tokens}",
+        "",
+        f"{'layer':<14}{'share':>8}{'budget':>8}{'requested':>11}{'used':>8}",
+    ]
+    for layer in report.layers:
+        lines.append(f"{layer.layer.value:<14}{layer.share_tokens:>8}{layer.budget_tokens:>8}"
+                     f"{layer.requested_tokens:>11}{layer.used_tokens:>8}")
+    lines += ["", f"{'element':<28}{'layer':<14}{'priority':<9}{'tokens':>7}{'kept':>7}  "
+                  "fate: reason"]
+    for element in report.elements:
+        fate = element.fate.value
+        if element.boundary:
+            fate += f" at a {element.boundary}"
+        if element.distilled_into:
+            fate += f" into {element.distilled_into}"
+        lines.append(f"{element.id[:27]:<28}{element.layer.value:<14}"
+                     f"{element.priority.value:<9}{element.tokens:>7}{element.kept_tokens:>7}  "
+                     f"{fate}: {element.reason}")
+    for summary in report.summaries:
+        lines.append(f"summary {summary.id}: {summary.strategy}, level {summary.level}, "
+                     f"{summary.source_tokens} -> {summary.tokens} tokens ({summary.label})")
+    stats = report.distillation
+    if stats.llm_calls or stats.cache_hits:
+        lines.append(f"distillation: {stats.llm_calls} model calls, {stats.cache_hits} from "
+                     f"the cache, {stats.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def _usage_line(completion: Completion) -> str:
+    t = completion.timings
+    return (f"finish_reason {completion.finish_reason} | prompt {completion.prompt_tokens} + "
+            f"completion {completion.completion_tokens} tokens | queue {t.queue_ms:.0f} ms, "
+            f"first token {t.time_to_first_token_ms:.0f} ms, total {t.total_ms:.0f} ms, "
+            f"{t.decode_tokens_per_s:.1f} tokens/s")
+
+
+@app.command("count-tokens")
+def count_tokens(
+    texts: Annotated[list[str] | None, typer.Argument(
+        help="Texts to count; with neither texts nor --file, standard input.")] = None,
+    file: Annotated[list[Path] | None, typer.Option(
+        "--file", "-f", exists=True, dir_okay=False, readable=True,
+        help="A UTF-8 text file to count (repeatable).")] = None,
+) -> None:
+    """Count tokens with the served model's own tokenizer (only its vocabulary is loaded:
+    MODEL_PATH, or LLM_TOKENIZER_PATH with LLM_BACKEND=openai; default the embedded GGUF).
+
+    Prints one line per input, "<tokens>\\t<source>", and a total for several."""
+    from app.llm.llama import GgufTokenizer, default_model_path
+
+    settings = Settings()
+    inputs = [(f"text {i}", text) for i, text in enumerate(texts or [], start=1)]
+    for path in file or []:
+        inputs.append((str(path), path.read_text(encoding="utf-8")))
+    if not inputs:
+        inputs.append(("stdin", sys.stdin.read()))
+    path = (settings.llm_tokenizer_path if settings.llm_backend == "openai" else
+            settings.model_path) or default_model_path()
+    try:
+        tokenizer = GgufTokenizer.load(path)
+    except WriterAssistantError as error:
+        _fail(error)
+    counts = [(source, tokenizer.count_tokens(text)) for source, text in inputs]
+    for source, count in counts:
+        typer.echo(f"{count}\t{source}")
+    if len(counts) > 1:
+        typer.echo(f"{sum(count for _, count in counts)}\ttotal ({tokenizer.name})")
+
+
+@app.command()
+def preview(
+    ctx: typer.Context,
+    context_file: ContextFile,
+    operation: OperationOption = None,
+    prompt: Annotated[bool, typer.Option(
+        "--prompt", help="Print the exact prompt (chat template applied) instead of the "
+        "report.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print what /api/v1/context/preview answers: operation, prompt, "
+        "messages, context_metadata.")] = False,
+    archive: ArchiveOption = None,
+) -> None:
+    """Assemble the prompt an operation would send for a context file and print the assembly
+    report (what was kept, trimmed, distilled or dropped, and why), without generating.
+
+    Counting needs only the model's vocabulary; the weights are loaded only when the context
+    overflows and must be distilled (summaries come from, and go to, SUMMARY_CACHE_DIR)."""
+    spec, request = _read_context(context_file, operation)
+
+    async def work() -> tuple[str, Any]:
+        runner = await _runner(Settings(**ctx.obj), archive)
+        prepared = await runner.prepare(spec, request, progress=_progress)
+        return runner.generator.render_prompt(prepared.prompt.messages), prepared
+
+    rendered, prepared = _run_async(work())
+    report = prepared.prompt.report
+    if as_json:
+        typer.echo(json.dumps({
+            "operation": spec.operation, "prompt": rendered,
+            "messages": [{"role": m.role, "content": m.content}
+                         for m in prepared.prompt.messages],
+            "context_metadata": report.model_dump(mode="json"),
+        }, ensure_ascii=False, indent=1))
+    elif prompt:
+        typer.echo(rendered, nl=False)
+    else:
+        typer.echo(_report_table(report))
+
+
+@app.command()
+def generate(
+    ctx: typer.Context,
+    context_file: ContextFile,
+    operation: OperationOption = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        min=1, help="Completion tokens (default: the agent's, else LLM_MAX_TOKENS).")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0)] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (default: random).")] = None,
+    archive: ArchiveOption = None,
+) -> None:
+    """Generate the answer for a context file: chapter operations stream it to standard
+    output token by token, JSON agents print their validated JSON; usage and timings go to
+    standard error."""
+    overrides = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature,
+                                   "seed": seed}.items() if v is not None}
+    spec, request = _read_context(context_file, operation, overrides)
+
+    async def work() -> Completion:
+        from app.agents.runner import Meta, Progress
+        from app.errors import GenerationFailed
+        from app.llm.protocol import Completion, TokenDelta
+
+        runner = await _runner(Settings(**ctx.obj), archive)
+        if not spec.streams:
+            result = await runner.run(spec, request)
+            output = result.output.model_dump() if result.output is not None else result.text
+            typer.echo(output if isinstance(output, str) else
+                       json.dumps(output, ensure_ascii=False, indent=1))
+            return result.completion
+        items = await runner.stream(spec, request)
+        completion = None
+        async for item in items:
+            if isinstance(item, Progress):
+                await _progress(item.data)
+            elif isinstance(item, Meta):
+                typer.echo(f"prompt {item.report.prompt_tokens} tokens, window "
+                           f"{item.report.window_tokens}; generating...", err=True)
+            elif isinstance(item, TokenDelta):
+                typer.echo(item.text, nl=False)
+            elif isinstance(item, Completion):
+                completion = item
+                typer.echo()
+        if completion is None:  # the runner's stream ends with one or raises
+            raise GenerationFailed("the stream ended without a result")
+        return completion
+
+    completion = _run_async(work())
+    typer.echo(_usage_line(completion), err=True)

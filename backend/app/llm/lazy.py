@@ -1,0 +1,87 @@
+"""The in-process model, loaded only when something is generated (for the command line).
+
+Counting tokens and rendering prompts need only the GGUF's vocabulary and chat template
+(:class:`app.llm.llama.GgufTokenizer`: a fraction of a second), so ``writer-assistant
+preview`` answers at once for a context that fits; the weights are loaded the first time a
+generation is asked for (``generate``, or a preview whose context must be distilled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from app.config import Settings
+from app.llm.llama import GgufTokenizer, LlamaRuntime, default_model_path
+from app.llm.protocol import ChatMessage, Completion, SamplingParams, StreamItem
+
+
+class LazyModel:
+    """A :class:`app.llm.protocol.TextGenerator` over ``MODEL_PATH`` (or the embedded GGUF)
+    that loads the weights on the first generation.
+
+    Counts and prompts come from the same file's tokenizer and template, exactly as
+    :class:`LlamaRuntime` computes them. ``n_ctx`` is ``LLM_N_CTX`` until the model is loaded,
+    then what llama.cpp reports. ``loaded`` tells whether the weights were loaded.
+    """
+
+    def __init__(self, settings: Settings, tokenizer: GgufTokenizer) -> None:
+        self._settings = settings
+        self._tokenizer = tokenizer
+        self._model: LlamaRuntime | None = None
+        self._loading = asyncio.Lock()
+
+    @classmethod
+    def open(cls, settings: Settings) -> "LazyModel":
+        """Load the vocabulary of the configured model (blocking, a fraction of a second).
+
+        Raises:
+            ModelUnavailable: the file is missing or not GGUF, or has no chat template.
+        """
+        return cls(settings, GgufTokenizer.load(settings.model_path or default_model_path()))
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def n_ctx(self) -> int:
+        return self._model.n_ctx if self._model is not None else self._settings.llm_n_ctx
+
+    @property
+    def model_name(self) -> str:
+        return self._tokenizer.name
+
+    def count_tokens(self, text: str) -> int:
+        return self._tokenizer.count_tokens(text)
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        return self._tokenizer.render_prompt(messages)
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return self._tokenizer.count_prompt_tokens(messages)
+
+    async def model(self) -> LlamaRuntime:
+        """The loaded model, loading it (in a worker thread) on the first call.
+
+        Raises:
+            ModelUnavailable: llama.cpp could not load it.
+        """
+        async with self._loading:
+            if self._model is None:
+                self._model = await asyncio.to_thread(LlamaRuntime.load, self._settings)
+        return self._model
+
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
+        return await (await self.model()).generate(messages, params)
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[StreamItem]:
+        model = await self.model()
+        stream = model.stream(messages, params)
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            await stream.aclose()
