@@ -7,11 +7,13 @@ Every field maps to an environment variable of the same name in upper case (``mo
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+import re
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -318,11 +320,59 @@ class Settings(BaseSettings):
         "still running are ended with an error event and the process exits.",
     )
 
+    # --- security and limits ------------------------------------------------------------
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="API keys as comma-separated tenant:key pairs (keys of 16+ characters). "
+        "Set: every route but /health and /ready needs one, and each key is a tenant with its "
+        "own archive. Unset: no keys (local use).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS, comma-separated (e.g. http://localhost:5173). "
+        "Empty: no cross-origin access. '*' allows any origin but never with credentials.",
+    )
+    max_request_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024,
+        description="Largest request body in bytes; more is a 413. Keep it above "
+        "ARCHIVE_MAX_UPLOAD_BYTES.",
+    )
+    rate_limit_per_minute: int = Field(
+        default=120, ge=0,
+        description="Requests a user (API key, or client address without keys) may make per "
+        "minute; more is a 429 with Retry-After. 0: no limit.",
+    )
+    rate_limit_concurrent: int = Field(
+        default=4, ge=0,
+        description="Requests a user may have in flight at once; more is a 429. 0: no limit.",
+    )
+
     # --- HTTP --------------------------------------------------------------------------------
     log_level: str = Field(default="INFO", description="Python logging level for the service.")
     sse_ping_seconds: float = Field(
         default=15.0, gt=0, description="Seconds between SSE keep-alive comments on streams."
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_api_keys(value.get_secret_value())
+        return value
+
+    @property
+    def api_key_tenants(self) -> dict[str, str]:
+        """``API_KEYS`` as tenant -> key (empty when keys are off)."""
+        if self.api_keys is None:
+            return {}
+        return _parse_api_keys(self.api_keys.get_secret_value())
 
     @model_validator(mode="after")
     def _layers_fit_total(self) -> "Settings":
@@ -362,3 +412,20 @@ class Settings(BaseSettings):
             "characters": self.context_characters_tokens,
             "plot_world": self.context_plot_world_tokens,
         }
+
+
+def _parse_api_keys(raw: str) -> dict[str, str]:
+    """``tenant:key,tenant:key`` -> {tenant: key}. The error never quotes a key."""
+    tenants: dict[str, str] = {}
+    for number, entry in enumerate((e.strip() for e in raw.split(",") if e.strip()), start=1):
+        tenant, separator, key = entry.partition(":")
+        if not separator or not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", tenant):
+            raise ValueError(f"API_KEYS entry {number} must be tenant:key with a tenant of "
+                             "letters, digits, _ or - (up to 40)")
+        if len(key) < 16:
+            raise ValueError(f"API_KEYS entry {number} ({tenant}): keys need 16+ characters")
+        if tenant in tenants or key in tenants.values():
+            raise ValueError(f"API_KEYS entry {number} ({tenant}): tenants and keys must be "
+                             "unique")
+        tenants[tenant] = key
+    return tenants

@@ -71,6 +71,13 @@ class AgentOutputInvalid(WriterAssistantError):
     code = "agent_output_invalid"
 
 
+class OutputTruncated(AgentOutputInvalid):
+    """A JSON agent's output ran out of the max_tokens the request set before it was
+    complete: the request's limit is too small for the answer."""
+
+    code = "max_tokens_too_small"
+
+
 class GenerationFailed(WriterAssistantError):
     """The model raised while generating."""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import errors
+from app.api.middleware import ApiKeys, BodySizeLimit, UserLimits
 from app.api.v1 import router as v1_router
 from app.config import Settings
 from app.lifespan import lifespan
@@ -29,4 +32,21 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
     app.state.services = services
     errors.install(app)
     app.include_router(v1_router.router)
+    # Added innermost first: request id, then CORS (preflights need no key), body size, API
+    # keys (which set the tenant), then the per-user limits that count by tenant.
+    app.add_middleware(UserLimits, per_minute=settings.rate_limit_per_minute,
+                       concurrent=settings.rate_limit_concurrent)
+    app.add_middleware(ApiKeys, keys=settings.api_key_tenants)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        any_origin = "*" in settings.cors_origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=["*"] if any_origin else settings.cors_origins,
+            allow_credentials=not any_origin,  # never "*" with credentials
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
+    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-Id")
     return app

@@ -50,9 +50,11 @@ def fake() -> FakeGenerator:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings whose on-disk state lives in a temporary directory; no archive (its embedding
-    model takes seconds to load; archive tests turn it on)."""
+    model takes seconds to load; archive tests turn it on) and no per-user limits (their own
+    tests turn them on)."""
     return Settings(summary_cache_dir=tmp_path / "summaries",
-                    archive_db_path=tmp_path / "archive", archive_enabled=False)
+                    archive_db_path=tmp_path / "archive", archive_enabled=False,
+                    rate_limit_per_minute=0, rate_limit_concurrent=0)
 
 
 @pytest.fixture

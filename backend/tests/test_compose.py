@@ -53,12 +53,12 @@ def environment(service: dict) -> dict[str, str]:
 
 def interpolate(value: str) -> str:
     """What compose makes of ``value`` with no variables set: defaults, and a stand-in for a
-    required one."""
+    required one (shaped like a value the operator must give, e.g. a tenant:key pair)."""
     def one(match: re.Match) -> str:
         op = match.group("op") or ""
         if op.endswith("-"):
             return match.group("arg")
-        return "stand-in" if op.endswith("?") else ""
+        return "operator:stand-in-value-0123" if op.endswith("?") else ""
 
     return _VARIABLE.sub(one, value)
 

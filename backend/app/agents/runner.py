@@ -23,6 +23,7 @@ from app.errors import (
     GenerationFailed,
     GenerationTimeout,
     InvalidRequest,
+    OutputTruncated,
     ServiceDraining,
     WriterAssistantError,
 )
@@ -215,10 +216,11 @@ class AgentRunner:
             InvalidRequest: ``max_tokens`` is above ``LLM_MAX_TOKENS_LIMIT``.
         """
         settings = self.settings
-        limit = settings.llm_max_tokens_limit
+        limit = min(settings.llm_max_tokens_limit, spec.max_tokens_limit or 1 << 30)
         if request.max_tokens is not None and request.max_tokens > limit:
             raise InvalidRequest(
-                f"max_tokens {request.max_tokens} is above this server's limit of {limit}.",
+                f"max_tokens {request.max_tokens} is above the limit of {limit} for "
+                f"{spec.operation}.",
                 param="max_tokens",
             )
         max_tokens = request.max_tokens or spec.max_tokens_for(request) or settings.llm_max_tokens
@@ -389,6 +391,13 @@ class AgentRunner:
         try:
             output = _parse(output_model, completion)
         except ValueError as second_error:
+            if completion.finish_reason == "length" and request.max_tokens is not None:
+                raise OutputTruncated(
+                    f"The {spec.agent} agent's answer did not fit max_tokens "
+                    f"{request.max_tokens} (twice); raise max_tokens or leave it unset for the "
+                    f"agent's default.",
+                    param="max_tokens",
+                ) from second_error
             raise AgentOutputInvalid(
                 f"The {spec.agent} agent's output was not valid after a repair attempt "
                 f"({str(second_error)[:_REPAIR_ERROR_CHARS]}). Try again, raise max_tokens or "

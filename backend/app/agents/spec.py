@@ -48,6 +48,8 @@ class AgentSpec:
         output_model: for JSON agents, the pydantic model of the output, or a callable that
             builds it from the request (for sizes that depend on it).
         streams: whether the endpoint has a ``/stream`` twin (SSE).
+        max_tokens_limit: the most completion tokens a request may ask of this agent (on top
+            of ``LLM_MAX_TOKENS_LIMIT``); ``None``: only the server's limit.
     """
 
     operation: str
@@ -59,6 +61,7 @@ class AgentSpec:
     temperature: float | None = None
     output_model: type[BaseModel] | Callable[[Any], type[BaseModel]] | None = None
     streams: bool = False
+    max_tokens_limit: int | None = None
 
     def max_tokens_for(self, request: Any) -> int | None:
         """The agent's default completion tokens for ``request`` (``None``: the server's)."""

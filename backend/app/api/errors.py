@@ -10,6 +10,7 @@ import logging
 import math
 from typing import Any
 
+from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,6 +30,7 @@ from app.errors import (
     InvalidRequest,
     ModelOverloaded,
     ModelUnavailable,
+    OutputTruncated,
     QueueFull,
     QueueTimeout,
     RateLimited,
@@ -49,6 +51,7 @@ STATUS: dict[type[WriterAssistantError], int] = {
     ModelUnavailable: 503,
     ModelOverloaded: 429,
     AgentOutputInvalid: 502,
+    OutputTruncated: 422,
     GenerationFailed: 502,
     ArchiveUnavailable: 503,
     ArchiveFileNotFound: 404,
@@ -98,8 +101,9 @@ class ErrorResponse(JSONResponse):
         await super().__call__(scope, receive, send)
 
 
-def _envelope(status: int, code: str, message: str, param: str | None = None,
-              headers: dict[str, str] | None = None, **details: Any) -> ErrorResponse:
+def envelope(status: int, code: str, message: str, param: str | None = None,
+             headers: dict[str, str] | None = None, **details: Any) -> ErrorResponse:
+    """A JSON error response in the one envelope (for errors raised outside the routes)."""
     body = {"error": {"code": code, "message": message, "param": param, "details": details}}
     return ErrorResponse(body, status_code=status, headers=headers)
 
@@ -126,12 +130,12 @@ async def _validation_error(_request: Request, error: RequestValidationError) ->
     if any(e.get("type") == "json_invalid" for e in errors):
         first = next(e for e in errors if e.get("type") == "json_invalid")
         detail = (first.get("ctx") or {}).get("error", "")
-        return _envelope(400, "invalid_json",
+        return envelope(400, "invalid_json",
                          f"The request body is not valid JSON ({detail}); send a JSON object.")
     shown = errors[:5]
     parts = [f"{_location(tuple(e['loc'])) or 'body'}: {e['msg']}" for e in shown]
     more = f" (and {len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
-    return _envelope(
+    return envelope(
         422, "invalid_request", "; ".join(parts) + more,
         param=_location(tuple(shown[0]["loc"])) or None,
         errors=[{"param": _location(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
@@ -141,13 +145,16 @@ async def _validation_error(_request: Request, error: RequestValidationError) ->
 
 async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-    return _envelope(error.status_code, codes.get(error.status_code, "http_error"),
+    return envelope(error.status_code, codes.get(error.status_code, "http_error"),
                      str(error.detail), headers=getattr(error, "headers", None))
 
 
 async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=error)
-    return _envelope(500, "internal_error", "The server failed to handle this request.")
+    # This answer comes from the outermost middleware, past the request-id middleware.
+    request_id = correlation_id.get()
+    return envelope(500, "internal_error", "The server failed to handle this request.",
+                    headers={"X-Request-Id": request_id} if request_id else None)
 
 
 def install(app: FastAPI) -> None:
