@@ -141,3 +141,30 @@ async def test_json_client_that_leaves_while_queued_never_starts(slow):
         assert (await running).status_code == 200
         await asyncio.sleep(0.5)
         assert len(generator.calls) == 1
+
+
+async def test_streams_send_keep_alive_comments_unbuffered(settings):
+    generator = FakeGenerator(replies=["slow words " * 20], token_delay_s=0.05)
+    app = create_app(settings.model_copy(update={"sse_ping_seconds": 0.2}), generator=generator)
+    with serve(app) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            async with client.stream("POST", "/api/v1/generate-chapter/stream",
+                                     json={**seed_example(), "max_tokens": 30}) as response:
+                assert response.headers["x-accel-buffering"] == "no"
+                assert "content-encoding" not in response.headers  # nothing buffers/compresses
+                lines = [line async for line in response.aiter_lines()]
+    assert any(line.startswith(":") for line in lines)  # keep-alive comments
+    assert lines.count("event: done") == 1
+
+
+async def test_the_service_survives_a_model_failure_mid_stream(settings):
+    generator = FakeGenerator(replies=["one two three four five six"], fail_after=2)
+    app = create_app(settings, generator=generator)
+    with serve(app) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            failed = await client.post("/api/v1/generate-chapter/stream", json=seed_example())
+            assert "event: error" in failed.text
+            generator.fail_after = None
+            assert (await client.get("/ready")).status_code == 200
+            after = await client.post("/api/v1/generate-chapter", json=seed_example())
+            assert after.status_code == 200
