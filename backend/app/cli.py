@@ -304,19 +304,20 @@ async def _progress(data: dict[str, object]) -> None:
 
 def _report_table(report: AssemblyReport) -> str:
     """The assembly report as aligned text: the window, each layer, each element's fate."""
+    free = report.window_tokens - report.prompt_tokens - report.max_tokens
     lines = [
         f"agent {report.agent} | model {report.model} | n_ctx {report.n_ctx}",
-        f"window {report.window_tokens} tokens = prompt {report.prompt_tokens} + max_tokens "
-        f"{report.max_tokens} + free {report.window_tokens - report.prompt_tokens - report.max_tokens}"
-        f" (buffer {report.buffer_tokens}); fixed part {report.fixed_tokens}",
+        (f"window {report.window_tokens} tokens = prompt {report.prompt_tokens} + max_tokens "
+         f"{report.max_tokens} + free {free} (buffer {report.buffer_tokens}); fixed part "
+         f"{report.fixed_tokens}"),
         "",
         f"{'layer':<14}{'share':>8}{'budget':>8}{'requested':>11}{'used':>8}",
     ]
     for layer in report.layers:
         lines.append(f"{layer.layer.value:<14}{layer.share_tokens:>8}{layer.budget_tokens:>8}"
                      f"{layer.requested_tokens:>11}{layer.used_tokens:>8}")
-    lines += ["", f"{'element':<28}{'layer':<14}{'priority':<9}{'tokens':>7}{'kept':>7}  "
-                  "fate: reason"]
+    lines += ["", (f"{'element':<28}{'layer':<14}{'priority':<9}{'tokens':>7}{'kept':>7}  "
+                   "fate: reason")]
     for element in report.elements:
         fate = element.fate.value
         if element.boundary:

@@ -28,6 +28,7 @@ from app.errors import (
     DocumentTooLarge,
     EmbeddingModelMismatch,
 )
+from app.observability.metrics import Metrics
 from app.schemas.archive import (
     ArchiveFilters,
     ArchiveStats,
@@ -39,7 +40,6 @@ from app.schemas.archive import (
     Passage,
     ReindexResult,
 )
-from app.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ class LazyModel:
         self._loading = asyncio.Lock()
 
     @classmethod
-    def open(cls, settings: Settings) -> "LazyModel":
+    def open(cls, settings: Settings) -> LazyModel:
         """Load the vocabulary of the configured model (blocking, a fraction of a second).
 
         Raises:

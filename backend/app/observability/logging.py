@@ -7,9 +7,10 @@ asgi-correlation-id's context variable; ``null`` outside a request).
 
 A JSON line looks like::
 
-    {"time": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "app.generation",
-     "message": "generation", "request_id": "4f1c...", "operation": "generate-chapter",
-     "agent": "writer", "prompt_tokens": 3306, "completion_tokens": 128, ...}
+    {"level": "INFO", "logger": "app.generation", "message": "generation",
+     "request_id": "4f1c...", "operation": "generate-chapter", "agent": "writer", ...,
+     "prompt_tokens": 3306, "completion_tokens": 128, ...,
+     "time": "2025-01-01T12:00:00.123456+00:00"}
 
 Prompts and story text are never logged unless ``LOG_PROMPTS`` is on (a debugging aid): the
 events below carry counts and timings only, and the rest of the package logs file names,
@@ -23,6 +24,7 @@ import sys
 from typing import Any, TextIO
 
 from asgi_correlation_id import CorrelationIdFilter
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from app.config import Settings
@@ -31,9 +33,11 @@ from app.llm.protocol import Completion
 #: Name of the handler this module installs, so a second call replaces it.
 HANDLER_NAME = "writer_assistant"
 _TEXT_FORMAT = "%(asctime)s %(levelname)s [%(correlation_id)s] %(name)s: %(message)s"
-_JSON_FIELDS = ("asctime", "levelname", "name", "message", "correlation_id")
-_JSON_RENAMES = {"asctime": "time", "levelname": "level", "name": "logger",
-                 "correlation_id": "request_id"}
+_JSON_FIELDS = ("levelname", "name", "message", "correlation_id")
+_JSON_RENAMES = {"levelname": "level", "name": "logger", "correlation_id": "request_id"}
+#: Record attributes never output: the standard ones, and uvicorn's ANSI-coloured duplicate of
+#: its message.
+_RESERVED = (*RESERVED_ATTRS, "color_message")
 
 #: The logger of per-generation events.
 generation_logger = logging.getLogger("app.generation")
@@ -47,8 +51,8 @@ CONTENT_LOGGERS = ("sse_starlette", "openai")
 def _formatter(log_format: str) -> logging.Formatter:
     if log_format == "text":
         return logging.Formatter(_TEXT_FORMAT)
-    return JsonFormatter(list(_JSON_FIELDS), rename_fields=_JSON_RENAMES,
-                         json_ensure_ascii=False)
+    return JsonFormatter(list(_JSON_FIELDS), rename_fields=_JSON_RENAMES, timestamp="time",
+                         reserved_attrs=_RESERVED, json_ensure_ascii=False)
 
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:

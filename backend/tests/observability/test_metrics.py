@@ -158,3 +158,24 @@ def test_archive_operations_are_timed_failures_included(settings):
     scrape = samples(metrics.render().decode())
     assert value(scrape, "archive_operation_seconds_count", operation="delete") == 2
     assert value(scrape, "archive_operation_seconds_count", operation="files") == 1
+
+
+def test_refusals_by_the_middleware_are_counted(settings):
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    key = "k" * 20
+    app = create_app(settings.model_copy(update={
+        "api_keys": SecretStr(f"alice:{key}"), "rate_limit_per_minute": 2,
+        "rate_limit_concurrent": 0}), generator=FakeGenerator())
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(app) as client:
+        assert client.post("/api/v1/tokens/count", json={"text": "x"}).status_code == 401
+        assert client.post("/api/v1/tokens/count", json={"text": "x"},
+                           headers=auth).status_code == 200
+        assert client.get("/metrics", headers=auth).status_code == 200  # the second of 2
+        assert client.post("/api/v1/tokens/count", json={"text": "x"},
+                           headers=auth).status_code == 429
+    scrape = samples(app.state.services.metrics.render().decode())
+    assert value(scrape, "rejections_total", reason="unauthenticated") == 1
+    assert value(scrape, "rejections_total", reason="rate_limited") == 1
