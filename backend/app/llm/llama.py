@@ -82,16 +82,98 @@ def check_gguf(path: Path) -> None:
         raise ModelUnavailable(f"model file is not a GGUF model: {path.name}")
 
 
-class LlamaRuntime:
-    """The loaded model, implementing :class:`app.llm.protocol.TextGenerator`."""
+def _chat_formatter(llama: Llama, name: str) -> Jinja2ChatFormatter:
+    """The chat template in the GGUF metadata of ``llama``, with its BOS/EOS text filled in.
+
+    Raises:
+        ModelUnavailable: the GGUF has no chat template.
+    """
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ModelUnavailable(f"model {name} has no chat template in its GGUF metadata")
+    model = llama._model  # the vocabulary, for the special tokens' text
+    eos, bos = llama.token_eos(), llama.token_bos()
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=model.token_get_text(eos) if eos != -1 else "",
+        bos_token=model.token_get_text(bos) if bos != -1 else "",
+        add_generation_prompt=True,
+    )
+
+
+class GgufTokenizer:
+    """The tokenizer and chat template of a GGUF model, without its weights.
+
+    Loads only the vocabulary (``vocab_only``: a fraction of a second and a few MB), so a remote
+    backend can count and render prompts exactly as :class:`LlamaRuntime` would for the same
+    file. Counting is thread-safe (llama.cpp's tokenizer only reads the vocabulary).
+    """
 
     def __init__(self, llama: Llama, name: str) -> None:
         self._llama = llama
-        self._name = name
-        self._lock = asyncio.Lock()
-        self._grammars: dict[str, LlamaGrammar] = {}
+        self.name = name
         self._formatter = _chat_formatter(llama, name)
         self._add_bos = bool(llama._model.add_bos_token())
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    @classmethod
+    def load(cls, path: Path) -> "GgufTokenizer":
+        """Load the vocabulary and chat template of the GGUF at ``path`` (blocking).
+
+        Raises:
+            ModelUnavailable: the file is missing or not GGUF, has no chat template, or
+                llama.cpp could not read it.
+        """
+        check_gguf(path)
+        try:
+            llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except (ValueError, RuntimeError, OSError) as error:
+            raise ModelUnavailable(
+                f"llama.cpp could not read the tokenizer of {path.name}: {error}"
+            ) from error
+        return cls(llama, path.stem)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` on its own: no BOS, special-token text not parsed."""
+        if not text:
+            return 0
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        """The prompt text with the chat template applied and the generation prompt added."""
+        return self._formatter(
+            messages=[{"role": m.role, "content": m.content} for m in messages]
+        ).prompt
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens of ``messages``: the rendered template tokenized with special tokens
+        parsed and BOS added where the model wants one."""
+        return self.count_rendered_prompt(self.render_prompt(messages))
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The token ids of ``messages`` as the model sees them (see count_prompt_tokens)."""
+        return self._tokenize_rendered(self.render_prompt(messages))
+
+    def count_rendered_prompt(self, prompt: str) -> int:
+        """Tokens of an already rendered prompt (special tokens parsed, BOS as the model
+        wants)."""
+        return len(self._tokenize_rendered(prompt))
+
+    def _tokenize_rendered(self, prompt: str) -> list[int]:
+        return self._llama.tokenize(prompt.encode("utf-8"), add_bos=self._add_bos, special=True)
+
+
+class LlamaRuntime(GgufTokenizer):
+    """The loaded model, implementing :class:`app.llm.protocol.TextGenerator` (its counting
+    and chat template are :class:`GgufTokenizer`'s)."""
+
+    def __init__(self, llama: Llama, name: str) -> None:
+        super().__init__(llama, name)
+        self._lock = asyncio.Lock()
+        self._grammars: dict[str, LlamaGrammar] = {}
 
     @classmethod
     def load(cls, settings: Settings) -> "LlamaRuntime":
@@ -123,27 +205,6 @@ class LlamaRuntime:
     def n_ctx(self) -> int:
         return self._llama.n_ctx()
 
-    @property
-    def model_name(self) -> str:
-        return self._name
-
-    def count_tokens(self, text: str) -> int:
-        if not text:
-            return 0
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
-        return self._formatter(
-            messages=[{"role": m.role, "content": m.content} for m in messages]
-        ).prompt
-
-    def _prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
-        prompt = self.render_prompt(messages).encode("utf-8")
-        return self._llama.tokenize(prompt, add_bos=self._add_bos, special=True)
-
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return len(self._prompt_tokens(messages))
-
     def _grammar(self, schema: dict[str, Any] | None) -> LlamaGrammar | None:
         if schema is None:
             return None
@@ -161,7 +222,7 @@ class LlamaRuntime:
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[StreamItem]:
-        tokens = await asyncio.to_thread(self._prompt_tokens, messages)
+        tokens = await asyncio.to_thread(self.prompt_tokens, messages)
         if len(tokens) + params.max_tokens > self.n_ctx:
             raise ContextLengthExceeded(
                 f"prompt tokens ({len(tokens)}) + max_tokens ({params.max_tokens}) exceed the "
@@ -206,7 +267,7 @@ class LlamaRuntime:
                             prompt_tokens=len(tokens),
                             completion_tokens=sampled,
                             finish_reason=finish_reason,
-                            timings=_timings(queued, start, first_token_at, end, sampled),
+                            timings=Timings.measured(queued, start, first_token_at, end, sampled),
                         )
                         return
             finally:
@@ -267,95 +328,6 @@ class LlamaRuntime:
         elif finish_reason == "stop" and sampled:
             sampled -= 1  # the end-of-generation token was sampled but is not output
         emit(("done", (finish_reason, sampled)))
-
-
-def _chat_formatter(llama: Llama, name: str) -> Jinja2ChatFormatter:
-    """The chat template in the GGUF metadata of ``llama``, with its BOS/EOS text filled in.
-
-    Raises:
-        ModelUnavailable: the GGUF has no chat template.
-    """
-    template = llama.metadata.get("tokenizer.chat_template")
-    if not template:
-        raise ModelUnavailable(f"model {name} has no chat template in its GGUF metadata")
-    model = llama._model  # the vocabulary, for the special tokens' text
-    eos, bos = llama.token_eos(), llama.token_bos()
-    return Jinja2ChatFormatter(
-        template=template,
-        eos_token=model.token_get_text(eos) if eos != -1 else "",
-        bos_token=model.token_get_text(bos) if bos != -1 else "",
-        add_generation_prompt=True,
-    )
-
-
-class GgufTokenizer:
-    """The tokenizer and chat template of a GGUF model, without its weights.
-
-    Loads only the vocabulary (``vocab_only``: a fraction of a second and a few MB), so a remote
-    backend can count and render prompts exactly as :class:`LlamaRuntime` would for the same
-    file. Counting is thread-safe (llama.cpp's tokenizer only reads the vocabulary).
-    """
-
-    def __init__(self, llama: Llama, name: str) -> None:
-        self._llama = llama
-        self.name = name
-        self._formatter = _chat_formatter(llama, name)
-        self._add_bos = bool(llama._model.add_bos_token())
-
-    @classmethod
-    def load(cls, path: Path) -> "GgufTokenizer":
-        """Load the vocabulary and chat template of the GGUF at ``path`` (blocking).
-
-        Raises:
-            ModelUnavailable: the file is missing or not GGUF, has no chat template, or
-                llama.cpp could not read it.
-        """
-        check_gguf(path)
-        try:
-            llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
-        except (ValueError, RuntimeError, OSError) as error:
-            raise ModelUnavailable(
-                f"llama.cpp could not read the tokenizer of {path.name}: {error}"
-            ) from error
-        return cls(llama, path.stem)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` on its own: no BOS, special-token text not parsed (as
-        :meth:`LlamaRuntime.count_tokens`)."""
-        if not text:
-            return 0
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
-        """The prompt text with the chat template applied and the generation prompt added."""
-        return self._formatter(
-            messages=[{"role": m.role, "content": m.content} for m in messages]
-        ).prompt
-
-    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        """Prompt tokens of ``messages``: the rendered template tokenized with special tokens
-        parsed and BOS added where the model wants one (as :class:`LlamaRuntime` does)."""
-        return self.count_rendered_prompt(self.render_prompt(messages))
-
-    def count_rendered_prompt(self, prompt: str) -> int:
-        """Tokens of an already rendered prompt (special tokens parsed, BOS as the model
-        wants)."""
-        return len(self._llama.tokenize(prompt.encode("utf-8"), add_bos=self._add_bos,
-                                        special=True))
-
-
-def _timings(
-    queued: float, start: float, first: float | None, end: float, completion_tokens: int
-) -> Timings:
-    first = first if first is not None else end
-    decode_s = end - first
-    rate = (completion_tokens - 1) / decode_s if completion_tokens > 1 and decode_s > 0 else 0.0
-    return Timings(
-        queue_ms=(start - queued) * 1000,
-        time_to_first_token_ms=(first - start) * 1000,
-        total_ms=(end - start) * 1000,
-        decode_tokens_per_s=rate,
-    )
 
 
 async def _wait_uncancellable(future: asyncio.Future[Any]) -> None:

@@ -55,6 +55,22 @@ class Timings:
     total_ms: float = 0.0
     decode_tokens_per_s: float = 0.0
 
+    @classmethod
+    def measured(
+        cls, queued: float, start: float, first: float | None, end: float, completion_tokens: int
+    ) -> "Timings":
+        """Timings from ``time.perf_counter()`` readings (seconds): when the call queued, when
+        it held the model, its first token (``None``: none came) and its end."""
+        first = first if first is not None else end
+        decode_s = end - first
+        rate = (completion_tokens - 1) / decode_s if completion_tokens > 1 and decode_s > 0 else 0.0
+        return cls(
+            queue_ms=(start - queued) * 1000,
+            time_to_first_token_ms=(first - start) * 1000,
+            total_ms=(end - start) * 1000,
+            decode_tokens_per_s=rate,
+        )
+
 
 @dataclass
 class Completion:

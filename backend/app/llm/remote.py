@@ -372,7 +372,7 @@ class RemoteGenerator:
                 prompt_tokens=served_prompt,
                 completion_tokens=completion_tokens,
                 finish_reason=_finish_reason(finish),
-                timings=_timings(queued, start, first_token_at, end, completion_tokens),
+                timings=Timings.measured(queued, start, first_token_at, end, completion_tokens),
             )
 
     def _request(self, messages: Sequence[ChatMessage], params: SamplingParams) -> dict[str, Any]:
@@ -561,21 +561,6 @@ def _describe(error: openai.APIError) -> str:
 def _finish_reason(reason: str) -> FinishReason:
     # The protocol knows stop and length; content_filter, tool_calls and the like end the text.
     return "length" if reason == "length" else "stop"
-
-
-def _timings(
-    queued: float, start: float, first: float | None, end: float, completion_tokens: int
-) -> Timings:
-    """As ``app.llm.llama``: queue is the wait for the lock, the rest counts from holding it."""
-    first = first if first is not None else end
-    decode_s = end - first
-    rate = (completion_tokens - 1) / decode_s if completion_tokens > 1 and decode_s > 0 else 0.0
-    return Timings(
-        queue_ms=(start - queued) * 1000,
-        time_to_first_token_ms=(first - start) * 1000,
-        total_ms=(end - start) * 1000,
-        decode_tokens_per_s=rate,
-    )
 
 
 async def wait_for_server(settings: Settings, sleep: Callable[[float], Any] = asyncio.sleep,
