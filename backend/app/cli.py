@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from app.config import Settings
 from app.errors import WriterAssistantError
+from app.tenancy import LOCAL_TENANT, current_tenant
 
 if TYPE_CHECKING:
     from app.agents.runner import AgentRunner
@@ -45,6 +46,9 @@ def main(
     chroma_port: Annotated[int | None, typer.Option(help="Chroma server port (CHROMA_PORT).")]
     = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
+    tenant: Annotated[str, typer.Option(help="Tenant whose archive the archive commands use "
+                                             "(an API_KEYS tenant; default: local use).")]
+    = LOCAL_TENANT,
 ) -> None:
     """Settings come from the environment and .env; these options override them."""
     if ctx.invoked_subcommand != "serve":  # the service configures its own logging
@@ -53,6 +57,7 @@ def main(
     overrides: dict[str, Any] = {"archive_db_path": db_path, "chroma_host": chroma_host,
                                  "chroma_port": chroma_port}
     ctx.obj = {k: v for k, v in overrides.items() if v is not None}
+    current_tenant.set(tenant)
 
 
 def _archive(ctx: typer.Context, threads: int | None = None) -> Any:
@@ -60,7 +65,7 @@ def _archive(ctx: typer.Context, threads: int | None = None) -> Any:
 
     overrides = ctx.obj | ({"embedding_threads": threads} if threads else {})
     try:
-        return Archive.open(Settings(**overrides))
+        return Archive.open(Settings(**overrides)).for_tenant(current_tenant.get())
     except WriterAssistantError as error:
         _fail(error)
 

@@ -15,6 +15,7 @@ from app.config import Settings
 from app.context.summaries import Distiller, SummaryCache
 from app.errors import ModelUnavailable
 from app.llm.admission import Admission
+from app.tenancy import current_tenant
 from app.llm.protocol import TextGenerator
 from app.observability.metrics import Metrics
 
@@ -57,17 +58,22 @@ class Services:
                              generator.model_name)
         self.model = ModelState(status="ready", generator=generator)
         self.runner = AgentRunner(settings, generator,
-                                  extra_elements=archive_context(self.archive.ready),
+                                  extra_elements=archive_context(self.tenant_archive),
                                   distiller=Distiller(generator, cache, settings),
                                   admission=self.admission, metrics=self.metrics)
 
+    def tenant_archive(self) -> Archive | None:
+        """The current request's tenant's archive when the archive is ready, else ``None``."""
+        archive = self.archive.ready()
+        return archive.for_tenant(current_tenant.get()) if archive is not None else None
+
     def require_archive(self) -> Archive:
-        """The story archive, once loaded.
+        """The current request's tenant's story archive, once loaded.
 
         Raises:
             ArchiveUnavailable: disabled, loading or failed to load (HTTP 503).
         """
-        return self.archive.require()
+        return self.archive.require().for_tenant(current_tenant.get())
 
     def require_runner(self) -> AgentRunner:
         """The agent runner, once the model is ready.

@@ -19,11 +19,10 @@ from limits.strategies import MovingWindowRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import envelope
+from app.tenancy import LOCAL_TENANT, current_tenant
 
 #: Routes that never need an API key and never count against a user's limits: probes.
 OPEN_PATHS = frozenset({"/health", "/ready", "/api/v1/health"})
-#: Tenant of every request when API keys are off (local use).
-LOCAL_TENANT = "local"
 
 
 class _BodyTooLarge(BaseException):
@@ -109,9 +108,8 @@ class ApiKeys:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        if not self.keys:
-            state["tenant"] = LOCAL_TENANT
-        elif scope["path"] not in OPEN_PATHS:
+        state["tenant"] = LOCAL_TENANT
+        if self.keys and scope["path"] not in OPEN_PATHS:
             tenant = self.tenant_for(_presented_key(scope))
             if tenant is None:
                 refusal = envelope(401, "unauthenticated",
@@ -121,7 +119,11 @@ class ApiKeys:
                 await refusal(scope, receive, send)
                 return
             state["tenant"] = tenant
-        await self.app(scope, receive, send)
+        token = current_tenant.set(state["tenant"])
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_tenant.reset(token)
 
 
 class UserLimits:

@@ -40,6 +40,7 @@ from app.schemas.archive import (
     Passage,
     ReindexResult,
 )
+from app.tenancy import LOCAL_TENANT
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,25 @@ class Archive:
         self.store = store
         self.metrics = metrics if metrics is not None else Metrics()
         self._write_lock = threading.Lock()
+        self._tenants: dict[str, Archive] = {}
+        self._tenants_lock = threading.Lock()
+
+    def for_tenant(self, tenant: str) -> "Archive":
+        """The archive of ``tenant``: its own Chroma collection (``t-<tenant>-<collection>``),
+        sharing this archive's embedding model and settings. The local tenant (API keys off)
+        uses the collection itself. One tenant's calls can never reach another's files.
+        """
+        if tenant == LOCAL_TENANT:
+            return self
+        with self._tenants_lock:
+            archive = self._tenants.get(tenant)
+            if archive is None:
+                settings = self.settings.model_copy(
+                    update={"archive_collection": f"t-{tenant}-{self.settings.archive_collection}"})
+                store = ChromaStore(settings, self.embedder.name, self.embedder.dimension)
+                archive = self._tenants[tenant] = Archive(settings, self.embedder, store,
+                                                          self.metrics)
+            return archive
 
     @classmethod
     def open(cls, settings: Settings, embedder: Embedder | None = None,
@@ -150,7 +170,7 @@ class Archive:
         with self.metrics.archive_operation("stats"):
             files = self._files().files
             return ArchiveStats(
-                mode=self.store.mode, location=self.store.location, collection=self.store.name,
+                mode=self.store.mode, location=self.store.public_location, collection=self.store.name,
                 embedding_model=self.embedder.name, embedding_dimension=self.embedder.dimension,
                 files=len(files), chunks=self.store.count(), chars=sum(f.chars for f in files),
                 chunk_tokens=self.settings.archive_chunk_tokens,

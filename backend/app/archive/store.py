@@ -70,6 +70,11 @@ class ChromaStore:
         return f"embedded {Path(self.settings.archive_db_path).resolve()}"
 
     @property
+    def public_location(self) -> str:
+        """:attr:`location` as clients may see it: no server-side paths."""
+        return self.location if self.settings.chroma_host else "embedded"
+
+    @property
     def mode(self) -> str:
         """``server`` or ``embedded``."""
         return "server" if self.settings.chroma_host else "embedded"
@@ -86,10 +91,11 @@ class ChromaStore:
                            type(error).__name__, error)
             with self._lock:
                 self._client = self._collection = None
+            # Chroma's own text can hold paths: it goes to the log above, not to clients.
             raise ArchiveUnavailable(
-                f"The archive store ({self.location}) failed to {action}: "
-                f"{type(error).__name__}: {str(error)[:200]}. Check that Chroma is running "
-                "and its directory is writable, then retry.",
+                f"The archive store ({self.mode}) failed to {action} "
+                f"({type(error).__name__}). Check that Chroma is running and its directory is "
+                "writable, then retry.",
             ) from error
 
     def _connect(self) -> Any:

@@ -12,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import TypeVar
 
 from app.errors import QueueFull, QueueTimeout, ServiceDraining
+
+T = TypeVar("T")
 
 #: Weight of the newest request in the running average of time in the model (EWMA).
 _EWMA_WEIGHT = 0.2
@@ -131,3 +135,19 @@ class Ticket:
         if self._entered_at is not None:
             admission._record(time.perf_counter() - self._entered_at)
         admission._slot.release()
+
+
+async def in_turn(ticket: Ticket, items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Iterate ``items`` once ``ticket``'s turn comes, holding the model until they end.
+
+    Closing the iterator before the turn comes leaves the queue without touching the model.
+    """
+    try:
+        async with ticket:
+            async for item in items:
+                yield item
+    finally:
+        ticket.cancel()
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()

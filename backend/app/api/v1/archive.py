@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from app.api.sse import DONE, META, TOKEN, sse_response
 from app.archive import rag
 from app.errors import DocumentTooLarge, InvalidRequest
+from app.llm.admission import in_turn
 from app.llm.protocol import Completion, TokenDelta
 from app.schemas.archive import (
     ArchiveStats,
@@ -94,7 +95,8 @@ async def rag_query(body: RagQueryRequest,
                     services: Services = Depends(get_services)) -> RagAnswer:
     """Answer a question from the archive's passages, citing them as [n]."""
     generator = services.require_runner().generator
-    return await rag.answer(services.require_archive(), generator, body)
+    async with services.admission.reserve():
+        return await rag.answer(services.require_archive(), generator, body)
 
 
 @router.post("/rag/chat", responses={
@@ -105,7 +107,8 @@ async def rag_chat(body: RagChatRequest, services: Services = Depends(get_servic
     (the numbered sources), ``token`` (text as produced), then ``done`` or ``error``."""
     generator = services.require_runner().generator
     grounding = await rag.prepare_chat(services.require_archive(), generator, body)
-    events = _chat_events(grounding, rag.stream_chat(generator, grounding))
+    ticket = services.admission.reserve()  # a full queue is a 503 before the stream starts
+    events = _chat_events(grounding, in_turn(ticket, rag.stream_chat(generator, grounding)))
     return sse_response(events, services.settings.sse_ping_seconds, services.streams)
 
 
