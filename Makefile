@@ -12,13 +12,14 @@ VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PIP_FLAGS ?=
+CORPUS ?= ../shared/corpus
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench
+.PHONY: install serve test bench ingest
 
 install: $(STAMP)
 
@@ -38,3 +39,7 @@ test: install
 
 bench: install
 	cd backend && ../$(BIN)/python -m bench.bench_generation
+
+# The whole corpus into the archive (backend/data/archive), with a progress bar.
+ingest: install
+	cd backend && ../$(BIN)/writer-assistant ingest --threads 2 ../$(CORPUS)

@@ -26,5 +26,7 @@ def test_configuration_md_defaults_match_the_code():
     for name, field in Settings.model_fields.items():
         row = re.search(rf"^\| `{name.upper()}` \| ([^|]*) \|", text, re.MULTILINE)
         assert row, name
-        default = "unset" if field.default is None else str(field.default)
+        value = field.get_default(call_default_factory=True)
+        default = "unset" if value is None else (
+            ",".join(value) if isinstance(value, list) else str(value))
         assert row.group(1).strip().strip("`") == default, name
