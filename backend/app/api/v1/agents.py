@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
 from app.agents.registry import REGISTRY
@@ -124,6 +124,8 @@ def _register(operation: str) -> None:
     async def run(body: request_model, request: Request,  # type: ignore[valid-type]
                   services: Services = Depends(get_services)):
         result = await unless_disconnected(request, services.require_runner().run(spec, body))
+        if isinstance(result, Response):  # the client left
+            return result
         return response_model.model_validate({**generation_info(result), **payload(result)})
 
     run.__name__ = operation.replace("-", "_")
