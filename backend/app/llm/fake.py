@@ -12,8 +12,16 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.errors import ContextLengthExceeded, GenerationFailed
-from app.llm.protocol import ChatMessage, Completion, SamplingParams, StreamItem, TokenDelta
+from app.errors import GenerationFailed
+from app.llm.protocol import (
+    ChatMessage,
+    Completion,
+    SamplingParams,
+    StreamItem,
+    TokenDelta,
+    check_window,
+    final_completion,
+)
 
 _TOKEN = re.compile(r"\w+|[^\w\s]|\n")
 
@@ -66,19 +74,11 @@ class FakeGenerator:
 
     def _check(self, messages: Sequence[ChatMessage], params: SamplingParams) -> int:
         prompt_tokens = self.count_prompt_tokens(messages)
-        if prompt_tokens + params.max_tokens > self.n_ctx:
-            raise ContextLengthExceeded(
-                f"prompt {prompt_tokens} + max_tokens {params.max_tokens} > n_ctx {self.n_ctx}",
-                needed_tokens=prompt_tokens + params.max_tokens,
-                available_tokens=self.n_ctx,
-            )
+        check_window(prompt_tokens, params.max_tokens, self.n_ctx)
         return prompt_tokens
 
     async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
-        async for item in self.stream(messages, params):
-            if isinstance(item, Completion):
-                return item
-        raise GenerationFailed("the fake stream ended without a completion")
+        return await final_completion(self.stream(messages, params))
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams

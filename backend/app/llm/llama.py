@@ -23,7 +23,7 @@ from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList, StoppingCriteria
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.config import Settings
-from app.errors import ContextLengthExceeded, GenerationFailed, ModelUnavailable
+from app.errors import GenerationFailed, ModelUnavailable
 from app.llm.protocol import (
     ChatMessage,
     Completion,
@@ -31,6 +31,8 @@ from app.llm.protocol import (
     StreamItem,
     Timings,
     TokenDelta,
+    check_window,
+    final_completion,
 )
 
 logger = logging.getLogger(__name__)
@@ -214,23 +216,13 @@ class LlamaRuntime(GgufTokenizer):
         return self._grammars[key]
 
     async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
-        async for item in self.stream(messages, params):
-            if isinstance(item, Completion):
-                return item
-        raise GenerationFailed("the model stream ended without a completion")
+        return await final_completion(self.stream(messages, params))
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[StreamItem]:
         tokens = await asyncio.to_thread(self.prompt_tokens, messages)
-        if len(tokens) + params.max_tokens > self.n_ctx:
-            raise ContextLengthExceeded(
-                f"prompt tokens ({len(tokens)}) + max_tokens ({params.max_tokens}) exceed the "
-                f"context window of {self.n_ctx}",
-                param="max_tokens",
-                needed_tokens=len(tokens) + params.max_tokens,
-                available_tokens=self.n_ctx,
-            )
+        check_window(len(tokens), params.max_tokens, self.n_ctx)
         grammar = self._grammar(params.json_schema)
         queued = time.perf_counter()
         async with self._lock:

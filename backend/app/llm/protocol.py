@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from app.errors import ContextLengthExceeded, GenerationFailed
+
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -142,3 +144,31 @@ class TextGenerator(Protocol):
         the model. Raises as :meth:`generate`.
         """
         ...
+
+
+async def final_completion(stream: AsyncIterator[StreamItem]) -> Completion:
+    """The :class:`Completion` that ends ``stream`` (what ``generate`` is, for every backend).
+
+    Raises:
+        app.errors.GenerationFailed: the stream ended without one.
+    """
+    async for item in stream:
+        if isinstance(item, Completion):
+            return item
+    raise GenerationFailed("the model stream ended without a completion")
+
+
+def check_window(prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
+    """Refuse a generation whose prompt plus ``max_tokens`` would not fit ``n_ctx`` (tokens).
+
+    Raises:
+        app.errors.ContextLengthExceeded: with ``needed_tokens`` and ``available_tokens``.
+    """
+    if prompt_tokens + max_tokens > n_ctx:
+        raise ContextLengthExceeded(
+            f"prompt tokens ({prompt_tokens}) + max_tokens ({max_tokens}) exceed the context "
+            f"window of {n_ctx}",
+            param="max_tokens",
+            needed_tokens=prompt_tokens + max_tokens,
+            available_tokens=n_ctx,
+        )

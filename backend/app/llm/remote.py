@@ -39,7 +39,6 @@ import openai
 
 from app.config import Settings
 from app.errors import (
-    ContextLengthExceeded,
     GenerationFailed,
     ModelOverloaded,
     ModelUnavailable,
@@ -53,6 +52,8 @@ from app.llm.protocol import (
     StreamItem,
     Timings,
     TokenDelta,
+    check_window,
+    final_completion,
 )
 
 logger = logging.getLogger(__name__)
@@ -294,23 +295,13 @@ class RemoteGenerator:
         return self._local.count_prompt_tokens(messages)
 
     async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
-        async for item in self.stream(messages, params):
-            if isinstance(item, Completion):
-                return item
-        raise GenerationFailed("the model stream ended without a completion")
+        return await final_completion(self.stream(messages, params))
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[StreamItem]:
         prompt_tokens = await asyncio.to_thread(self.count_prompt_tokens, messages)
-        if prompt_tokens + params.max_tokens > self.n_ctx:
-            raise ContextLengthExceeded(
-                f"prompt tokens ({prompt_tokens}) + max_tokens ({params.max_tokens}) exceed the "
-                f"context window of {self.n_ctx}",
-                param="max_tokens",
-                needed_tokens=prompt_tokens + params.max_tokens,
-                available_tokens=self.n_ctx,
-            )
+        check_window(prompt_tokens, params.max_tokens, self.n_ctx)
         request = self._request(messages, params)
         queued = time.perf_counter()
         async with self._lock:
