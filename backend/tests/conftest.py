@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import sys
@@ -114,8 +115,14 @@ def http(live_server: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session")
-def alice_request() -> dict:
-    """The documented Alice example: chapter 1 as the story so far, chapter 2 to write."""
+def _alice_body() -> dict:
     from alice_context import build_request
 
     return build_request(chapters=1)
+
+
+@pytest.fixture
+def alice_request(_alice_body: dict) -> dict:
+    """The documented Alice example: chapter 1 as the story so far, chapter 2 to write (a
+    fresh copy per test, so a test may change it)."""
+    return copy.deepcopy(_alice_body)
