@@ -41,8 +41,10 @@ CHAPTER_TOKENS = 3000
 def story_chapters(runtime: LlamaRuntime, total_tokens: int) -> list[dict[str, object]]:
     """Chapters of about CHAPTER_TOKENS tokens from the Sherlock text, ``total_tokens`` in all."""
     text = SHERLOCK.read_text(encoding="utf-8")
-    start = text.find("A SCANDAL IN BOHEMIA", text.find("A SCANDAL IN BOHEMIA") + 1)
+    # the first story heading (after any contents list), up to a Gutenberg licence if present
+    start = max(0, text.find("I. A SCANDAL IN BOHEMIA"))
     end = text.find("*** END OF THE PROJECT GUTENBERG")
+    end = end if end != -1 else len(text)
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text[start:end]) if p.strip()]
     chapters, current, size, used = [], [], 0, 0
     for paragraph in paragraphs:
