@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.llm.fake import FakeGenerator
 from app.main import create_app
+from tests.remote.servers import free_port, wait_for_model
+from tests.remote.servers import serve as serve_asgi
 
 BACKEND = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BACKEND / "examples"))
@@ -65,38 +63,17 @@ def client(fake: FakeGenerator, settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_free_port = free_port
 
 
 @contextmanager
 def serve(app) -> Iterator[str]:
     """Run ``app`` with uvicorn on a free loopback port in a thread; yield its base URL once
     ``/health`` reports the model ready."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    status = None
-    while time.monotonic() < deadline:
-        try:
-            status = httpx.get(f"{base}/health", timeout=5).json()["model_status"]
-        except httpx.TransportError:
-            status = None
-        if status in ("ready", "error"):
-            break
-        time.sleep(0.1)
-    assert status == "ready", f"model did not load: {status}"
-    try:
+    with serve_asgi(app) as base:
+        health = wait_for_model(base)
+        assert health.get("model_status") == "ready", f"model did not load: {health}"
         yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")
