@@ -405,7 +405,7 @@ def preview(
 
     async def work() -> tuple[str, Any]:
         runner = await _runner(Settings(**ctx.obj), archive)
-        prepared = await runner.prepare(spec, request, progress=_progress)
+        prepared = await runner.preview(spec, request, progress=_progress)
         return runner.generator.render_prompt(prepared.prompt.messages), prepared
 
     rendered, prepared = _run_async(work())

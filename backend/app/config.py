@@ -8,7 +8,6 @@ Every field maps to an environment variable of the same name in upper case (``mo
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -53,6 +52,12 @@ class Settings(BaseSettings):
     llm_flash_attn: bool = Field(
         default=True, description="Use flash attention (faster prompt processing on CPU too)."
     )
+    llm_kv_cache_type: Literal["f16", "q8_0", "q4_0", "f32"] = Field(
+        default="f16",
+        description="Data type of the KV cache (keys and values). q8_0 halves prefix "
+        "snapshots and KV memory but processes prompts slower on these CPUs (see the README's "
+        "benchmark); quantized types need LLM_FLASH_ATTN.",
+    )
     llm_temperature: float = Field(
         default=0.7, ge=0.0, le=2.0, description="Default sampling temperature."
     )
@@ -74,7 +79,37 @@ class Settings(BaseSettings):
         description="Largest max_tokens a request may ask for; more is a 422.",
     )
 
-    # --- remote model ----------------------------------------------------------------------
+    # --- prefix KV state cache --------------------------------------------------------------
+    prefix_cache_enabled: bool = Field(
+        default=True,
+        description="Keep snapshots of the model's KV state after each story's shared block, "
+        "so the next agent on a story (or a switch back to it) skips re-processing it. "
+        "In-process model only (a remote server keeps its own prefix cache).",
+    )
+    prefix_cache_ram_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=0,
+        description="Byte budget of the snapshots kept in memory (least recently used evicted "
+        "first). About 23 KB per story token at f16 with the embedded model.",
+    )
+    prefix_cache_dir: Path | None = Field(
+        default=None,
+        description="Directory of the on-disk snapshot tier, so a restart keeps warm stories "
+        "(relative to the working directory). Unset: memory only.",
+    )
+    prefix_cache_disk_bytes: int = Field(
+        default=8 * 1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Byte budget of the on-disk snapshot tier (least recently used evicted).",
+    )
+    prefix_cache_min_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="Shortest shared block, in tokens, worth a snapshot; shorter ones are "
+        "re-processed in well under a second.",
+    )
+
+    # --- remote model server ----------------------------------------------------------------------
     llm_backend: Literal["llama_cpp", "openai"] = Field(
         default="llama_cpp",
         description="Where the model runs: llama_cpp (in process, MODEL_PATH) or openai (an "
@@ -135,6 +170,21 @@ class Settings(BaseSettings):
         default=2000,
         ge=0,
         description="Safety margin in tokens kept free of the context total (scaled with it).",
+    )
+    context_completion_reserve_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=32768,
+        description="Completion tokens every story's shared block is budgeted against, so every "
+        "agent trims a story the same way and shares its KV cache prefix. Unset: the largest "
+        "default max_tokens of the agents. A request asking for more trims further (reported).",
+    )
+    context_task_reserve_tokens: int = Field(
+        default=384,
+        ge=0,
+        le=32768,
+        description="Tokens kept after the shared block for an agent's role, task, chat history "
+        "and archive passages. A longer task trims the shared block further (reported).",
     )
     context_system_tokens: int = Field(
         default=2000, ge=0, description="Layer budget for system instructions and user requests."
@@ -291,7 +341,7 @@ class Settings(BaseSettings):
         "generation log event. Off: logs carry counts and timings only, never story text.",
     )
 
-    # --- admission and timeouts ----------------------------------------------------------
+    # --- scheduler and timeouts ----------------------------------------------------------
     queue_max_waiting: int = Field(
         default=8, ge=0, le=10_000,
         description="Requests that may wait for the model while one runs; beyond that a "
@@ -304,8 +354,14 @@ class Settings(BaseSettings):
     )
     generation_timeout_s: float = Field(
         default=600.0, gt=0, le=86_400,
-        description="Wall-clock cap in seconds on one generation; past it the generation is "
-        "stopped (504, or an error event on a stream) and the model freed.",
+        description="Wall-clock cap in seconds on one request's work once it has its turn: "
+        "assembly, distillation, generation and the repair attempt together. Past it the work "
+        "is stopped (504, or an error event on a stream) and the model freed.",
+    )
+    scheduler_promote_after_s: float = Field(
+        default=60.0, gt=0, le=86_400,
+        description="Seconds a background job (e.g. warming a story) may wait behind "
+        "interactive requests before it is served as one of them.",
     )
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -352,6 +408,11 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(
         default=15.0, gt=0, description="Seconds between SSE keep-alive comments on streams."
     )
+    sse_send_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="Seconds one SSE frame may take to send; a client that stops reading for "
+        "longer has its stream ended and its generation stopped, freeing the model.",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -375,7 +436,7 @@ class Settings(BaseSettings):
         return _parse_api_keys(self.api_keys.get_secret_value())
 
     @model_validator(mode="after")
-    def _layers_fit_total(self) -> "Settings":
+    def _layers_fit_total(self) -> Settings:
         layers = self.layer_budgets
         if sum(layers.values()) + self.context_buffer_tokens > self.context_max_tokens:
             raise ValueError(
@@ -387,7 +448,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _remote_needs_url(self) -> "Settings":
+    def _quantized_kv_needs_flash_attention(self) -> Settings:
+        if self.llm_kv_cache_type in ("q8_0", "q4_0") and not self.llm_flash_attn:
+            raise ValueError(
+                f"LLM_KV_CACHE_TYPE={self.llm_kv_cache_type} needs LLM_FLASH_ATTN=true "
+                "(llama.cpp quantizes the V cache only with flash attention)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> Settings:
         if self.llm_backend == "openai" and not self.llm_base_url:
             raise ValueError(
                 "LLM_BACKEND=openai needs LLM_BASE_URL (e.g. http://127.0.0.1:8080/v1)"
@@ -395,7 +465,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _overlap_below_chunk(self) -> "Settings":
+    def _overlap_below_chunk(self) -> Settings:
         if self.archive_chunk_overlap_tokens >= self.archive_chunk_tokens:
             raise ValueError(
                 "ARCHIVE_CHUNK_OVERLAP_TOKENS must be below ARCHIVE_CHUNK_TOKENS "

@@ -61,19 +61,19 @@ async def load_model(services: Services) -> None:
 async def drain(services: Services, then: Callable[[], None]) -> None:
     """Stop taking generations, let running ones finish within ``DRAIN_GRACE_S``, end the
     streams still running with an error event, then call ``then`` (the server's own exit)."""
-    admission = services.admission
-    admission.begin_drain()
-    logger.info("draining: %d running, %d waiting", admission.running, admission.waiting)
+    scheduler = services.scheduler
+    scheduler.begin_drain()
+    logger.info("draining: %d running, %d waiting", scheduler.running, scheduler.waiting)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + services.settings.drain_grace_s
     def busy() -> bool:
-        return admission.busy or services.streams.count > 0
+        return scheduler.busy or services.streams.count > 0
 
     while busy() and loop.time() < deadline:
         await asyncio.sleep(0.1)
     if busy():
         logger.warning("drain grace period over: ending %d stream(s)", services.streams.count)
-        admission.stop_streams()
+        scheduler.stop_streams()
         # a token or two for the streams to send their error event
         await asyncio.sleep(min(1.0, services.settings.drain_grace_s))
     then()
@@ -95,7 +95,7 @@ def install_sigterm(services: Services) -> None:
                 server_handler(signal.SIGTERM, None)
 
         def start_drain() -> None:
-            if not services.admission.draining:
+            if not services.scheduler.draining:
                 tasks.add(loop.create_task(drain(services, exit_server)))
 
         def on_sigterm(_signum: int, _frame: object) -> None:
@@ -113,7 +113,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
     install_sigterm(services)
     tasks = [asyncio.create_task(load_archive(services.archive, services.settings))]
-    if services.runner is None:
+    loads_model = services.runner is None
+    if loads_model:
         tasks.append(asyncio.create_task(load_model(services)))
     try:
         yield
@@ -121,3 +122,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             if not task.done():
                 task.cancel()
+        await close(services, close_generator=loads_model)
+
+
+async def close(services: Services, close_generator: bool = True) -> None:
+    """Release what the services hold: the runner's threads, the summary cache and, when
+    ``close_generator`` (the lifespan loaded it), the generator's own (model thread and the
+    prefix cache's disk writes, or HTTP clients)."""
+    runner = services.runner
+    if runner is not None:
+        runner.close()
+        if runner.distiller is not None:
+            runner.distiller.cache.close()
+    aclose = getattr(services.model.generator, "aclose", None)
+    if close_generator and aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # noqa: BLE001 - shutdown goes on
+            logger.exception("closing the model failed")

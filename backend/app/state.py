@@ -12,12 +12,13 @@ from app.api.sse import OpenStreams
 from app.archive.retrieval import archive_context
 from app.archive.service import Archive, ArchiveState
 from app.config import Settings
-from app.context.summaries import Distiller, SummaryCache
+from app.context.summaries import SummaryCache
 from app.errors import ModelUnavailable
-from app.llm.admission import Admission
-from app.tenancy import current_tenant
+from app.llm.prefix_cache import CacheStats, PrefixCache
 from app.llm.protocol import TextGenerator
+from app.llm.scheduler import Scheduler
 from app.observability.metrics import Metrics
+from app.tenancy import current_tenant
 
 ModelStatus = Literal["loading", "ready", "error"]
 
@@ -39,13 +40,16 @@ class Services:
     model: ModelState = field(default_factory=ModelState)
     runner: AgentRunner | None = None
     archive: ArchiveState = field(default_factory=ArchiveState)
-    admission: Admission = field(init=False)
+    scheduler: Scheduler = field(init=False)
     streams: OpenStreams = field(default_factory=OpenStreams)
     metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
-        self.admission = Admission(self.settings.queue_max_waiting, self.settings.queue_max_wait_s)
-        self.metrics.track_queue(lambda: self.admission.running, lambda: self.admission.waiting)
+        settings = self.settings
+        self.scheduler = Scheduler(settings.queue_max_waiting, settings.queue_max_wait_s,
+                                   settings.scheduler_promote_after_s)
+        self.metrics.track_queue(lambda: self.scheduler.running, lambda: self.scheduler.waiting)
+        self.metrics.track_prefix_cache(self._prefix_cache_stats)
         self.archive.metrics = self.metrics
         if not self.settings.archive_enabled:
             self.archive.status = "disabled"
@@ -57,10 +61,13 @@ class Services:
         cache = SummaryCache(settings.summary_cache_dir, settings.summary_cache_max_bytes,
                              generator.model_name)
         self.model = ModelState(status="ready", generator=generator)
-        self.runner = AgentRunner(settings, generator,
+        self.runner = AgentRunner(settings, generator, self.scheduler, self.metrics,
                                   extra_elements=archive_context(self.tenant_archive),
-                                  distiller=Distiller(generator, cache, settings),
-                                  admission=self.admission, metrics=self.metrics)
+                                  summary_cache=cache)
+
+    def _prefix_cache_stats(self) -> CacheStats | None:
+        cache = getattr(self.model.generator, "prefix_cache", None)
+        return cache.stats if isinstance(cache, PrefixCache) else None
 
     def tenant_archive(self) -> Archive | None:
         """The current request's tenant's archive when the archive is ready, else ``None``."""

@@ -6,6 +6,8 @@ the HTTP layer registers an endpoint per entry.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from app.agents.outputs import (
     CharacterDetails,
     CharacterReaction,
@@ -13,8 +15,8 @@ from app.agents.outputs import (
     RaterFeedback,
     chapter_outlines_model,
 )
-from app.agents.spec import ALL_LAYERS, AgentSpec, TaskInput
-from app.context.elements import Layer
+from app.agents.spec import AgentSpec, TaskInput
+from app.config import Settings
 from app.errors import UnknownReference
 from app.llm.protocol import ChatMessage
 from app.schemas.context import StructuredContext
@@ -55,12 +57,36 @@ ASSISTANT_ROLE = (
 JSON_ONLY = "Answer with JSON only."
 
 
+@dataclass(frozen=True)
+class _ChapterSource:
+    """The chapter a request is about: ``where`` names it in the task (the chapter where it
+    stands in the story block, or "the text below"); ``text`` its text; ``reference`` its
+    context element id when it is in the story block."""
+
+    where: str
+    text: str
+    reference: str | None = None
+    summary: dict[str, object] = field(default_factory=dict)
+
+    def task(self, instruction: str, label: str) -> TaskInput:
+        """A task that refers to the chapter in place, with the quoting variant beside it."""
+        quoted = f"{instruction.format(where='the text below')}\n\n{label}:\n{self.text}"
+        if self.reference is None:
+            return TaskInput(quoted, summary=self.summary)
+        return TaskInput(instruction.format(where=self.where), reference=self.reference,
+                         inline=quoted, summary=self.summary)
+
+
 def _chapter_source(
     context: StructuredContext, number: int | None, text: str | None, param: str
-) -> tuple[str, frozenset[str], dict[str, object]]:
-    """The chapter text a request points at, the context id to exclude, and echo fields."""
+) -> _ChapterSource:
+    """The chapter a request points at, by number (in the story block) or as text.
+
+    Raises:
+        UnknownReference: no chapter of that number in the context.
+    """
     if number is None:
-        return text or "", frozenset(), {}
+        return _ChapterSource("the text below", text or "")
     chapter = context.find_chapter(number)
     if chapter is None:
         known = ", ".join(str(c.number) for c in context.chapters) or "none"
@@ -69,7 +95,8 @@ def _chapter_source(
             param=param,
         )
     index = context.chapters.index(chapter)
-    return chapter.content, frozenset({f"chapters[{index}]"}), {"chapter_number": number}
+    return _ChapterSource(f'chapter {number} as it stands above under "Story so far"',
+                          chapter.content, f"chapters[{index}]", {"chapter_number": number})
 
 
 def _character(context: StructuredContext, name: str) -> str:
@@ -99,17 +126,15 @@ def generate_chapter_task(request: GenerateChapterRequest) -> TaskInput:
 
 
 def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
-    text, exclude, summary = _chapter_source(
+    source = _chapter_source(
         request.structured_context, request.chapter_number, request.current_chapter,
         "chapter_number",
     )
-    return TaskInput(
-        f"Revise the chapter below as the author asks: {request.user_request}\n"
-        "Keep everything the request does not touch. Write only the revised chapter.\n\n"
-        f"Chapter to revise:\n{text}",
-        exclude=exclude,
-        summary=summary,
+    instruction = (
+        f"Revise {{where}} as the author asks: {_braces(request.user_request)}\n"
+        "Keep everything the request does not touch. Write only the revised chapter."
     )
+    return source.task(instruction, "Chapter to revise")
 
 
 def flesh_out_task(request: FleshOutRequest) -> TaskInput:
@@ -121,17 +146,21 @@ def flesh_out_task(request: FleshOutRequest) -> TaskInput:
 
 
 def editor_review_task(request: EditorReviewRequest) -> TaskInput:
-    text, exclude, summary = _chapter_source(
+    source = _chapter_source(
         request.structured_context, request.chapter_number, request.chapter_to_review,
         "chapter_number",
     )
-    return TaskInput(
-        "Review the text below. Give one to six suggestions, most important first, each with "
+    instruction = (
+        "Review {where}. Give one to six suggestions, most important first, each with "
         "the issue, a concrete suggestion and its priority (high, medium or low). "
-        f"{JSON_ONLY}\n\nText to review:\n{text}",
-        exclude=exclude,
-        summary=summary,
+        f"{JSON_ONLY}"
     )
+    return source.task(instruction, "Text to review")
+
+
+def _braces(text: str) -> str:
+    """``text`` safe inside a ``str.format`` template (braces doubled)."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def character_feedback_task(request: CharacterFeedbackRequest) -> TaskInput:
@@ -194,32 +223,38 @@ def llm_chat_task(request: LlmChatRequest) -> TaskInput:
 REGISTRY: dict[str, AgentSpec] = {
     spec.operation: spec
     for spec in [
-        AgentSpec("generate-chapter", "writer", WRITER_ROLE, ALL_LAYERS, generate_chapter_task,
-                  streams=True),
-        AgentSpec("modify-chapter", "writer", WRITER_ROLE, ALL_LAYERS, modify_chapter_task,
-                  streams=True),
-        AgentSpec("flesh-out", "writer", WRITER_ROLE, ALL_LAYERS, flesh_out_task, streams=True),
-        AgentSpec("editor-review", "editor", EDITOR_ROLE, ALL_LAYERS, editor_review_task,
+        AgentSpec("generate-chapter", "writer", WRITER_ROLE, generate_chapter_task, streams=True),
+        AgentSpec("modify-chapter", "writer", WRITER_ROLE, modify_chapter_task, streams=True),
+        AgentSpec("flesh-out", "writer", WRITER_ROLE, flesh_out_task, streams=True),
+        AgentSpec("editor-review", "editor", EDITOR_ROLE, editor_review_task,
                   max_tokens=700, temperature=0.3, output_model=EditorReview,
                   max_tokens_limit=2048),
-        AgentSpec("character-feedback", "character", CHARACTER_ROLE, ALL_LAYERS,
-                  character_feedback_task, max_tokens=600, temperature=0.7,
-                  output_model=CharacterReaction, max_tokens_limit=2048),
-        AgentSpec("rater-feedback", "rater", RATER_ROLE, ALL_LAYERS, rater_feedback_task,
+        AgentSpec("character-feedback", "character", CHARACTER_ROLE, character_feedback_task,
+                  max_tokens=600, temperature=0.7, output_model=CharacterReaction,
+                  max_tokens_limit=2048),
+        AgentSpec("rater-feedback", "rater", RATER_ROLE, rater_feedback_task,
                   max_tokens=500, temperature=0.3, output_model=RaterFeedback,
                   max_tokens_limit=2048),
         AgentSpec("generate-character-details", "character", CHARACTER_ROLE,
-                  frozenset({Layer.system, Layer.plot_world, Layer.characters}),
                   character_details_task, max_tokens=700, temperature=0.7,
                   output_model=CharacterDetails, max_tokens_limit=2048),
-        AgentSpec("regenerate-bio", "character", CHARACTER_ROLE, ALL_LAYERS, regenerate_bio_task,
+        AgentSpec("regenerate-bio", "character", CHARACTER_ROLE, regenerate_bio_task,
                   max_tokens=300, max_tokens_limit=1024),
-        AgentSpec("generate-chapter-outlines", "writer", WRITER_ROLE, ALL_LAYERS,
-                  chapter_outlines_task, temperature=0.6,
+        AgentSpec("generate-chapter-outlines", "writer", WRITER_ROLE, chapter_outlines_task,
+                  temperature=0.6,
                   output_model=lambda r: chapter_outlines_model(r.number_of_chapters),
-                  # about 220 tokens per outline plus the JSON frame
-                  max_tokens=lambda r: 80 + 220 * r.number_of_chapters),
-        AgentSpec("llm-chat", "assistant", ASSISTANT_ROLE, ALL_LAYERS, llm_chat_task),
+                  # about 220 tokens per outline plus the JSON frame (3 outlines by default)
+                  max_tokens=80 + 220 * 3,
+                  max_tokens_per_request=lambda r: 80 + 220 * r.number_of_chapters),
+        AgentSpec("llm-chat", "assistant", ASSISTANT_ROLE, llm_chat_task),
     ]
 }
 
+
+def default_completion_reserve(settings: Settings) -> int:
+    """The completion reserve every story's shared block is planned against:
+    ``CONTEXT_COMPLETION_RESERVE_TOKENS``, else the largest default ``max_tokens`` of the
+    agents (``LLM_MAX_TOKENS`` for those without their own), in tokens."""
+    if settings.context_completion_reserve_tokens is not None:
+        return settings.context_completion_reserve_tokens
+    return max(spec.max_tokens or settings.llm_max_tokens for spec in REGISTRY.values())

@@ -1,23 +1,36 @@
-"""The one generic agent runner: assemble the context, distill what overflows, call the
-generator, check JSON output."""
+"""The one generic agent runner: assemble the context, take a turn at the model, distill what
+overflows, generate, check JSON output.
+
+Every model call of the service goes through :meth:`AgentRunner._generation`: agents and their
+repair attempts, the summaries that distill a context, RAG answers and warming a story. So
+every one of them is observed the same way (metrics and a ``generation`` log event), runs
+inside a turn of the :class:`~app.llm.scheduler.Scheduler`, and falls under its request's one
+deadline (``GENERATION_TIMEOUT_S``, covering assembly, distillation and generation once the
+turn has come). Routes never touch the queue; they call the runner.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from app.agents.registry import default_completion_reserve
 from app.agents.spec import AgentSpec, TaskInput
+from app.archive import rag
 from app.config import Settings
 from app.context.assembly import AgentTask, AssembledPrompt, assemble
 from app.context.distill import SummaryJob, SummaryLookup
 from app.context.elements import ContextElement, flatten
 from app.context.report import AssemblyReport, DistillationStats
-from app.context.summaries import DistillStats, Distiller, SummaryCache
+from app.context.summaries import Distiller, DistillStats, SummaryCache
 from app.errors import (
     AgentOutputInvalid,
     GenerationFailed,
@@ -27,18 +40,26 @@ from app.errors import (
     ServiceDraining,
     WriterAssistantError,
 )
-from app.llm.admission import Admission, Ticket
 from app.llm.protocol import (
     ChatMessage,
     Completion,
     SamplingParams,
+    SharedPrefix,
     StreamItem,
     TextGenerator,
     TokenDelta,
 )
+from app.llm.scheduler import JobClass, Scheduler, Turn
 from app.observability.logging import log_error_answer, log_generation
 from app.observability.metrics import Metrics
+from app.schemas.archive import RagAnswer, RagChatRequest, RagQueryRequest
 from app.schemas.requests import AgentRequest
+from app.tenancy import current_tenant
+
+if TYPE_CHECKING:
+    from app.archive.service import Archive
+
+T = TypeVar("T")
 
 #: Extra context elements for a request (e.g. archive passages); see ``AgentRunner``.
 ExtraElements = Callable[[AgentRequest], Awaitable[list[ContextElement]]]
@@ -51,6 +72,11 @@ _MAX_ASSEMBLY_PASSES = 8
 
 #: Characters of a validation error quoted back to the model in the repair attempt.
 _REPAIR_ERROR_CHARS = 300
+
+#: (agent, operation) labels of the model calls that are not an agent's own.
+SUMMARY_LABEL = ("distiller", "summary")
+RAG_QUERY_LABEL = ("archive", "rag-query")
+RAG_CHAT_LABEL = ("archive", "rag-chat")
 
 
 @dataclass(frozen=True)
@@ -106,20 +132,28 @@ class _Plan:
     agent_task: AgentTask
     max_context_tokens: int | None
 
+    def with_note(self, note: str) -> _Plan:
+        """The plan with ``note`` appended to the task (after the shared block, so the
+        repair attempt reuses the first attempt's KV state)."""
+        task = self.agent_task
+        return replace(self, agent_task=replace(
+            task, task=f"{task.task}\n\n{note}",
+            inline_task=f"{task.inline_task}\n\n{note}" if task.inline_task else ""))
+
 
 class _TokenGaps:
     """Observes the seconds between consecutive token deltas of one generation (the first
     delta's wait is the time to first token, measured by the generator)."""
 
-    def __init__(self, metrics: Metrics, spec: AgentSpec) -> None:
-        self._observe = metrics.inter_token_latency.labels(agent=spec.agent,
-                                                           operation=spec.operation).observe
+    def __init__(self, metrics: Metrics, agent: str, operation: str) -> None:
+        self._metrics = metrics
+        self._labels = (agent, operation)
         self._last: float | None = None
 
     def tick(self) -> None:
         now = time.perf_counter()
         if self._last is not None:
-            self._observe(now - self._last)
+            self._metrics.observe_token_gap(*self._labels, now - self._last)
         self._last = now
 
 
@@ -137,78 +171,132 @@ class _CountingLookup:
 
 
 class AgentRunner:
-    """Runs agent operations on one text generator.
+    """Runs agent operations on one text generator, in turns of one scheduler.
 
     ``extra_elements``, when given, supplies more context elements per request (the archive's
-    retrieved passages); they compete for their layer's budget like any other element.
-    ``distiller``, when given (and ``DISTILLATION_ENABLED``), summarizes what overflows.
-    ``metrics`` receives the figures of every request and generation (the app's; a private
-    one when not given), and every completed generation is logged as a ``generation`` event.
+    retrieved passages); they go after the story's shared block. ``summary_cache``, when
+    given (and ``DISTILLATION_ENABLED``), lets the runner summarize what overflows. ``metrics``
+    receives the figures of every request and generation, and every completed generation is
+    logged as a ``generation`` event. Assembly and token counting run on the runner's own
+    threads (never the event loop, never the default pool that archive uploads may fill).
     """
 
     def __init__(
         self,
         settings: Settings,
         generator: TextGenerator,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        *,
         extra_elements: ExtraElements | None = None,
-        distiller: Distiller | None = None,
-        admission: Admission | None = None,
-        metrics: Metrics | None = None,
+        summary_cache: SummaryCache | None = None,
     ) -> None:
         self.settings = settings
         self.generator = generator
+        self.scheduler = scheduler
+        self.metrics = metrics
         self.extra_elements = extra_elements
-        self.distiller = distiller
-        self.admission = admission or Admission(settings.queue_max_waiting,
-                                                settings.queue_max_wait_s)
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.distiller = (Distiller(generator, summary_cache, settings, self._summarize)
+                          if summary_cache is not None else None)
+        self.completion_reserve = default_completion_reserve(settings)
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="context")
 
-    async def _generate(self, spec: AgentSpec, prepared: Prepared, queue_s: float,
-                        attempt: int) -> Completion:
-        """One generation under the ``GENERATION_TIMEOUT_S`` wall-clock cap, observed.
+    def close(self) -> None:
+        """Stop the runner's threads (after the requests are done)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
-        Consumes the generator's stream (what its ``generate`` does too) so the gaps between
-        token deltas are measured the same way on every backend.
+    async def off_loop(self, work: Callable[..., T], *args: Any) -> T:
+        """Run blocking ``work(*args)`` (tokenizing, assembling) on the runner's threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(work, *args))
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text with the served model's tokenizer (no special tokens)."""
+        count = self.generator.count_tokens
+        return await self.off_loop(lambda: [count(text) for text in texts])
+
+    # --- the one generation path ----------------------------------------------------------
+    async def _generation(
+        self, label: tuple[str, str], messages: Sequence[ChatMessage], params: SamplingParams,
+        prefix: SharedPrefix, *, streamed: bool, attempt: int = 1, queue_s: float = 0.0,
+    ) -> AsyncIterator[StreamItem]:
+        """The generator's stream for one model call, observed: gaps between token deltas,
+        and on completion the metrics and the ``generation`` log event (the prompt and text
+        only with ``LOG_PROMPTS``). Call it inside a turn."""
+        gaps = _TokenGaps(self.metrics, *label)
+        stream = self.generator.stream(messages, params, prefix)
+        try:
+            async for item in stream:
+                if isinstance(item, TokenDelta):
+                    gaps.tick()
+                elif isinstance(item, Completion):
+                    item.timings.queue_ms = queue_s * 1000
+                    self.metrics.observe_completion(*label, item)
+                    prompt = (self.generator.render_prompt(messages)
+                              if self.settings.log_prompts else None)
+                    log_generation(operation=label[1], agent=label[0], completion=item,
+                                   streamed=streamed, attempt=attempt, prompt=prompt)
+                yield item
+        finally:
+            await stream.aclose()
+
+    async def _complete(self, label: tuple[str, str], messages: Sequence[ChatMessage],
+                        params: SamplingParams, prefix: SharedPrefix, *, attempt: int = 1,
+                        queue_s: float = 0.0) -> Completion:
+        """:meth:`_generation` to its end.
 
         Raises:
-            GenerationTimeout: the cap ran out; the generation was stopped and the model freed.
+            GenerationFailed: the model failed, or its stream ended without a completion.
         """
-        gaps = _TokenGaps(self.metrics, spec)
-        stream = self.generator.stream(prepared.prompt.messages, prepared.params)
+        stream = self._generation(label, messages, params, prefix, streamed=False,
+                                  attempt=attempt, queue_s=queue_s)
         try:
-            async with asyncio.timeout(self.settings.generation_timeout_s):
-                async for item in stream:
-                    if isinstance(item, TokenDelta):
-                        gaps.tick()
-                    elif isinstance(item, Completion):
-                        item.timings.queue_ms = queue_s * 1000
-                        self._observe(spec, prepared.prompt.messages, item, False, attempt)
-                        return item
-        except TimeoutError:
-            raise self._timeout() from None
+            async for item in stream:
+                if isinstance(item, Completion):
+                    return item
         finally:
             await stream.aclose()
         raise GenerationFailed("the model stream ended without a completion")
 
-    def _observe(self, spec: AgentSpec, messages: Sequence[ChatMessage], completion: Completion,
-                 streamed: bool, attempt: int = 1) -> None:
-        """Record a completed generation in the metrics and the log (the prompt and text
-        only with ``LOG_PROMPTS``)."""
-        self.metrics.observe_completion(spec.agent, spec.operation, completion)
-        prompt = self.generator.render_prompt(messages) if self.settings.log_prompts else None
-        log_generation(operation=spec.operation, agent=spec.agent, completion=completion,
-                       streamed=streamed, attempt=attempt, prompt=prompt)
+    async def _summarize(self, messages: Sequence[ChatMessage],
+                         params: SamplingParams) -> Completion:
+        """The distiller's model call (inside the request's turn)."""
+        return await self._complete(SUMMARY_LABEL, messages, params, _owner_only())
 
-    def _stream_failed(self, code: str) -> None:
-        self.metrics.count_error(code)
-        log_error_answer(code, None)
+    # --- turns and the deadline -----------------------------------------------------------
+    def _deadline(self, started: float, turn: Turn) -> float:
+        """The request's deadline on the loop's clock: ``GENERATION_TIMEOUT_S`` of work from
+        ``started`` (loop time), not counting its wait in the queue."""
+        return started + turn.queue_s + self.settings.generation_timeout_s
 
     def _timeout(self) -> GenerationTimeout:
         return GenerationTimeout(
-            f"The generation ran past the {self.settings.generation_timeout_s:g}-second cap and "
-            "was stopped; lower max_tokens or shorten the context.",
+            f"The request's work (assembly, distillation and generation) ran past the "
+            f"{self.settings.generation_timeout_s:g}-second cap and was stopped; lower "
+            "max_tokens or shorten the context.",
         )
 
+    async def _in_turn(self, label: tuple[str, str], work: Callable[[Turn], Awaitable[T]],
+                       started: float, job_class: JobClass = JobClass.interactive) -> T:
+        """Take a turn at the model, then run ``work(turn)`` under the request's deadline.
+
+        Raises:
+            QueueFull (at once), QueueTimeout, ServiceDraining: no turn.
+            GenerationTimeout: the deadline passed; the work was stopped.
+        """
+        turn = self.scheduler.reserve(job_class)
+        try:
+            async with turn:
+                self.metrics.observe_queue(*label, turn.queue_s)
+                try:
+                    async with asyncio.timeout_at(self._deadline(started, turn)):
+                        return await work(turn)
+                except TimeoutError:
+                    raise self._timeout() from None
+        finally:
+            turn.cancel()
+
+    # --- assembly -------------------------------------------------------------------------
     def sampling(self, spec: AgentSpec, request: AgentRequest) -> SamplingParams:
         """Sampling for ``request``: its overrides, else the agent's, else the server's.
 
@@ -238,18 +326,16 @@ class AgentRunner:
             json_schema=output_model.model_json_schema() if output_model else None,
         )
 
-    async def _plan(self, spec: AgentSpec, request: AgentRequest, note: str) -> _Plan:
+    async def _plan(self, spec: AgentSpec, request: AgentRequest) -> _Plan:
         task = spec.build_task(request)
-        if note:
-            task = replace(task, text=f"{task.text}\n\n{note}")
         params = self.sampling(spec, request)
         elements = flatten(request.structured_context)
         if self.extra_elements is not None:
             extra = await self.extra_elements(request)
             elements += [replace(e, order=len(elements) + i) for i, e in enumerate(extra)]
         agent_task = AgentTask(
-            agent=spec.agent, role=spec.role, task=task.text, layers=spec.layers,
-            history=task.history,
+            agent=spec.agent, role=spec.role, task=task.text, history=task.history,
+            reference=task.reference, inline_task=task.inline,
         )
         config = request.context_processing_config
         return _Plan(task, params, elements, agent_task,
@@ -257,7 +343,7 @@ class AgentRunner:
 
     async def _assemble(self, plan: _Plan, lookup: SummaryLookup | None) -> AssembledPrompt:
         generator = self.generator
-        return await asyncio.to_thread(
+        return await self.off_loop(functools.partial(
             assemble,
             plan.elements,
             plan.agent_task,
@@ -266,10 +352,10 @@ class AgentRunner:
             n_ctx=generator.n_ctx,
             model=generator.model_name,
             max_tokens=plan.params.max_tokens,
+            completion_reserve=self.completion_reserve,
             max_context_tokens=plan.max_context_tokens,
-            exclude=plan.task.exclude,
             summaries=lookup,
-        )
+        ))
 
     def _lookup(self) -> _CountingLookup | None:
         if self.distiller is None or not self.settings.distillation_enabled:
@@ -284,6 +370,7 @@ class AgentRunner:
         progress: ProgressCallback | None,
     ) -> AssembledPrompt:
         """Make the summaries assembly asked for and assemble again, until none is missing.
+        Call it inside a turn (it uses the model).
 
         Raises:
             GenerationFailed: the model failed while summarizing, or the passes ran out.
@@ -313,81 +400,110 @@ class AgentRunner:
         )
         return prompt
 
-    async def prepare(
-        self,
-        spec: AgentSpec,
-        request: AgentRequest,
-        note: str = "",
-        progress: ProgressCallback | None = None,
-    ) -> Prepared:
-        """Build the task, assemble (and distill) the context and choose the sampling,
-        without generating the answer.
-
-        ``note`` is appended to the task (used by the repair attempt); ``progress`` receives
+    async def preview(self, spec: AgentSpec, request: AgentRequest,
+                      progress: ProgressCallback | None = None) -> Prepared:
+        """Build the task, assemble the context and choose the sampling without generating
+        the answer. Distilling may need the model, so it takes a turn; ``progress`` receives
         a dict per summary made.
 
         Raises:
             UnknownReference, InvalidRequest, ContextLengthExceeded: the request cannot be
                 served as given.
+            QueueFull, QueueTimeout, GenerationTimeout: no turn, or it took too long.
             GenerationFailed: the model failed while distilling.
         """
-        plan = await self._plan(spec, request, note)
+        started = asyncio.get_running_loop().time()
+        plan = await self._plan(spec, request)
         lookup = self._lookup()
         prompt = await self._assemble(plan, lookup)
-        prompt = await self._distill(plan, prompt, lookup, progress)
+        if prompt.missing:
+            prompt = await self._in_turn(
+                (spec.agent, "context-preview"),
+                lambda _turn: self._distill(plan, prompt, lookup, progress), started)
+        else:  # every summary was cached: no model work, no turn
+            prompt = await self._distill(plan, prompt, lookup, progress)
         return Prepared(plan.task, prompt, plan.params)
 
-    async def preview(self, spec: AgentSpec, request: AgentRequest) -> Prepared:
-        """:meth:`prepare` for a preview: it may distill, so it takes its turn in the queue.
+    async def warm(self, spec: AgentSpec, request: AgentRequest) -> tuple[Prepared, Completion]:
+        """Get a story ready for ``spec`` ahead of time, as background work: distill its
+        context and process its prompt once (one completion token), so the model's prefix
+        cache holds the story's shared block when the author asks.
 
-        Raises what :meth:`prepare` raises, and ``QueueFull`` / ``QueueTimeout``.
+        Raises what :meth:`preview` raises.
         """
-        async with self.admission.reserve():
-            return await self.prepare(spec, request)
+        started = asyncio.get_running_loop().time()
+        plan = await self._plan(spec, request)
+        lookup = self._lookup()
+        prompt = await self._assemble(plan, lookup)
+        label = (spec.agent, "context-warm")
+        params = replace(plan.params, max_tokens=1, json_schema=None)
 
+        async def work(turn: Turn) -> tuple[AssembledPrompt, Completion]:
+            done = await self._distill(plan, prompt, lookup, None)
+            completion = await self._complete(label, done.messages, params, _shared(done),
+                                              queue_s=turn.queue_s)
+            return done, completion
+
+        done, completion = await self._in_turn(label, work, started, JobClass.background)
+        return Prepared(plan.task, done, plan.params), completion
+
+    # --- agents ---------------------------------------------------------------------------
     async def run(self, spec: AgentSpec, request: AgentRequest) -> AgentResult:
-        """Take a turn in the model's queue, then :meth:`_run` (see there).
+        """Assemble, take a turn at the model, then distill and generate (see
+        :meth:`_run_in_turn`).
 
         Raises:
-            QueueFull: the queue is full (at once). QueueTimeout: the turn did not come in time.
+            UnknownReference, InvalidRequest, ContextLengthExceeded: bad input (before any
+                turn is taken).
+            QueueFull (at once), QueueTimeout, ServiceDraining: no turn.
+            GenerationTimeout, GenerationFailed, AgentOutputInvalid, OutputTruncated.
         """
         started = time.perf_counter()
-        ticket = self.admission.reserve()
-        async with ticket:
-            self.metrics.observe_queue(spec.agent, spec.operation, ticket.queue_s)
-            result = await self._run(spec, request, ticket.queue_s)
+        loop_started = asyncio.get_running_loop().time()
+        plan = await self._plan(spec, request)
+        lookup = self._lookup()
+        prompt = await self._assemble(plan, lookup)
+        result = await self._in_turn(
+            (spec.agent, spec.operation),
+            lambda turn: self._run_in_turn(spec, request, plan, prompt, lookup, turn),
+            loop_started)
         self.metrics.observe_request(spec.agent, spec.operation, time.perf_counter() - started)
         return result
 
-    async def _run(self, spec: AgentSpec, request: AgentRequest,
-                   queue_s: float = 0.0) -> AgentResult:
-        """Run ``spec`` on ``request`` to completion.
+    async def _run_in_turn(self, spec: AgentSpec, request: AgentRequest, plan: _Plan,
+                           prompt: AssembledPrompt, lookup: _CountingLookup | None,
+                           turn: Turn) -> AgentResult:
+        """Distill, generate, and for JSON agents validate.
 
         JSON agents decode under a grammar from their output model; output that does not parse
         or validate, or that ran out of ``max_tokens``, gets one repair attempt.
 
         Raises:
             AgentOutputInvalid: the repair attempt failed too.
-            plus what :meth:`prepare` and the generator raise.
+            OutputTruncated: both attempts ran out of the ``max_tokens`` the caller set.
+            plus what distilling and the generator raise.
         """
-        prepared = await self.prepare(spec, request)
-        completion = await self._generate(spec, prepared, queue_s, attempt=1)
+        label = (spec.agent, spec.operation)
+        prompt = await self._distill(plan, prompt, lookup, None)
+        completion = await self._complete(label, prompt.messages, plan.params, _shared(prompt),
+                                          queue_s=turn.queue_s)
         output_model = spec.output_model_for(request)
         if output_model is None:
-            return AgentResult(spec, prepared.task, completion.text.strip(), None, completion,
-                               prepared.prompt.report, 1)
+            return AgentResult(spec, plan.task, completion.text.strip(), None, completion,
+                               prompt.report, 1)
         try:
             output = _parse(output_model, completion)
-            return AgentResult(spec, prepared.task, completion.text, output, completion,
-                               prepared.prompt.report, 1)
+            return AgentResult(spec, plan.task, completion.text, output, completion,
+                               prompt.report, 1)
         except ValueError as first_error:
             problem = str(first_error)[:_REPAIR_ERROR_CHARS]
-        note = (
+        repair = plan.with_note(
             f"Your previous answer was rejected: {problem}. Answer again with valid JSON, keep "
             "every field short, and close every bracket."
         )
-        prepared = await self.prepare(spec, request, note)
-        completion = await self._generate(spec, prepared, queue_s, attempt=2)
+        prompt = await self._distill(repair, await self._assemble(repair, lookup), lookup, None)
+        completion = await self._complete(label, prompt.messages, plan.params, _shared(prompt),
+                                          attempt=2, queue_s=turn.queue_s)
         try:
             output = _parse(output_model, completion)
         except ValueError as second_error:
@@ -404,8 +520,7 @@ class AgentRunner:
                 "lower temperature.",
                 param="max_tokens" if completion.finish_reason == "length" else None,
             ) from second_error
-        return AgentResult(spec, prepared.task, completion.text, output, completion,
-                           prepared.prompt.report, 2)
+        return AgentResult(spec, plan.task, completion.text, output, completion, prompt.report, 2)
 
     async def stream(
         self, spec: AgentSpec, request: AgentRequest
@@ -416,39 +531,38 @@ class AgentRunner:
         The request is validated and assembled once, and its place in the model's queue taken,
         before anything is yielded, so the HTTP layer can still answer bad input with a plain
         4xx and a full queue with a plain 503. Waiting for its turn happens inside the stream
-        (a client that leaves while queued never starts); a queue timeout or the generation
-        cap end the stream with an error.
+        (a client that leaves while queued never starts); a queue timeout or the deadline end
+        the stream with an error. Closing the stream stops the generation within a token and
+        frees the model.
         """
         started = time.perf_counter()
-        plan = await self._plan(spec, request, "")
+        loop_started = asyncio.get_running_loop().time()
+        plan = await self._plan(spec, request)
         lookup = self._lookup()
         prompt = await self._assemble(plan, lookup)
-        ticket = self.admission.reserve()
-        return self._stream(spec, plan, prompt, lookup, ticket, started)
+        turn = self.scheduler.reserve()
+        return self._stream(spec, plan, prompt, lookup, turn, started, loop_started)
 
     async def _stream(
         self, spec: AgentSpec, plan: _Plan, prompt: AssembledPrompt,
-        lookup: _CountingLookup | None, ticket: Ticket, started: float,
+        lookup: _CountingLookup | None, turn: Turn, started: float, loop_started: float,
     ) -> AsyncIterator[Progress | Meta | StreamItem]:
-        """The stream in its turn, observed. An error raised here reaches the client as a
-        stream ``error`` event, not an HTTP error answer, so it is counted here."""
+        """The stream in its turn. An error raised here reaches the client as a stream
+        ``error`` event, not an HTTP error answer, so it is counted here."""
         agent, operation = spec.agent, spec.operation
-        gaps = _TokenGaps(self.metrics, spec)
-        messages: tuple[ChatMessage, ...] = ()
         try:
-            async with ticket:
-                self.metrics.observe_queue(agent, operation, ticket.queue_s)
-                async for item in self._stream_in_turn(plan, prompt, lookup):
-                    if isinstance(item, TokenDelta):
-                        gaps.tick()
-                    elif isinstance(item, Meta):
-                        messages = item.messages
-                    elif isinstance(item, Completion):
-                        item.timings.queue_ms = ticket.queue_s * 1000
-                        self._observe(spec, messages, item, True)
-                        self.metrics.observe_request(agent, operation,
-                                                     time.perf_counter() - started)
-                    yield item
+            async with turn:
+                self.metrics.observe_queue(agent, operation, turn.queue_s)
+                deadline = self._deadline(loop_started, turn)
+                items = self._stream_in_turn(spec, plan, prompt, lookup, turn, deadline)
+                try:
+                    async for item in items:
+                        if isinstance(item, Completion):
+                            self.metrics.observe_request(agent, operation,
+                                                         time.perf_counter() - started)
+                        yield item
+                finally:
+                    await items.aclose()
         except WriterAssistantError as error:
             self._stream_failed(error.code)
             raise
@@ -456,27 +570,53 @@ class AgentRunner:
             self._stream_failed("internal_error")
             raise
         finally:
-            ticket.cancel()  # a stream closed before its turn leaves the queue
+            turn.cancel()  # a stream closed before its turn leaves the queue
+
+    def _stream_failed(self, code: str) -> None:
+        self.metrics.count_error(code)
+        log_error_answer(code, None)
 
     async def _stream_in_turn(
-        self, plan: _Plan, prompt: AssembledPrompt, lookup: _CountingLookup | None
+        self, spec: AgentSpec, plan: _Plan, prompt: AssembledPrompt,
+        lookup: _CountingLookup | None, turn: Turn, deadline: float,
     ) -> AsyncIterator[Progress | Meta | StreamItem]:
+        loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict[str, object]] = asyncio.Queue()
         distilling = asyncio.create_task(self._distill(plan, prompt, lookup, events.put))
         try:
             while not distilling.done() or not events.empty():
                 getter = asyncio.ensure_future(events.get())
-                await asyncio.wait({distilling, getter}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({distilling, getter}, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=max(0.0, deadline - loop.time()))
                 if getter.done():
                     yield Progress(getter.result())
                 else:
                     getter.cancel()
+                    if not distilling.done() and loop.time() >= deadline:
+                        raise self._timeout()
             prompt = distilling.result()
         finally:
             distilling.cancel()
         yield Meta(prompt.report, plan.task.summary, tuple(prompt.messages))
-        stream = self.generator.stream(prompt.messages, plan.params)
-        deadline = asyncio.get_running_loop().time() + self.settings.generation_timeout_s
+        stream = self._by_deadline(self._generation(
+            (spec.agent, spec.operation), prompt.messages, plan.params, _shared(prompt),
+            streamed=True, queue_s=turn.queue_s), deadline)
+        try:
+            async for item in stream:
+                if self.scheduler.streams_stopped:
+                    raise ServiceDraining("The server is shutting down; this stream was ended "
+                                          "before it finished. Retry after the restart.")
+                yield item
+        finally:
+            await stream.aclose()
+
+    async def _by_deadline(self, stream: AsyncIterator[T], deadline: float) -> AsyncIterator[T]:
+        """``stream``'s items, each awaited under ``deadline`` (loop time); closing this
+        closes ``stream``.
+
+        Raises:
+            GenerationTimeout: the deadline passed while waiting for an item.
+        """
         try:
             while True:
                 try:
@@ -486,12 +626,70 @@ class AgentRunner:
                     return
                 except TimeoutError:
                     raise self._timeout() from None
-                if self.admission.streams_stopped:
-                    raise ServiceDraining("The server is shutting down; this stream was ended "
-                                          "before it finished. Retry after the restart.")
                 yield item
         finally:
-            await stream.aclose()
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    # --- archive answers ------------------------------------------------------------------
+    async def rag_answer(self, archive: Archive, request: RagQueryRequest) -> RagAnswer:
+        """Answer a question from the archive: retrieve, then generate in a turn.
+
+        Raises:
+            ArchiveUnavailable, EmbeddingModelMismatch: retrieval failed.
+            InvalidRequest, ContextLengthExceeded: generation cannot run.
+            QueueFull, QueueTimeout, GenerationTimeout, GenerationFailed.
+        """
+        started = asyncio.get_running_loop().time()
+        grounding = await rag.prepare_query(archive, self.generator, request)
+
+        async def work(turn: Turn) -> Completion:
+            return await self._complete(RAG_QUERY_LABEL, grounding.messages, grounding.params,
+                                        _owner_only(), queue_s=turn.queue_s)
+
+        completion = await self._in_turn(RAG_QUERY_LABEL, work, started)
+        return rag.answer(grounding, completion, self.generator.model_name)
+
+    async def rag_chat(self, archive: Archive, request: RagChatRequest
+                       ) -> tuple[rag.Grounding, AsyncIterator[StreamItem]]:
+        """A conversation answered from the archive: the grounding (retrieved and fitted
+        before anything is streamed, with the turn reserved), and the answer's stream.
+
+        Raises (before the stream): as :meth:`rag_answer`. The stream ends with an error on
+        a queue timeout or the deadline.
+        """
+        started = asyncio.get_running_loop().time()
+        grounding = await rag.prepare_chat(archive, self.generator, request)
+        turn = self.scheduler.reserve()
+
+        async def answer() -> AsyncIterator[StreamItem]:
+            try:
+                async with turn:
+                    self.metrics.observe_queue(*RAG_CHAT_LABEL, turn.queue_s)
+                    stream = self._by_deadline(self._generation(
+                        RAG_CHAT_LABEL, grounding.messages, grounding.params, _owner_only(),
+                        streamed=True, queue_s=turn.queue_s), self._deadline(started, turn))
+                    try:
+                        async for item in stream:
+                            yield item
+                    finally:
+                        await stream.aclose()
+            except WriterAssistantError as error:
+                self._stream_failed(error.code)
+                raise
+            finally:
+                turn.cancel()
+
+        return grounding, answer()
+
+
+def _shared(prompt: AssembledPrompt) -> SharedPrefix:
+    """The prompt's shared block, owned by the request's tenant."""
+    return SharedPrefix(messages=prompt.shared_messages, owner=current_tenant.get())
+
+
+def _owner_only() -> SharedPrefix:
+    """No shared block (nothing worth a snapshot), but the tenant's own KV state only."""
+    return SharedPrefix(messages=0, owner=current_tenant.get())
 
 
 def _parse(model: type[BaseModel], completion: Completion) -> BaseModel:

@@ -1,4 +1,4 @@
-"""What declares an agent operation: role, layers, defaults, output model and task."""
+"""What declares an agent operation: role, defaults, output model and task."""
 
 from __future__ import annotations
 
@@ -8,25 +8,24 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.context.elements import Layer
 from app.llm.protocol import ChatMessage
-
-ALL_LAYERS = frozenset(Layer)
 
 
 @dataclass(frozen=True)
 class TaskInput:
     """What one request asks of the agent.
 
-    ``text``: the task instruction with the endpoint's inputs (never trimmed). ``exclude``: ids
-    of context elements already in the task (e.g. the chapter under review), left out of the
-    context so they are not paid for twice. ``history``: earlier chat turns, placed between the
-    shared context and the task. ``summary``: payload fields the response echoes (e.g. the
-    chapter number).
+    ``text``: the task instruction with the endpoint's inputs (never trimmed). ``reference``:
+    the id of a context element the task is about (e.g. the chapter under review), which
+    ``text`` refers to where it stands in the shared story block; ``inline`` is the task with
+    that element quoted in full, for when it did not fit the block whole. ``history``: earlier
+    chat turns, placed between the shared context and the task. ``summary``: payload fields
+    the response echoes (e.g. the chapter number).
     """
 
     text: str
-    exclude: frozenset[str] = frozenset()
+    reference: str | None = None
+    inline: str = ""
     history: tuple[ChatMessage, ...] = ()
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -38,12 +37,14 @@ class AgentSpec:
     Attributes:
         operation: endpoint name, e.g. ``editor-review``.
         agent: which agent runs it: writer, editor, character, rater or assistant.
-        role: the agent's role prompt (goes after the shared story context).
-        layers: context layers the agent reads.
+        role: the agent's role prompt (goes after the shared story context, which every
+            agent reads whole so that they all share it).
         build_task: turns a validated request into a :class:`TaskInput`; raises
             ``UnknownReference`` when the request names what its context lacks.
-        max_tokens: default completion tokens (``None``: ``LLM_MAX_TOKENS``), or a callable
-            that computes it from the request.
+        max_tokens: default completion tokens for a request with default fields (``None``:
+            ``LLM_MAX_TOKENS``).
+        max_tokens_per_request: computes the default from the request instead, where it
+            depends on it (e.g. the number of outlines asked for).
         temperature: default temperature (``None``: ``LLM_TEMPERATURE``).
         output_model: for JSON agents, the pydantic model of the output, or a callable that
             builds it from the request (for sizes that depend on it).
@@ -55,9 +56,9 @@ class AgentSpec:
     operation: str
     agent: str
     role: str
-    layers: frozenset[Layer]
     build_task: Callable[[Any], TaskInput]
-    max_tokens: int | Callable[[Any], int] | None = None
+    max_tokens: int | None = None
+    max_tokens_per_request: Callable[[Any], int] | None = None
     temperature: float | None = None
     output_model: type[BaseModel] | Callable[[Any], type[BaseModel]] | None = None
     streams: bool = False
@@ -65,7 +66,9 @@ class AgentSpec:
 
     def max_tokens_for(self, request: Any) -> int | None:
         """The agent's default completion tokens for ``request`` (``None``: the server's)."""
-        return self.max_tokens(request) if callable(self.max_tokens) else self.max_tokens
+        if self.max_tokens_per_request is not None:
+            return self.max_tokens_per_request(request)
+        return self.max_tokens
 
     def output_model_for(self, request: Any) -> type[BaseModel] | None:
         """The output model for ``request`` (``None`` for free-text agents)."""

@@ -15,6 +15,7 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.errors import error_body
+from app.config import Settings
 from app.errors import WriterAssistantError
 
 logger = logging.getLogger(__name__)
@@ -71,15 +72,19 @@ async def _frames(events: StreamEvents) -> AsyncIterator[ServerSentEvent]:
                              "message": "The stream ended without a result.", "param": None})
 
 
-def sse_response(events: StreamEvents, ping_seconds: float,
+def sse_response(events: StreamEvents, settings: Settings,
                  open_streams: OpenStreams | None = None) -> EventSourceResponse:
     """Frame ``events`` (``(name, payload)`` pairs) as an SSE response.
 
-    Keep-alive comments every ``ping_seconds``; ``X-Accel-Buffering: no`` so proxies pass
-    tokens through as they come. ``open_streams`` counts the response while it sends.
+    Keep-alive comments every ``SSE_PING_SECONDS``; ``X-Accel-Buffering: no`` so proxies pass
+    tokens through as they come. A frame that takes longer than ``SSE_SEND_TIMEOUT_S`` to
+    send (the client stopped reading and the socket buffers are full) ends the response,
+    which closes ``events`` and so stops the generation and frees the model.
+    ``open_streams`` counts the response while it sends.
     """
     return EventSourceResponse(
         _framed(events, open_streams),
-        ping=ping_seconds,
+        ping=settings.sse_ping_seconds,
+        send_timeout=settings.sse_send_timeout_s,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )

@@ -2,17 +2,18 @@
 
 Agents get passages through :func:`archive_context`, the runner's ``extra_elements`` hook: a
 query built from the request's own text fields, its user requests and plot elements retrieves
-the top-k passages, which enter the plot-and-world layer at low priority and compete for its
-budget like any other element. Retrieval never fails a request: when the archive is off,
+the top-k passages. They differ from request to request, so they go after the story's shared
+block (in the request's own message, at low priority) and get the room it leaves. Retrieval never fails a request: when the archive is off,
 loading or down, the request runs without archive passages (and the failure is logged).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from app.archive.documents import chapter_key
 from app.archive.embeddings import Embedder
@@ -99,8 +100,8 @@ def build_query(request: AgentRequest) -> str:
 
 
 def context_elements(passages: list[Passage]) -> list[ContextElement]:
-    """Archive passages as plot-and-world context elements (low priority, file and chapter in
-    the heading and the report's ``source``)."""
+    """Archive passages as per-request context elements (low priority, placed after the shared
+    story block, with file and chapter in the heading and the report's ``source``)."""
     elements = []
     for i, item in enumerate(passages):
         where = f"{item.title or item.file}" + (f", {item.chapter}" if item.chapter else "")
@@ -112,6 +113,7 @@ def context_elements(passages: list[Passage]) -> list[ContextElement]:
             source={"file": item.file, "title": item.title, "chapter": item.chapter,
                     "chapter_number": item.chapter_number, "chunk_index": item.chunk_index,
                     "score": item.score, "chunk_id": item.id},
+            per_request=True,
         ))
     return elements
 
@@ -139,7 +141,8 @@ def archive_context(get_archive: Callable[[], Archive | None]) -> ExtraElements:
         if not query:
             return []
         try:
-            passages = await asyncio.to_thread(archive.context_passages, query)
+            # anyio's worker threads, not the default pool that archive uploads may fill
+            passages = await anyio.to_thread.run_sync(archive.context_passages, query)
         except WriterAssistantError as error:
             logger.warning("archive retrieval failed (%s); request runs without archive "
                            "passages: %s", error.code, error.message)

@@ -58,6 +58,8 @@ class ContextElement:
             ``character``, ``chapter``...); picks the distillation strategy.
         keep_tail: when trimmed, keep the end (story text) rather than the start.
         source: extra provenance shown in the report (e.g. archive file and chapter).
+        per_request: found for this request only (archive passages): placed after the shared
+            block, so the block stays the same for every agent on the story.
     """
 
     id: str
@@ -71,6 +73,7 @@ class ContextElement:
     heading: str = ""
     keep_tail: bool = False
     source: dict[str, Any] = field(default_factory=dict)
+    per_request: bool = False
 
     def render(self, body: str | None = None, *, trimmed: bool = False) -> str:
         """The element as it appears in the prompt, with ``body`` in place of its text.

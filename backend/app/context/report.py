@@ -101,10 +101,30 @@ class AssemblyReport(BaseModel):
     window_tokens: int = Field(description="Effective window for this request.")
     buffer_tokens: int
     max_tokens: int = Field(description="Completion tokens reserved.")
+    completion_reserve_tokens: int = Field(
+        default=0,
+        description="Completion tokens the shared block was planned against "
+        "(CONTEXT_COMPLETION_RESERVE_TOKENS), the same for every agent.",
+    )
+    task_reserve_tokens: int = Field(
+        default=0,
+        description="Tokens kept after the shared block for role, task, history and archive "
+        "passages (CONTEXT_TASK_RESERVE_TOKENS).",
+    )
     fixed_tokens: int = Field(
         description="Chat template, section headings, agent role and task: never trimmed."
     )
     prompt_tokens: int = Field(description="Exact prompt tokens, chat template included.")
+    shared_prefix_tokens: int = Field(
+        default=0,
+        description="Leading prompt tokens of the shared block (the system message with the "
+        "story context): identical for every agent on this story, so their KV state is reused.",
+    )
+    shared_block_note: str | None = Field(
+        default=None,
+        description="Why this request's shared block was planned smaller than the story's "
+        "standard one (so its KV state is not shared); null when it was not.",
+    )
     layers: list[LayerReport]
     elements: list[ElementReport]
     summaries: list[SummaryReport] = Field(default_factory=list)

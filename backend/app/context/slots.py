@@ -16,11 +16,13 @@ MARKER_TOKENS = 3
 
 
 class TokenCounter(Protocol):
-    """The two counts assembly needs from the served model (see ``TextGenerator``)."""
+    """The counts assembly needs from the served model (see ``TextGenerator``)."""
 
     def count_tokens(self, text: str) -> int: ...
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
+
+    def count_prefix_tokens(self, messages: Sequence[ChatMessage], shared: int) -> int: ...
 
 
 @dataclass

@@ -9,6 +9,7 @@ summarization calls.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import diskcache
 from app.config import Settings
 from app.context.distill import GUIDANCE, Strategy, SummaryJob
 from app.context.trim import split_to_budget, trim_to_budget
-from app.llm.protocol import ChatMessage, SamplingParams, TextGenerator
+from app.llm.protocol import ChatMessage, Completion, SamplingParams, TextGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +69,24 @@ class DistillStats:
     made: int = 0
 
 
-class Distiller:
-    """Makes summaries for summary jobs with the text generator and caches them."""
+#: How a summary is generated: messages and sampling in, completion out.
+Generate = Callable[[Sequence[ChatMessage], SamplingParams], Awaitable[Completion]]
 
-    def __init__(self, generator: TextGenerator, cache: SummaryCache, settings: Settings) -> None:
+
+class Distiller:
+    """Makes summaries for summary jobs and caches them.
+
+    ``generator`` counts tokens and gives the window; ``generate`` makes each summary (the
+    agent runner's observed path, inside the request's turn; ``generator.generate`` when not
+    given).
+    """
+
+    def __init__(self, generator: TextGenerator, cache: SummaryCache, settings: Settings,
+                 generate: Generate | None = None) -> None:
         self.generator = generator
         self.cache = cache
         self.settings = settings
+        self._generate: Generate = generate or generator.generate
 
     def temperature(self, strategy: Strategy) -> float:
         """The strategy's temperature (``DISTILLATION_<STRATEGY>_TEMPERATURE``)."""
@@ -144,7 +156,7 @@ class Distiller:
             repeat_penalty=self.settings.llm_repeat_penalty,
             seed=0,  # the same input gives the same summary
         )
-        completion = await self.generator.generate(messages, params)
+        completion = await self._generate(messages, params)
         stats.llm_calls += 1
         return clip(completion.text.strip(), target_tokens, count) or clip(text, target_tokens,
                                                                            count)

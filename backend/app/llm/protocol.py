@@ -7,7 +7,8 @@ later, a remote OpenAI-compatible client all implement :class:`TextGenerator`. N
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -42,6 +43,19 @@ class SamplingParams:
     json_schema: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Which part of a prompt other prompts share, so its KV state may be kept and reused.
+
+    ``messages``: how many leading messages form the shared block (the story context every
+    agent on one story sees byte for byte). ``owner``: whose it is (the tenant); state made
+    for one owner is never reused for another.
+    """
+
+    messages: int = 1
+    owner: str = ""
+
+
 @dataclass
 class Timings:
     """Wall-clock timings of one generation, in milliseconds.
@@ -60,7 +74,7 @@ class Timings:
     @classmethod
     def measured(
         cls, queued: float, start: float, first: float | None, end: float, completion_tokens: int
-    ) -> "Timings":
+    ) -> Timings:
         """Timings from ``time.perf_counter()`` readings (seconds): when the call queued, when
         it held the model, its first token (``None``: none came) and its end."""
         first = first if first is not None else end
@@ -76,13 +90,18 @@ class Timings:
 
 @dataclass
 class Completion:
-    """The outcome of one generation. Token counts are in model tokens."""
+    """The outcome of one generation. Token counts are in model tokens.
+
+    ``cached_tokens``: prompt tokens whose KV state was reused instead of processed (the
+    OpenAI API's ``usage.prompt_tokens_details.cached_tokens``); 0 when none or unknown.
+    """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
     timings: Timings = field(default_factory=Timings)
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,8 +145,15 @@ class TextGenerator(Protocol):
         """Prompt tokens of ``messages`` with the chat template applied (template overhead in)."""
         ...
 
-    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
-        """Generate a whole completion.
+    def count_prefix_tokens(self, messages: Sequence[ChatMessage], shared: int) -> int:
+        """Leading prompt tokens of ``messages`` that the first ``shared`` messages fix,
+        whatever follows them (the shared block's length in tokens)."""
+        ...
+
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams,
+                       prefix: SharedPrefix | None = None) -> Completion:
+        """Generate a whole completion. ``prefix``, when given, names the shared block whose
+        KV state may be reused and kept (backends without a prefix cache ignore it).
 
         Raises:
             app.errors.ContextLengthExceeded: prompt tokens + max_tokens exceed ``n_ctx``.
@@ -136,7 +162,8 @@ class TextGenerator(Protocol):
         ...
 
     def stream(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self, messages: Sequence[ChatMessage], params: SamplingParams,
+        prefix: SharedPrefix | None = None,
     ) -> AsyncIterator[StreamItem]:
         """Yield :class:`TokenDelta` items as the model produces them, then one :class:`Completion`.
 
@@ -172,3 +199,25 @@ def check_window(prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
             needed_tokens=prompt_tokens + max_tokens,
             available_tokens=n_ctx,
         )
+
+
+def rendered_prefix(render: Callable[[Sequence[ChatMessage]], str],
+                    messages: Sequence[ChatMessage], shared: int) -> str:
+    """The text at the start of ``render(messages)`` that the first ``shared`` messages fix.
+
+    Rendered twice more with different probe messages after them; what all three renderings
+    share is what no later message can change (the chat template's own text included).
+    """
+    head = list(messages[:shared])
+    probes = [render([*head, ChatMessage("user", probe)]) for probe in ("A", "B")]
+    return os.path.commonprefix([render(messages), *probes])
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

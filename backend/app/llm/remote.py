@@ -19,17 +19,25 @@ as with the in-process model:
   ``Retry-After``; its 429 -> :class:`ModelOverloaded` (429) with its ``Retry-After``; any other
   failure, or a stream that breaks or ends without a finish reason -> :class:`GenerationFailed`.
   Closing the stream closes the upstream response, which tells the server to stop.
+- **Prefix reuse** is the server's own (llama-server's prompt cache and slots, vLLM's prefix
+  caching); the story's shared block, identical for every agent, is what lets it hit. The
+  cached-token count is passed through where the server reports it (the OpenAI field
+  ``usage.prompt_tokens_details.cached_tokens``).
+- **Token counting** (HTTP calls to the server's tokenize endpoint) runs on a thread pool of
+  its own, never on the event loop or the default pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +57,13 @@ from app.llm.protocol import (
     Completion,
     FinishReason,
     SamplingParams,
+    SharedPrefix,
     StreamItem,
     Timings,
     TokenDelta,
     check_window,
     final_completion,
+    rendered_prefix,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,8 +72,8 @@ logger = logging.getLogger(__name__)
 #: chat prompt with the template's special tokens (rendered separately).
 PROBE_TEXTS = (
     "Alice was beginning to get very tired of sitting by her sister on the bank.",
-    "\u201cCuriouser and curiouser!\u201d cried Alice; 1865, 42.5% \u2014 caf\u00e9, na\u00efve, "
-    "\u00fcber \U0001f407\n\n\tdef f(x): return x ** 2",
+    ("\u201cCuriouser and curiouser!\u201d cried Alice; 1865, 42.5% \u2014 caf\u00e9, na\u00efve, "
+    "\u00fcber \U0001f407\n\n\tdef f(x): return x ** 2"),
 )
 #: Counts remembered per generator (text -> tokens); trimming recounts the same sentences.
 _COUNT_CACHE_SIZE = 8192
@@ -205,13 +215,14 @@ class RemoteGenerator:
             timeout=settings.llm_request_timeout_s,
         )
         self._lock = asyncio.Lock()
+        self._counting = ThreadPoolExecutor(max_workers=2, thread_name_prefix="remote-tokenize")
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._warned_prompt_mismatch = False
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
-    def connect(cls, settings: Settings) -> "RemoteGenerator":
+    def connect(cls, settings: Settings) -> RemoteGenerator:
         """Reach the server, find its model, context window and tokenize endpoint, load the
         local tokenizer and compare the two (blocking; run it in a worker thread).
 
@@ -249,9 +260,10 @@ class RemoteGenerator:
                    count_with_server=count_with_server, http=http)
 
     async def aclose(self) -> None:
-        """Close the HTTP clients."""
+        """Close the HTTP clients and the counting threads."""
         await self._client.close()
         self._http.close()
+        self._counting.shutdown(wait=False)
 
     # --- TextGenerator ----------------------------------------------------------------------
     @property
@@ -294,13 +306,24 @@ class RemoteGenerator:
             return self._server.count_rendered_prompt(self.render_prompt(messages))
         return self._local.count_prompt_tokens(messages)
 
-    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
-        return await final_completion(self.stream(messages, params))
+    def count_prefix_tokens(self, messages: Sequence[ChatMessage], shared: int) -> int:
+        if shared <= 0:
+            return 0
+        head = rendered_prefix(self.render_prompt, messages, shared)
+        if self._count_with_server and self._server:
+            return self._server.count_rendered_prompt(head)
+        return self._local.count_prefix_tokens(messages, shared)
+
+    async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams,
+                       prefix: SharedPrefix | None = None) -> Completion:
+        return await final_completion(self.stream(messages, params, prefix))
 
     async def stream(
-        self, messages: Sequence[ChatMessage], params: SamplingParams
+        self, messages: Sequence[ChatMessage], params: SamplingParams,
+        prefix: SharedPrefix | None = None,
     ) -> AsyncIterator[StreamItem]:
-        prompt_tokens = await asyncio.to_thread(self.count_prompt_tokens, messages)
+        prompt_tokens = await asyncio.get_running_loop().run_in_executor(
+            self._counting, functools.partial(self.count_prompt_tokens, messages))
         check_window(prompt_tokens, params.max_tokens, self.n_ctx)
         request = self._request(messages, params)
         queued = time.perf_counter()
@@ -364,6 +387,7 @@ class RemoteGenerator:
                 completion_tokens=completion_tokens,
                 finish_reason=_finish_reason(finish),
                 timings=Timings.measured(queued, start, first_token_at, end, completion_tokens),
+                cached_tokens=_cached_tokens(usage),
             )
 
     def _request(self, messages: Sequence[ChatMessage], params: SamplingParams) -> dict[str, Any]:
@@ -547,6 +571,13 @@ def _map_openai_error(error: openai.APIError, base: str) -> WriterAssistantError
 def _describe(error: openai.APIError) -> str:
     message = getattr(error, "message", "") or type(error).__name__
     return " ".join(str(message).split())[:_UPSTREAM_MESSAGE_CHARS]
+
+
+def _cached_tokens(usage: Any) -> int:
+    """``usage.prompt_tokens_details.cached_tokens`` where the server reports it, else 0."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    return cached if isinstance(cached, int) and cached >= 0 else 0
 
 
 def _finish_reason(reason: str) -> FinishReason:

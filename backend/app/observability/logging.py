@@ -92,7 +92,8 @@ def log_generation(
     """Log one completed generation as a ``generation`` event (INFO).
 
     Fields: ``operation``, ``agent``, ``streamed``, ``attempt`` (2 for a JSON agent's repair),
-    ``finish_reason``, ``prompt_tokens``, ``completion_tokens``, ``queue_ms``, ``ttft_ms``,
+    ``finish_reason``, ``prompt_tokens``, ``cached_tokens`` (prompt tokens whose KV state was
+    reused), ``completion_tokens``, ``queue_ms``, ``ttft_ms``,
     ``total_ms`` (milliseconds) and ``decode_tokens_per_s``. ``prompt`` (the rendered prompt)
     and the completion's ``text`` are added only when ``prompt`` is given, which the runner
     does only with ``LOG_PROMPTS`` on.
@@ -105,6 +106,7 @@ def log_generation(
         "attempt": attempt,
         "finish_reason": completion.finish_reason,
         "prompt_tokens": completion.prompt_tokens,
+        "cached_tokens": completion.cached_tokens,
         "completion_tokens": completion.completion_tokens,
         "queue_ms": round(timings.queue_ms, 1),
         "ttft_ms": round(timings.time_to_first_token_ms, 1),

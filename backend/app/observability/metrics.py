@@ -17,8 +17,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
+from app.llm.prefix_cache import CacheStats
 from app.llm.protocol import Completion
 
 PREFIX = "writer_assistant"
@@ -64,8 +67,13 @@ class Metrics:
     - ``generations_total{agent, operation, finish_reason}``, ``prompt_tokens_total{agent}``,
       ``completion_tokens_total{agent}``: every generation the runner made (a JSON agent's
       repair attempt is a second one).
+    - ``prompt_cached_tokens_total{agent}``: prompt tokens whose KV state was reused.
     - ``archive_operation_seconds{operation}`` (histogram): search, ingest, delete, files,
       file_text, stats, reindex.
+    - ``prefix_cache_*`` (with the in-process model and ``PREFIX_CACHE_ENABLED``): lookups,
+      hits by tier, saves, restores, evictions, disk writes and errors (counters), seconds
+      spent saving and restoring, bytes and tokens saved (counters), and the memory tier's
+      bytes and entries (gauges).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -109,6 +117,10 @@ class Metrics:
         self.completion_tokens = Counter(
             f"{PREFIX}_completion_tokens", "Completion tokens of completed generations (model "
             "tokens).", ["agent"], registry=r)
+        self.cached_tokens = Counter(
+            f"{PREFIX}_prompt_cached_tokens", "Prompt tokens whose KV state was reused instead "
+            "of processed (the usage field prompt_tokens_details.cached_tokens).", ["agent"],
+            registry=r)
         self.archive_latency = Histogram(
             f"{PREFIX}_archive_operation_seconds", "Seconds an archive operation took.",
             ["operation"], buckets=_ARCHIVE_BUCKETS, registry=r)
@@ -119,6 +131,11 @@ class Metrics:
         """Read the running and waiting gauges from these callables at every scrape."""
         self.requests_running.set_function(running)
         self.requests_waiting.set_function(waiting)
+
+    def track_prefix_cache(self, stats: Callable[[], CacheStats | None]) -> None:
+        """Expose the prefix KV state cache's counters (read from ``stats`` at every scrape;
+        ``None``: no cache, nothing exposed)."""
+        self.registry.register(_PrefixCacheCollector(stats))
 
     # --- errors ------------------------------------------------------------------------------
 
@@ -147,6 +164,7 @@ class Metrics:
                                 finish_reason=completion.finish_reason).inc()
         self.prompt_tokens.labels(agent=agent).inc(completion.prompt_tokens)
         self.completion_tokens.labels(agent=agent).inc(completion.completion_tokens)
+        self.cached_tokens.labels(agent=agent).inc(completion.cached_tokens)
 
     def observe_request(self, agent: str, operation: str, seconds: float) -> None:
         """A request was served end to end in ``seconds``."""
@@ -169,3 +187,40 @@ class Metrics:
     def render(self) -> bytes:
         """Every figure in the Prometheus text format (:data:`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
+
+
+#: Prefix cache counters: stats field -> (metric name suffix, help).
+_PREFIX_COUNTERS = {
+    "lookups": ("lookups", "Prefix KV state cache lookups (one per generation with a story)."),
+    "hits_memory": ("hits_memory", "Snapshots restored from the memory tier."),
+    "hits_disk": ("hits_disk", "Snapshots read from the disk tier and restored."),
+    "saves": ("saves", "Snapshots of a story's shared block saved."),
+    "restores": ("restores", "Snapshots restored into the model's KV cache."),
+    "evictions": ("evictions", "Snapshots evicted from the memory tier (byte budget)."),
+    "disk_writes": ("disk_writes", "Snapshots written to the disk tier."),
+    "disk_errors": ("disk_errors", "Snapshot writes to the disk tier that failed."),
+    "save_seconds": ("save_seconds", "Seconds spent saving snapshots."),
+    "restore_seconds": ("restore_seconds", "Seconds spent restoring snapshots."),
+    "saved_bytes": ("saved_bytes", "Bytes of KV state saved in snapshots."),
+    "saved_tokens": ("saved_tokens", "Tokens of shared blocks saved in snapshots."),
+}
+
+
+class _PrefixCacheCollector(Collector):
+    """Reads :class:`CacheStats` at scrape time."""
+
+    def __init__(self, stats: Callable[[], CacheStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        if stats is None:
+            return
+        for field, (name, text) in _PREFIX_COUNTERS.items():
+            yield CounterMetricFamily(f"{PREFIX}_prefix_cache_{name}", text,
+                                      value=getattr(stats, field))
+        yield GaugeMetricFamily(f"{PREFIX}_prefix_cache_memory_bytes",
+                                "Bytes of snapshots in the memory tier now.",
+                                value=stats.memory_bytes)
+        yield GaugeMetricFamily(f"{PREFIX}_prefix_cache_memory_entries",
+                                "Snapshots in the memory tier now.", value=stats.memory_entries)

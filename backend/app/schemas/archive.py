@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from app.schemas.context import _Strict
+from app.schemas.usage import Usage
 
 Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
 FileName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -172,7 +173,7 @@ class RagChatRequest(_RagOptions):
     messages: list[RagTurn] = Field(min_length=1, max_length=50)
 
     @model_validator(mode="after")
-    def _ends_with_user(self) -> "RagChatRequest":
+    def _ends_with_user(self) -> RagChatRequest:
         if self.messages[-1].role != "user":
             raise ValueError("messages: the last message must have role 'user'")
         return self
@@ -184,12 +185,6 @@ class RagSource(Passage):
     n: int
 
 
-class RagUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
 class RagAnswer(BaseModel):
     """A grounded answer: ``cited`` lists the source numbers the answer refers to."""
 
@@ -198,4 +193,4 @@ class RagAnswer(BaseModel):
     cited: list[int]
     model: str
     finish_reason: str
-    usage: RagUsage
+    usage: Usage

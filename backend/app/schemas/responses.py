@@ -8,14 +8,7 @@ from pydantic import BaseModel, Field
 
 from app.agents.outputs import ChapterOutline, CharacterDetails, EditorSuggestion
 from app.context.report import AssemblyReport
-
-
-class Usage(BaseModel):
-    """Token usage of one generation (model tokens)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+from app.schemas.usage import Usage
 
 
 class TimingsOut(BaseModel):
@@ -102,6 +95,19 @@ class ContextPreviewResponse(BaseModel):
     operation: str
     prompt: str = Field(description="The exact prompt text, chat template applied.")
     messages: list[dict[str, str]] = Field(description="The messages before the template.")
+    context_metadata: AssemblyReport
+
+
+class ContextWarmResponse(BaseModel):
+    """A story made ready ahead of time: its context distilled and its prompt processed, so
+    the model's prefix cache holds its shared block."""
+
+    operation: str
+    model: str
+    shared_prefix_tokens: int = Field(description="Tokens of the story's shared block.")
+    usage: Usage = Field(description="The one-token generation that processed the prompt; "
+                         "prompt_tokens_details.cached_tokens says how much was warm already.")
+    timings: TimingsOut
     context_metadata: AssemblyReport
 
 

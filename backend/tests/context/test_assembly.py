@@ -12,20 +12,22 @@ from app.llm.fake import FakeGenerator
 from app.schemas.context import Priority, StructuredContext
 
 FAKE = FakeGenerator()
-ALL = frozenset(Layer)
 
 
-def task(agent="writer", text="Write the next chapter.", layers=ALL):
-    return AgentTask(agent=agent, role=f"You are the {agent}.", task=text, layers=layers)
+def task(agent="writer", text="Write the next chapter.", **kw):
+    return AgentTask(agent=agent, role=f"You are the {agent}.", task=text, **kw)
 
 
 def sentences(n: int, word: str = "word") -> str:
     return " ".join(f"The {word} number {i} was here." for i in range(n))
 
 
-def run(context: StructuredContext, *, window=8192, max_tokens=256, agent_task=None, **kw):
-    return assemble(flatten(context), agent_task or task(), counter=FAKE, settings=Settings(),
-                    n_ctx=window, model="fake", max_tokens=max_tokens, **kw)
+def run(context: StructuredContext, *, window=8192, max_tokens=256, agent_task=None,
+        completion_reserve=None, extra=()):
+    """Assemble; the completion reserve defaults to ``max_tokens`` (the request's own)."""
+    return assemble([*flatten(context), *extra], agent_task or task(), counter=FAKE,
+                    settings=Settings(), n_ctx=window, model="fake", max_tokens=max_tokens,
+                    completion_reserve=completion_reserve or max_tokens)
 
 
 def by_id(report):
@@ -91,8 +93,9 @@ def test_high_priority_overflow_is_a_4xx_with_numbers():
 
 def test_request_cap_is_respected():
     chapters = [{"number": 1, "content": sentences(500)}]
-    result = run(StructuredContext.model_validate({"chapters": chapters}),
-                 max_context_tokens=1500, max_tokens=300)
+    result = assemble(flatten(StructuredContext.model_validate({"chapters": chapters})), task(),
+                      counter=FAKE, settings=Settings(), n_ctx=8192, model="fake",
+                      max_tokens=300, completion_reserve=300, max_context_tokens=1500)
     assert result.report.window_tokens == 1500
     assert result.report.prompt_tokens + 300 <= 1500
 
@@ -100,32 +103,83 @@ def test_request_cap_is_respected():
 def test_agents_on_the_same_story_share_the_system_message():
     context = StructuredContext.model_validate({
         "plot_elements": [{"type": "plot_point", "content": "The dragon wakes."}],
-        "chapters": [{"number": 1, "content": sentences(20)}],
+        "chapters": [{"number": n, "content": sentences(200, f"ch{n}")} for n in (1, 2, 3)],
     })
-    writer = run(context, agent_task=task("writer", "Write chapter 2."))
-    editor = run(context, agent_task=task("editor", "Review chapter 1."), max_tokens=600)
-    assert writer.messages[0] == editor.messages[0]
-    assert writer.messages[-1] != editor.messages[-1]
-    assert writer.messages[-1].content.endswith("Write chapter 2.")
+    # A window the story overflows: the trimming must not depend on the agent's max_tokens.
+    writer = run(context, window=4000, agent_task=task("writer", "Write chapter 4."),
+                 max_tokens=600, completion_reserve=600)
+    rater = run(context, window=4000, agent_task=task("rater", "Rate it."), max_tokens=100,
+                completion_reserve=600)
+    assert writer.messages[0] == rater.messages[0]
+    assert writer.messages[-1] != rater.messages[-1]
+    assert writer.messages[-1].content.endswith("Write chapter 4.")
+    assert any(e.fate is not Fate.kept for e in writer.report.elements)  # it did overflow
+    for report in (writer.report, rater.report):
+        assert report.shared_block_note is None
+        assert report.completion_reserve_tokens == 600
+        assert report.shared_prefix_tokens == FAKE.count_prefix_tokens(writer.messages, 1) > 0
+    assert writer.report.shared_prefix_tokens == rater.report.shared_prefix_tokens
 
 
-def test_excluded_and_unread_layers_are_reported_as_dropped():
+def test_a_request_needing_more_than_the_reserves_trims_further_and_says_so():
     context = StructuredContext.model_validate({
-        "plot_elements": [{"type": "world", "content": "Magic is rare."}],
-        "chapters": [{"number": 1, "content": "Once."}],
-    })
-    result = run(context, agent_task=task(layers=frozenset({Layer.plot_world})),
-                 exclude=frozenset({"plot_elements[0]"}))
-    fates = by_id(result.report)
-    assert fates["plot_elements[0]"].fate is Fate.dropped
-    assert "task" in fates["plot_elements[0]"].reason
-    assert "does not read the recent_story layer" in fates["chapters[0]"].reason
+        "chapters": [{"number": n, "content": sentences(200, f"ch{n}")} for n in (1, 2, 3)]})
+    standard = run(context, window=4000, max_tokens=100, completion_reserve=300)
+    greedy = run(context, window=4000, max_tokens=900, completion_reserve=300)
+    long_task = run(context, window=4000, max_tokens=100, completion_reserve=300,
+                    agent_task=task(text=sentences(120)))
+    assert standard.report.shared_block_note is None
+    assert "above the completion reserve of 300" in greedy.report.shared_block_note
+    assert "above the task reserve" in long_task.report.shared_block_note
+    for smaller in (greedy, long_task):
+        assert len(smaller.messages[0].content) < len(standard.messages[0].content)
+        assert smaller.report.prompt_tokens + smaller.report.max_tokens <= 4000
+
+
+def test_a_chapter_under_review_is_referred_to_where_it_stands():
+    context = StructuredContext.model_validate({"chapters": [
+        {"number": 1, "content": sentences(10, "one")},
+        {"number": 2, "content": sentences(10, "two")}]})
+    review = task("editor", "Review chapter 2 above.", reference="chapters[1]",
+                  inline_task="Review the text below.\n\n" + sentences(10, "two"))
+    result = run(context, agent_task=review)
+    assert result.messages[-1].content.endswith("Review chapter 2 above.")
+    assert sentences(10, "two") in result.messages[0].content  # left in the shared block
+    assert by_id(result.report)["chapters[1]"].fate is Fate.kept
+    plain = run(context, agent_task=task("writer", "Write chapter 3."))
+    assert plain.messages[0] == result.messages[0]
+
+
+def test_a_referenced_chapter_that_did_not_fit_whole_is_quoted_in_the_task_instead():
+    context = StructuredContext.model_validate({"chapters": [
+        {"number": 1, "content": sentences(300, "one")},
+        {"number": 2, "content": sentences(300, "two")}]})
+    review = task("editor", "Review chapter 1 above.", reference="chapters[0]",
+                  inline_task="Review the text below.\n\n" + sentences(300, "one"))
+    result = run(context, window=4000, max_tokens=100, agent_task=review)
+    assert result.messages[-1].content.startswith("You are the editor.\n\nReview the text below")
+    chapter = by_id(result.report)["chapters[0]"]
+    assert chapter.fate is Fate.dropped and "quotes it in full" in chapter.reason
+    assert "The one number 0" not in result.messages[0].content
+
+
+def test_archive_passages_go_after_the_shared_block():
+    context = StructuredContext.model_validate({"chapters": [{"number": 1, "content": "Once."}]})
+    passage = ContextElement(id="archive[0]", kind="archive_passage", layer=Layer.plot_world,
+                             priority=Priority.low, text="The archive remembers the dragon.",
+                             label="archive passage", order=5, heading="From the archive:",
+                             per_request=True)
+    with_passage = run(context, extra=[passage])
+    without = run(context)
+    assert with_passage.messages[0] == without.messages[0]
+    assert "The archive remembers the dragon." in with_passage.messages[-1].content
+    assert by_id(with_passage.report)["archive[0]"].fate is Fate.kept
 
 
 def test_registry_operations_all_have_an_agent_and_role():
     for spec in REGISTRY.values():
         assert spec.agent in {"writer", "editor", "character", "rater", "assistant"}
-        assert spec.role and spec.layers
+        assert spec.role
 
 
 priorities = st.sampled_from(list(Priority))
@@ -138,8 +192,8 @@ element_sets = st.lists(
 
 @hsettings(max_examples=60, deadline=None)
 @given(elements=element_sets, window=st.integers(700, 4000), max_tokens=st.integers(16, 300),
-       chapter_sentences=st.lists(st.integers(1, 80), max_size=4))
-def test_assembly_properties(elements, window, max_tokens, chapter_sentences):
+       reserve=st.integers(16, 600), chapter_sentences=st.lists(st.integers(1, 80), max_size=4))
+def test_assembly_properties(elements, window, max_tokens, reserve, chapter_sentences):
     items = [
         ContextElement(id=f"e{i}", kind="plot_element", layer=layer, priority=priority,
                        text=sentences(n, f"w{i}"), label=f"e{i}", order=i)
@@ -153,7 +207,7 @@ def test_assembly_properties(elements, window, max_tokens, chapter_sentences):
     ]
     try:
         result = assemble(items, task(), counter=FAKE, settings=Settings(), n_ctx=window,
-                          model="fake", max_tokens=max_tokens)
+                          model="fake", max_tokens=max_tokens, completion_reserve=reserve)
     except ContextLengthExceeded as error:
         high = sum(FAKE.count_tokens(e.render()) for e in items if e.priority is Priority.high)
         assert error.details["needed_tokens"] > error.details["available_tokens"] or high
@@ -174,7 +228,11 @@ def test_assembly_properties(elements, window, max_tokens, chapter_sentences):
             if a.layer == b.layer and a.priority.value == "low" and b.priority.value != "low":
                 if fates[b.id].fate is not Fate.kept:
                     assert fates[a.id].fate is Fate.dropped
-    # deterministic
+    # deterministic, and the shared block does not depend on the agent's own max_tokens
     again = assemble(items, task(), counter=FAKE, settings=Settings(), n_ctx=window,
-                     model="fake", max_tokens=max_tokens)
+                     model="fake", max_tokens=max_tokens, completion_reserve=reserve)
     assert again.messages == result.messages
+    if report.shared_block_note is None and max_tokens > 16:
+        other = assemble(items, task("rater", "Rate it."), counter=FAKE, settings=Settings(),
+                         n_ctx=window, model="fake", max_tokens=16, completion_reserve=reserve)
+        assert other.messages[0] == result.messages[0]

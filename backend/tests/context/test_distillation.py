@@ -14,6 +14,8 @@ from app.context.elements import ContextElement, Layer
 from app.context.report import Fate
 from app.context.summaries import SUMMARIZER_ROLE, Distiller, SummaryCache
 from app.llm.fake import FakeGenerator
+from app.llm.scheduler import Scheduler
+from app.observability.metrics import Metrics
 from app.schemas.context import Priority
 from app.schemas.requests import GenerateChapterRequest
 
@@ -41,18 +43,22 @@ def story(chapters: int, sentences: int) -> dict:
         "max_tokens": 200}
 
 
-@pytest.fixture
-def runner(tmp_path):
-    settings = Settings(summary_cache_dir=tmp_path / "cache")
+def make_runner(settings: Settings) -> AgentRunner:
+    """A runner on a fresh fake model over the summary cache in ``SUMMARY_CACHE_DIR``."""
     generator = FakeGenerator(replies=[summarizer], context_window=4096)
     cache = SummaryCache(settings.summary_cache_dir, settings.summary_cache_max_bytes, "fake")
-    return AgentRunner(settings, generator, distiller=Distiller(generator, cache, settings))
+    return AgentRunner(settings, generator, Scheduler(8, 60), Metrics(), summary_cache=cache)
+
+
+@pytest.fixture
+def runner(tmp_path):
+    return make_runner(Settings(summary_cache_dir=tmp_path / "cache"))
 
 
 async def test_older_chapters_are_distilled_newest_kept_and_cached(runner):
     request = GenerateChapterRequest.model_validate(story(chapters=6, sentences=60))
     spec = REGISTRY["generate-chapter"]
-    first = await runner.prepare(spec, request)
+    first = await runner.preview(spec, request)
     report = first.prompt.report
     assert report.prompt_tokens + 200 <= 4096
     fates = {e.id: e for e in report.elements}
@@ -71,29 +77,27 @@ async def test_older_chapters_are_distilled_newest_kept_and_cached(runner):
     assert system.index("### Summary of chapter") < system.index("### Chapter 6: Part 6")
 
     calls = len(runner.generator.calls)
-    again = await runner.prepare(spec, request)
+    again = await runner.preview(spec, request)
     assert len(runner.generator.calls) == calls  # served from the summary cache
     assert again.prompt.report.distillation.llm_calls == 0
-    assert again.prompt.report.distillation.cache_hits == len(report.summaries)
+    made = [s for s in report.summaries if s.strategy != "excerpt"]  # excerpts are no summary
+    assert again.prompt.report.distillation.cache_hits == len(made)
     assert again.prompt.messages == first.prompt.messages
 
 
 async def test_cache_survives_a_restart(runner, tmp_path):
     request = GenerateChapterRequest.model_validate(story(chapters=5, sentences=60))
     spec = REGISTRY["generate-chapter"]
-    await runner.prepare(spec, request)
-    settings = runner.settings
-    generator = FakeGenerator(replies=[summarizer], context_window=4096)
-    cache = SummaryCache(settings.summary_cache_dir, settings.summary_cache_max_bytes, "fake")
-    fresh = AgentRunner(settings, generator, distiller=Distiller(generator, cache, settings))
-    prepared = await fresh.prepare(spec, request)
-    assert generator.calls == []
+    await runner.preview(spec, request)
+    fresh = make_runner(runner.settings)
+    prepared = await fresh.preview(spec, request)
+    assert fresh.generator.calls == []
     assert prepared.prompt.report.distillation.llm_calls == 0
 
 
 async def test_summaries_of_summaries_when_chapter_summaries_do_not_fit(runner):
     request = GenerateChapterRequest.model_validate(story(chapters=30, sentences=25))
-    prepared = await runner.prepare(REGISTRY["generate-chapter"], request)
+    prepared = await runner.preview(REGISTRY["generate-chapter"], request)
     report = prepared.prompt.report
     assert max(s.level for s in report.summaries) >= 2
     top = [s for s in report.summaries if s.level >= 2]
@@ -106,7 +110,7 @@ async def test_world_elements_are_distilled_not_dropped(runner):
     body = {"structured_context": {"plot_elements": [
         {"type": "world", "content": f"Rule {i}: " + "magic costs memory. " * 120,
          "priority": "low" if i else "high"} for i in range(12)]}, "max_tokens": 200}
-    prepared = await runner.prepare(REGISTRY["generate-chapter"],
+    prepared = await runner.preview(REGISTRY["generate-chapter"],
                                     GenerateChapterRequest.model_validate(body))
     fates = {e.id: e for e in prepared.prompt.report.elements}
     assert fates["plot_elements[0]"].fate is Fate.kept  # high priority stays whole
@@ -168,11 +172,11 @@ class DictLookup:
 
 
 def assemble_fully(items, window, max_tokens, lookup):
-    task = AgentTask(agent="writer", role="You are the writer.", task="Write on.",
-                     layers=frozenset(Layer))
+    task = AgentTask(agent="writer", role="You are the writer.", task="Write on.")
     for _ in range(8):
         result = assemble(items, task, counter=FAKE, settings=Settings(), n_ctx=window,
-                          model="fake", max_tokens=max_tokens, summaries=lookup)
+                          model="fake", max_tokens=max_tokens, completion_reserve=max_tokens,
+                          summaries=lookup)
         if not result.missing:
             return result
         for job in result.missing:

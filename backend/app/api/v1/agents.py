@@ -22,6 +22,7 @@ from app.api.sse import DONE, META, PROGRESS, TOKEN, sse_response
 from app.llm.protocol import Completion, TokenDelta
 from app.schemas import requests as rq
 from app.schemas import responses as rs
+from app.schemas.usage import Usage
 from app.state import Services, get_services
 
 router = APIRouter(tags=["agents"])
@@ -73,22 +74,13 @@ ENDPOINTS: dict[str, tuple[type[rq.AgentRequest], type[BaseModel], Payload]] = {
 }
 
 
-def usage(completion: Completion) -> dict[str, int]:
-    """The usage block of a completion."""
-    return {
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-    }
-
-
 def generation_info(result: AgentResult) -> dict[str, Any]:
     """The fields every agent response shares."""
     completion = result.completion
     return {
         "model": result.report.model,
         "finish_reason": completion.finish_reason,
-        "usage": usage(completion),
+        "usage": Usage.of(completion),
         "timings": asdict(completion.timings),
         "attempts": result.attempts,
         "context_metadata": result.report,
@@ -110,7 +102,7 @@ async def _events(items: AsyncIterator[Any]) -> AsyncIterator[tuple[str, dict[st
                 yield DONE, {
                     "text": item.text.strip(),
                     "finish_reason": item.finish_reason,
-                    "usage": usage(item),
+                    "usage": Usage.of(item).model_dump(),
                     "timings": asdict(item.timings),
                 }
     finally:
@@ -140,7 +132,7 @@ def _register(operation: str) -> None:
 
     async def stream(body: request_model, services: Services = Depends(get_services)):  # type: ignore[valid-type]
         items = await services.require_runner().stream(spec, body)
-        return sse_response(_events(items), services.settings.sse_ping_seconds, services.streams)
+        return sse_response(_events(items), services.settings, services.streams)
 
     stream.__name__ = f"{run.__name__}_stream"
     router.add_api_route(

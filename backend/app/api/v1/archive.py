@@ -18,7 +18,6 @@ from starlette.datastructures import UploadFile
 from app.api.sse import DONE, META, TOKEN, sse_response
 from app.archive import rag
 from app.errors import DocumentTooLarge, InvalidRequest
-from app.llm.admission import in_turn
 from app.llm.protocol import Completion, TokenDelta
 from app.schemas.archive import (
     ArchiveStats,
@@ -33,6 +32,7 @@ from app.schemas.archive import (
     SearchResponse,
 )
 from app.schemas.responses import ErrorResponse
+from app.schemas.usage import Usage
 from app.state import Services, get_services
 
 router = APIRouter(prefix="/archive", tags=["archive"])
@@ -94,9 +94,7 @@ async def upload(request: Request, services: Services = Depends(get_services)) -
 async def rag_query(body: RagQueryRequest,
                     services: Services = Depends(get_services)) -> RagAnswer:
     """Answer a question from the archive's passages, citing them as [n]."""
-    generator = services.require_runner().generator
-    async with services.admission.reserve():
-        return await rag.answer(services.require_archive(), generator, body)
+    return await services.require_runner().rag_answer(services.require_archive(), body)
 
 
 @router.post("/rag/chat", responses={
@@ -105,11 +103,9 @@ async def rag_query(body: RagQueryRequest,
 async def rag_chat(body: RagChatRequest, services: Services = Depends(get_services)):
     """A conversation answered from the archive, streamed as Server-Sent Events: ``meta``
     (the numbered sources), ``token`` (text as produced), then ``done`` or ``error``."""
-    generator = services.require_runner().generator
-    grounding = await rag.prepare_chat(services.require_archive(), generator, body)
-    ticket = services.admission.reserve()  # a full queue is a 503 before the stream starts
-    events = _chat_events(grounding, in_turn(ticket, rag.stream_chat(generator, grounding)))
-    return sse_response(events, services.settings.sse_ping_seconds, services.streams)
+    runner = services.require_runner()
+    grounding, items = await runner.rag_chat(services.require_archive(), body)
+    return sse_response(_chat_events(grounding, items), services.settings, services.streams)
 
 
 async def _chat_events(grounding: rag.Grounding,
@@ -123,7 +119,7 @@ async def _chat_events(grounding: rag.Grounding,
                 text = item.text.strip()
                 yield DONE, {"text": text, "cited": rag.cited(text, grounding.sources),
                              "finish_reason": item.finish_reason,
-                             "usage": rag.usage(item).model_dump(),
+                             "usage": Usage.of(item).model_dump(),
                              "timings": asdict(item.timings)}
     finally:
         await items.aclose()  # type: ignore[attr-defined]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+import anyio
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
@@ -30,7 +29,7 @@ async def health(services: Services = Depends(get_services)) -> HealthResponse:
 
 async def _not_ready_reasons(services: Services) -> list[str]:
     reasons = []
-    if services.admission.draining:
+    if services.scheduler.draining:
         reasons.append("draining")
     if services.model.status == "loading":
         reasons.append("model_loading")
@@ -41,7 +40,8 @@ async def _not_ready_reasons(services: Services) -> list[str]:
         reasons.append(f"archive_{archive.status}")
     elif archive.archive is not None:
         try:
-            await asyncio.to_thread(archive.archive.store.check)
+            # anyio's worker threads: archive uploads fill the default pool, never these
+            await anyio.to_thread.run_sync(archive.archive.store.check)
         except WriterAssistantError:  # unreachable, or the collection no longer opens
             reasons.append("archive_unreachable")
     return reasons

@@ -23,7 +23,7 @@ class TokenCountRequest(_Strict):
     texts: list[Text] | None = Field(default=None, max_length=MAX_ELEMENTS)
 
     @model_validator(mode="after")
-    def _one_of(self) -> "TokenCountRequest":
+    def _one_of(self) -> TokenCountRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of text or texts")
         return self
@@ -41,8 +41,9 @@ class TokenValidateRequest(TokenCountRequest):
 @router.post("/count", response_model=TokenCountResponse)
 async def count_tokens(body: TokenCountRequest, services: Services = Depends(get_services)):
     """Count tokens of one text or of each of several texts (no special tokens)."""
-    generator = services.require_runner().generator
-    counts = [generator.count_tokens(text) for text in body.all_texts()]
+    runner = services.require_runner()
+    generator = runner.generator
+    counts = await runner.count_tokens(body.all_texts())
     single = body.text is not None
     return TokenCountResponse(
         model=generator.model_name,
@@ -55,8 +56,9 @@ async def count_tokens(body: TokenCountRequest, services: Services = Depends(get
 @router.post("/validate", response_model=TokenValidateResponse)
 async def validate_tokens(body: TokenValidateRequest, services: Services = Depends(get_services)):
     """Whether the texts together fit ``budget_tokens`` tokens."""
-    generator = services.require_runner().generator
-    total = sum(generator.count_tokens(text) for text in body.all_texts())
+    runner = services.require_runner()
+    generator = runner.generator
+    total = sum(await runner.count_tokens(body.all_texts()))
     budget = body.budget_tokens or generator.n_ctx
     return TokenValidateResponse(
         model=generator.model_name, total_tokens=total, budget_tokens=budget,
