@@ -28,9 +28,11 @@ from pathlib import Path
 from app.agents.registry import REGISTRY
 from app.agents.runner import AgentRunner
 from app.config import Settings
-from app.context.summaries import SUMMARIZER_ROLE, Distiller, SummaryCache
+from app.context.summaries import SUMMARIZER_ROLE, SummaryCache
 from app.llm.llama import LlamaRuntime
 from app.llm.protocol import Completion
+from app.llm.scheduler import Scheduler
+from app.observability.metrics import Metrics
 from app.schemas.requests import GenerateChapterRequest
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
@@ -72,12 +74,14 @@ class StandInSummarizer:
     def __getattr__(self, name: str):
         return getattr(self.runtime, name)
 
-    async def generate(self, messages, params):
+    async def stream(self, messages, params, prefix=None):
         if not messages[0].content.startswith(SUMMARIZER_ROLE):
-            return await self.runtime.generate(messages, params)
+            async for item in self.runtime.stream(messages, params, prefix):
+                yield item
+            return
         text = messages[-1].content.split("Text:\n", 1)[1]
         words = text.split()[: int(params.max_tokens * 0.6)]
-        return Completion(" ".join(words), 0, len(words), "stop")
+        yield Completion(" ".join(words), 0, len(words), "stop")
 
 
 async def measure(runtime: LlamaRuntime, sizes: list[int], warm_only: bool) -> None:
@@ -93,19 +97,19 @@ async def measure(runtime: LlamaRuntime, sizes: list[int], warm_only: bool) -> N
         })
         story_tokens = sum(runtime.count_tokens(c["content"]) for c in chapters)
         with tempfile.TemporaryDirectory() as cache_dir:
-            settings = Settings(summary_cache_dir=Path(cache_dir))
+            settings = Settings(summary_cache_dir=Path(cache_dir), generation_timeout_s=86_400)
             generator = StandInSummarizer(runtime) if warm_only else runtime
             cache = SummaryCache(settings.summary_cache_dir, settings.summary_cache_max_bytes,
                                  runtime.model_name)
-            runner = AgentRunner(settings, runtime,
-                                 distiller=Distiller(generator, cache, settings))
+            runner = AgentRunner(settings, generator, Scheduler(8, 3600), Metrics(),
+                                 summary_cache=cache)
             start = time.perf_counter()
-            cold = await runner.prepare(spec, request)
+            cold = await runner.preview(spec, request)
             cold_s = time.perf_counter() - start
             warm_times = []
             for _ in range(5):
                 start = time.perf_counter()
-                warm = await runner.prepare(spec, request)
+                warm = await runner.preview(spec, request)
                 warm_times.append(time.perf_counter() - start)
             cache.close()
         report = cold.prompt.report

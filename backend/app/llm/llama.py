@@ -256,6 +256,7 @@ class LlamaRuntime(GgufTokenizer):
         self._grammars: dict[str, LlamaGrammar] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._owner: str | None = None  # whose prompt the live KV cache holds
+        self._live_block = 0  # tokens of the shared block the live KV cache starts with
         self._rates = _Rates()
 
     @classmethod
@@ -385,46 +386,60 @@ class LlamaRuntime(GgufTokenizer):
         return f"{self.sha256[:16]}:{self.kv_cache_type}:{owner}"
 
     def _prepare_kv(self, tokens: list[int], shared: int, owner: str) -> int:
-        """Make the KV cache hold as much of ``tokens`` as can be had without processing it;
-        snapshot the shared block (its first ``shared`` tokens) when no snapshot holds it yet.
-        Returns the prompt tokens reused (llama-cpp-python always evaluates the last one)."""
+        """Make the KV cache hold the prompt's shared block (its first ``shared`` tokens),
+        reusing what can be had without processing it, and snapshot the block when no
+        snapshot holds it yet. Returns the prompt tokens reused.
+
+        The KV state of a prompt must not depend on what ran before it, or output would
+        depend on the cache (llama.cpp's results differ slightly with how tokens are grouped
+        into batches). So every prompt is evaluated on one schedule: its shared block from
+        position 0 in ``n_batch`` chunks, then the rest from the end of the block. What is
+        reused (the live cache, a snapshot) was computed on that same schedule, and only up
+        to a point where both schedules agree (see :func:`_reusable`). Greedy output is then
+        the same with the cache on, off, or evicting.
+        """
         llama = self._llama
         if owner != self._owner:
             llama.n_tokens = 0  # another tenant's state is never reused
-            self._owner = owner
+            self._owner, self._live_block = owner, 0
+        shared = min(shared, len(tokens) - 1)
         wanted = as_tokens(tokens)
-        usable = len(tokens) - 1
-        live = min(common_prefix(as_tokens(llama.input_ids[: llama.n_tokens]), wanted), usable)
+        n_batch = llama.n_batch
+        live = _reusable(common_prefix(as_tokens(llama.input_ids[: llama.n_tokens]), wanted),
+                         self._live_block, shared, n_batch)
+        base = live
         cache = self.prefix_cache
-        if cache is None or shared < self._min_snapshot_tokens:
-            return live
         namespace = self._namespace(owner)
-        match = cache.best(namespace, wanted)
-        if match is not None and min(match.length, usable) > live and self._worth(match, live):
-            snapshot = cache.get(match)
-            if snapshot is not None and self._restore(snapshot):
-                live = min(match.length, usable)
-        cached = live
-        head = wanted[:shared]
-        if shared <= usable and not cache.contains(namespace, head):
-            if live < shared:
-                llama.n_tokens = live
-                started = time.perf_counter()
-                llama.eval(tokens[live:shared])
-                self._rates.prompt_tokens_per_s = _Rates.follow(
-                    self._rates.prompt_tokens_per_s,
-                    (shared - live) / max(time.perf_counter() - started, 1e-6))
-            else:  # the live cache runs past the shared block; keep only the block
-                llama._ctx.kv_cache_seq_rm(0, shared, -1)
-                llama.n_tokens = shared
-            self._save(namespace, head)
-        return cached
+        snapshot_worthy = cache is not None and shared >= self._min_snapshot_tokens
+        if snapshot_worthy:
+            assert cache is not None
+            match = cache.best(namespace, wanted)
+            if match is not None:
+                usable = _reusable(match.length, match.tokens, shared, n_batch)
+                if usable > live and self._worth(match, usable - live):
+                    snapshot = cache.get(match)
+                    if snapshot is not None and self._restore(snapshot):
+                        base = usable
+        llama.n_tokens = base
+        if base < shared:
+            started = time.perf_counter()
+            llama.eval(tokens[base:shared])
+            self._rates.prompt_tokens_per_s = _Rates.follow(
+                self._rates.prompt_tokens_per_s,
+                (shared - base) / max(time.perf_counter() - started, 1e-6))
+        llama._ctx.kv_cache_seq_rm(0, shared, -1)  # the rest is evaluated from the block's end
+        self._live_block = shared
+        if snapshot_worthy and cache is not None and not cache.contains(namespace,
+                                                                        wanted[:shared]):
+            self._save(namespace, wanted[:shared])
+        return base
 
-    def _worth(self, match: Match, live: int) -> bool:
-        """Whether restoring ``match`` is faster than processing the tokens it adds."""
+    def _worth(self, match: Match, gain: int) -> bool:
+        """Whether restoring ``match`` is faster than processing the ``gain`` tokens it
+        adds to what the live cache holds."""
         rates = self._rates
         speed = rates.restore_bytes_per_s if match.tier == "memory" else rates.disk_bytes_per_s
-        return match.nbytes / speed < (match.length - live) / rates.prompt_tokens_per_s
+        return match.nbytes / speed < gain / rates.prompt_tokens_per_s
 
     def _save(self, namespace: str, tokens: Any) -> None:
         """Snapshot sequence 0 of the KV cache (which holds exactly ``tokens``)."""
@@ -515,7 +530,7 @@ class LlamaRuntime(GgufTokenizer):
                     break
         except Exception as error:  # noqa: BLE001 - crosses the thread boundary as an event
             logger.exception("generation failed")
-            self._llama.n_tokens = 0  # the KV cache may be half-written: trust none of it
+            self._llama.n_tokens, self._live_block = 0, 0  # the KV cache may be half-written
             emit(("error", error))
             return
         if cancel.is_set():
@@ -523,6 +538,22 @@ class LlamaRuntime(GgufTokenizer):
         elif finish_reason == "stop" and sampled:
             sampled -= 1  # the end-of-generation token was sampled but is not output
         emit(("done", (finish_reason, sampled, cached)))
+
+
+def _reusable(match: int, block: int, shared: int, n_batch: int) -> int:
+    """Tokens of a KV prefix that a prompt may reuse without its output changing.
+
+    The prefix was computed for a shared block of ``block`` tokens (from position 0, in
+    ``n_batch`` chunks) and agrees with the prompt for ``match`` tokens; the prompt's own
+    shared block is ``shared`` tokens. All of it when the blocks are the same; otherwise up
+    to the last chunk boundary both computations share, since the chunk a token was computed
+    in changes its KV values slightly.
+    """
+    if shared <= 0:
+        return 0
+    if block == shared and match >= shared:
+        return shared
+    return min(match, block, shared) // n_batch * n_batch
 
 
 async def _wait_uncancellable(future: asyncio.Future[Any]) -> None:
