@@ -256,7 +256,7 @@ class LlamaRuntime(GgufTokenizer):
         self._grammars: dict[str, LlamaGrammar] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._owner: str | None = None  # whose prompt the live KV cache holds
-        self._live_block = 0  # tokens of the shared block the live KV cache starts with
+        self._live = _Schedule(0, 0)  # the schedule the live KV cache was computed on
         self._rates = _Rates()
 
     @classmethod
@@ -386,52 +386,66 @@ class LlamaRuntime(GgufTokenizer):
         return f"{self.sha256[:16]}:{self.kv_cache_type}:{owner}"
 
     def _prepare_kv(self, tokens: list[int], shared: int, owner: str) -> int:
-        """Make the KV cache hold the prompt's shared block (its first ``shared`` tokens),
-        reusing what can be had without processing it, and snapshot the block when no
-        snapshot holds it yet. Returns the prompt tokens reused.
+        """Make the KV cache hold every prompt token but the last, reusing what can be had
+        without processing it, and snapshot the shared block (the first ``shared`` tokens)
+        when no snapshot holds it yet. Returns the prompt tokens reused.
 
         The KV state of a prompt must not depend on what ran before it, or output would
-        depend on the cache (llama.cpp's results differ slightly with how tokens are grouped
-        into batches). So every prompt is evaluated on one schedule: its shared block from
-        position 0 in ``n_batch`` chunks, then the rest from the end of the block. What is
-        reused (the live cache, a snapshot) was computed on that same schedule, and only up
-        to a point where both schedules agree (see :func:`_reusable`). Greedy output is then
-        the same with the cache on, off, or evicting.
+        depend on the cache: llama.cpp's results differ slightly with how tokens are grouped
+        into batches. So every prompt is evaluated on one :class:`_Schedule`, and what is
+        reused (the live cache, a snapshot) was computed on a schedule that agrees with it up
+        to the point reused. Greedy output is then the same with the cache on, off, or
+        evicting, and a repeated prompt reuses all of itself.
         """
         llama = self._llama
         if owner != self._owner:
             llama.n_tokens = 0  # another tenant's state is never reused
-            self._owner, self._live_block = owner, 0
-        shared = min(shared, len(tokens) - 1)
+            self._owner, self._live = owner, _Schedule(0, 0)
+        last = len(tokens) - 1
+        schedule = _Schedule(min(shared, last), last)
+        shared = schedule.shared
         wanted = as_tokens(tokens)
         n_batch = llama.n_batch
-        live = _reusable(common_prefix(as_tokens(llama.input_ids[: llama.n_tokens]), wanted),
-                         self._live_block, shared, n_batch)
+        live = schedule.reusable(
+            common_prefix(as_tokens(llama.input_ids[: llama.n_tokens]), wanted), self._live,
+            n_batch)
         base = live
         cache = self.prefix_cache
         namespace = self._namespace(owner)
         snapshot_worthy = cache is not None and shared >= self._min_snapshot_tokens
-        if snapshot_worthy:
-            assert cache is not None
+        if snapshot_worthy and cache is not None and live < shared:
             match = cache.best(namespace, wanted)
             if match is not None:
-                usable = _reusable(match.length, match.tokens, shared, n_batch)
+                usable = schedule.reusable(match.length, _Schedule(match.tokens, match.tokens),
+                                           n_batch)
                 if usable > live and self._worth(match, usable - live):
                     snapshot = cache.get(match)
                     if snapshot is not None and self._restore(snapshot):
                         base = usable
-        llama.n_tokens = base
+        self._live = _Schedule(0, 0)  # until the KV cache holds this prompt's schedule
         if base < shared:
+            llama.n_tokens = base
             started = time.perf_counter()
             llama.eval(tokens[base:shared])
             self._rates.prompt_tokens_per_s = _Rates.follow(
                 self._rates.prompt_tokens_per_s,
                 (shared - base) / max(time.perf_counter() - started, 1e-6))
-        llama._ctx.kv_cache_seq_rm(0, shared, -1)  # the rest is evaluated from the block's end
-        self._live_block = shared
+        elif base > shared:
+            llama.n_tokens = base
         if snapshot_worthy and cache is not None and not cache.contains(namespace,
                                                                         wanted[:shared]):
+            # the block is saved alone (a reused suffix past it is dropped)
+            base = min(base, shared)
+            llama.n_tokens = shared
+            llama._ctx.kv_cache_seq_rm(0, shared, -1)
             self._save(namespace, wanted[:shared])
+        start = max(base, shared)
+        if start < last:
+            llama.n_tokens = start
+            llama.eval(tokens[start:last])
+        llama.n_tokens = last
+        llama._ctx.kv_cache_seq_rm(0, last, -1)  # generate evaluates the last token alone
+        self._live = schedule
         return base
 
     def _worth(self, match: Match, gain: int) -> bool:
@@ -530,7 +544,7 @@ class LlamaRuntime(GgufTokenizer):
                     break
         except Exception as error:  # noqa: BLE001 - crosses the thread boundary as an event
             logger.exception("generation failed")
-            self._llama.n_tokens, self._live_block = 0, 0  # the KV cache may be half-written
+            self._llama.n_tokens, self._live = 0, _Schedule(0, 0)  # it may be half-written
             emit(("error", error))
             return
         if cancel.is_set():
@@ -540,20 +554,30 @@ class LlamaRuntime(GgufTokenizer):
         emit(("done", (finish_reason, sampled, cached)))
 
 
-def _reusable(match: int, block: int, shared: int, n_batch: int) -> int:
-    """Tokens of a KV prefix that a prompt may reuse without its output changing.
-
-    The prefix was computed for a shared block of ``block`` tokens (from position 0, in
-    ``n_batch`` chunks) and agrees with the prompt for ``match`` tokens; the prompt's own
-    shared block is ``shared`` tokens. All of it when the blocks are the same; otherwise up
-    to the last chunk boundary both computations share, since the chunk a token was computed
-    in changes its KV values slightly.
+@dataclass(frozen=True)
+class _Schedule:
+    """How a prompt's KV state is computed: its first ``shared`` tokens (the shared block)
+    from position 0 in ``n_batch`` chunks, then the tokens up to ``last`` (all but the final
+    one) in ``n_batch`` chunks from the end of the block; the final token is evaluated alone
+    (by llama-cpp-python's ``generate``). A snapshot is a schedule with ``last == shared``.
     """
-    if shared <= 0:
-        return 0
-    if block == shared and match >= shared:
-        return shared
-    return min(match, block, shared) // n_batch * n_batch
+
+    shared: int
+    last: int
+
+    def boundaries(self, n_batch: int) -> list[int]:
+        """Positions where one of its chunks ends (and the next starts), descending."""
+        block = [*range(0, self.shared, n_batch), self.shared]
+        rest = [*range(self.shared + n_batch, self.last, n_batch), self.last]
+        return sorted({*block, *rest}, reverse=True)
+
+    def reusable(self, match: int, other: _Schedule, n_batch: int) -> int:
+        """Tokens of KV state computed on ``other`` that this prompt may reuse, given that
+        the two agree on their first ``match`` tokens: up to the last chunk boundary both
+        schedules share (the chunk a token was computed in changes its KV values slightly)."""
+        theirs = set(other.boundaries(n_batch))
+        limit = min(match, other.last, self.last)
+        return next((b for b in self.boundaries(n_batch) if b <= limit and b in theirs), 0)
 
 
 async def _wait_uncancellable(future: asyncio.Future[Any]) -> None:

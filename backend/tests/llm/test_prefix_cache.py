@@ -82,3 +82,20 @@ def test_a_snapshot_evicted_from_memory_is_still_on_disk(tmp_path):
     assert match is not None and match.tier == "disk"
     assert cache.get(match) is not None
     cache.close()
+
+
+def test_reuse_stops_where_the_evaluation_schedules_part():
+    from app.llm.llama import _Schedule
+
+    prompt = _Schedule(shared=5952, last=6043)
+    # the same prompt again: all but the last token (generate evaluates it alone)
+    assert prompt.reusable(6044, _Schedule(5952, 6043), 512) == 6043
+    # another agent on the same story: the shared block
+    assert prompt.reusable(5960, _Schedule(5952, 6040), 512) == 5952
+    # a snapshot of the block
+    assert prompt.reusable(5952, _Schedule(5952, 5952), 512) == 5952
+    # a longer story's state agrees only up to its last whole chunk before the difference
+    assert prompt.reusable(6000, _Schedule(6400, 6500), 512) == 11 * 512
+    # nothing shared, no prompt state
+    assert prompt.reusable(0, _Schedule(5952, 6043), 512) == 0
+    assert _Schedule(0, 900).reusable(700, _Schedule(0, 1000), 512) == 512

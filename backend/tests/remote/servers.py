@@ -114,7 +114,8 @@ class Upstream:
     ``503``) answers that status with ``Retry-After``. ``tokenize_offset`` is added to every
     count of a non-empty text (a server that serves another model). ``dialect`` is
     ``llama-cpp-python`` (``/extras/tokenize``), ``llama-server`` (``/tokenize`` and
-    ``/props``) or anything else (no tokenize endpoint).
+    ``/props``) or anything else (no tokenize endpoint). ``usage``, when set, is sent in a last
+    chunk with no choices (OpenAI's ``stream_options.include_usage``).
     """
 
     mode: str = "ok"
@@ -126,6 +127,7 @@ class Upstream:
     requests: list[dict] = field(default_factory=list)
     authorization: list[str] = field(default_factory=list)
     streams_closed: int = 0
+    usage: dict | None = None
 
 
 def _chunk(content: str | None = None, finish: str | None = None) -> str:
@@ -191,6 +193,10 @@ def fake_upstream(state: Upstream) -> Starlette:
                 raise ConnectionResetError("the fake upstream drops the connection")
             if state.mode != "nofinish":
                 yield _chunk(finish="stop")
+            if state.usage is not None:
+                yield "data: " + json.dumps({"id": "x", "object": "chat.completion.chunk",
+                                             "created": 0, "model": "fake-model", "choices": [],
+                                             "usage": state.usage}) + "\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

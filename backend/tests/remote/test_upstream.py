@@ -43,6 +43,19 @@ def test_generates_through_the_upstream(fake_app, script):
     assert sent["messages"][0]["role"] == "system"
 
 
+def test_the_servers_cached_prompt_tokens_are_passed_through(fake_app, script):
+    script.usage = {"prompt_tokens": 120, "completion_tokens": 3, "total_tokens": 123,
+                    "prompt_tokens_details": {"cached_tokens": 96}}
+    try:
+        response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
+    finally:
+        script.usage = None
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    assert usage["prompt_tokens"] == 120
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 96}
+
+
 def test_json_agents_ask_for_the_schema_the_way_the_server_takes_it(fake_app, script):
     script.pieces = ['{"suggestions": [{"issue": "Flat.", ', '"suggestion": "Add smell.", ',
                      '"priority": "high"}]}']
