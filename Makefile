@@ -19,7 +19,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench ingest
+.PHONY: install serve test bench bench-generation bench-kv ingest
 
 install: $(STAMP)
 
@@ -37,8 +37,17 @@ serve: install
 test: install
 	cd backend && ../$(BIN)/python -m pytest
 
+# An author's sequence of agents on one story, two stories interleaved, cold then warm, with
+# the prefix KV state cache on, off and with a q8_0 KV cache (about 12 minutes on 2 cores).
 bench: install
+	cd backend && ../$(BIN)/python -m bench.bench_agents
+
+bench-generation: install
 	cd backend && ../$(BIN)/python -m bench.bench_generation
+
+# Ways to keep several story prefixes warm in raw llama-cpp-python (about 5 minutes).
+bench-kv: install
+	cd backend && ../$(BIN)/python -m bench.bench_kv_state
 
 # The whole corpus into the archive (backend/data/archive), with a progress bar.
 ingest: install

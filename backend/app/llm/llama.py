@@ -461,12 +461,13 @@ class LlamaRuntime(GgufTokenizer):
         started = time.perf_counter()
         ctx = self._llama._ctx.ctx
         size = llama_cpp.llama_state_seq_get_size(ctx, 0)
-        buffer = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        state = bytearray(size)  # llama.cpp writes into it directly: no second copy
+        written = llama_cpp.llama_state_seq_get_data(
+            ctx, (ctypes.c_uint8 * size).from_buffer(state), size, 0)
         if not written:
             logger.warning("prefix cache: llama.cpp gave no state to snapshot")
             return
-        state = bytes(memoryview(buffer)[:written])
+        del state[written:]
         self.prefix_cache.put(namespace, Snapshot(as_tokens(tokens).copy(), state),
                               time.perf_counter() - started)
 
@@ -476,8 +477,9 @@ class LlamaRuntime(GgufTokenizer):
         llama = self._llama
         started = time.perf_counter()
         llama._ctx.kv_cache_seq_rm(0, 0, -1)
-        state = (ctypes.c_uint8 * len(snapshot.state)).from_buffer_copy(snapshot.state)
-        if not llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, state, len(snapshot.state), 0):
+        size = len(snapshot.state)
+        state = (ctypes.c_uint8 * size).from_buffer(snapshot.state)  # read only, never copied
+        if not llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, state, size, 0):
             logger.warning("prefix cache: llama.cpp refused a snapshot; processing instead")
             llama._ctx.kv_cache_seq_rm(0, 0, -1)
             llama.n_tokens = 0

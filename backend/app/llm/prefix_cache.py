@@ -53,10 +53,12 @@ def common_prefix(a: Tokens, b: Tokens) -> int:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The model's KV state after ``tokens`` (opaque ``state`` bytes from the backend)."""
+    """The model's KV state after ``tokens``: opaque ``state`` bytes from the backend, in a
+    ``bytearray`` so llama.cpp can write and read them in place (nothing ever changes them
+    once saved)."""
 
     tokens: Tokens
-    state: bytes
+    state: bytearray
 
     @property
     def nbytes(self) -> int:
@@ -238,7 +240,7 @@ class PrefixCache:
         crash in between leaves no index entry without a state."""
         assert self._disk is not None
         try:
-            self._disk.set(f"{namespace}/{key}/state", snapshot.state)
+            self._disk.set(f"{namespace}/{key}/state", bytes(snapshot.state))
             self._disk.set(f"{namespace}/{key}/nbytes", snapshot.nbytes)
             self._disk.set(f"{namespace}/{key}/tokens", snapshot.tokens.tobytes())
             with self._lock:
@@ -258,7 +260,7 @@ class PrefixCache:
             with self._lock:  # evicted by diskcache since the index was read
                 self._index.tokens.get(namespace, {}).pop(key, None)
             return None
-        return Snapshot(np.frombuffer(raw, dtype=np.int32).copy(), state)
+        return Snapshot(np.frombuffer(raw, dtype=np.int32).copy(), bytearray(state))
 
     def flush(self) -> None:
         """Wait for pending disk writes."""

@@ -128,12 +128,19 @@ def test_modify_and_flesh_out_stream(http, alice_request):
                                    alice(alice_request, **fields)))
 
 
-def test_editor_review_of_chapter_one_leaves_it_out_of_the_context(http, alice_request):
-    body = http.post("/api/v1/context/preview", json={
+def test_editor_review_of_chapter_one_refers_to_it_where_it_stands(http, alice_request):
+    review = http.post("/api/v1/context/preview", json={
         "operation": "editor-review", "request": alice(alice_request, chapter_number=1)}).json()
-    chapter = next(e for e in body["context_metadata"]["elements"] if e["id"] == "chapters[0]")
-    assert chapter["fate"] == "dropped" and "task" in chapter["reason"]
-    assert "Down the Rabbit-Hole" not in body["prompt"].split("<|im_start|>user")[0]
+    writer = http.post("/api/v1/context/preview", json={
+        "operation": "generate-chapter", "request": alice_request}).json()
+    chapter = next(e for e in review["context_metadata"]["elements"] if e["id"] == "chapters[0]")
+    assert chapter["fate"] == "kept"
+    shared, task = review["prompt"].split("<|im_start|>user", 1)
+    assert "Down the Rabbit-Hole" in shared and "chapter 1 as it stands above" in task
+    # the writer's prompt starts with the same shared block, byte for byte
+    assert writer["prompt"].startswith(shared)
+    assert (review["context_metadata"]["shared_prefix_tokens"]
+            == writer["context_metadata"]["shared_prefix_tokens"])
 
 
 def test_context_too_large_for_the_window_is_400_not_a_crash(http, alice_request):

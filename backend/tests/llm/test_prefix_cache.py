@@ -6,7 +6,7 @@ from app.llm.prefix_cache import PrefixCache, Snapshot, as_tokens, common_prefix
 
 
 def snap(tokens, size=100):
-    return Snapshot(as_tokens(tokens), bytes(size))
+    return Snapshot(as_tokens(tokens), bytearray(size))
 
 
 def test_common_prefix():
@@ -59,7 +59,7 @@ def test_least_recently_used_goes_first_past_the_byte_budget():
 
 def test_the_disk_tier_keeps_snapshots_across_a_restart(tmp_path):
     first = PrefixCache(memory_bytes=10_000, directory=tmp_path, disk_bytes=1 << 20)
-    first.put("n", Snapshot(as_tokens([1, 2, 3]), b"state-bytes"))
+    first.put("n", Snapshot(as_tokens([1, 2, 3]), bytearray(b"state-bytes")))
     first.close()
     again = PrefixCache(memory_bytes=10_000, directory=tmp_path, disk_bytes=1 << 20)
     match = again.best("n", as_tokens([1, 2, 3, 4]))
