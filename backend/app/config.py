@@ -50,7 +50,11 @@ class Settings(BaseSettings):
         default=512, ge=8, le=65536, description="Prompt-processing batch size in tokens."
     )
     llm_flash_attn: bool = Field(
-        default=True, description="Use flash attention (faster prompt processing on CPU too)."
+        default=False,
+        description="Use flash attention. On these 2-core CPUs it processes a cold prompt "
+        "about 20% faster but decodes about 1.8x slower and processes short prompt suffixes "
+        "on a long story 2.5x slower (README benchmark), so it is off by default; "
+        "quantized KV cache types need it.",
     )
     llm_kv_cache_type: Literal["f16", "q8_0", "q4_0", "f32"] = Field(
         default="f16",

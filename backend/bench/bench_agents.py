@@ -107,11 +107,13 @@ from app.config import Settings
 CONFIGS: dict[str, dict[str, str]] = {
     "cache on": {"PREFIX_CACHE_ENABLED": "true"},
     "cache off": {"PREFIX_CACHE_ENABLED": "false"},
-    "cache on, q8_0 KV": {"PREFIX_CACHE_ENABLED": "true", "LLM_KV_CACHE_TYPE": "q8_0"},
+    "cache on, q8_0 KV": {"PREFIX_CACHE_ENABLED": "true", "LLM_KV_CACHE_TYPE": "q8_0",
+                          "LLM_FLASH_ATTN": "true"},
+    "cache on, flash attention": {"PREFIX_CACHE_ENABLED": "true", "LLM_FLASH_ATTN": "true"},
 }
 #: Short names accepted by ``--configs``.
 ALIASES = {"on": "cache on", "off": "cache off", "q8": "cache on, q8_0 KV",
-           "q8_0": "cache on, q8_0 KV"}
+           "q8_0": "cache on, q8_0 KV", "fa": "cache on, flash attention"}
 #: The configuration the others are compared with in the side-by-side table.
 BASELINE = "cache off"
 #: Prefix of the prefix cache's Prometheus series.
@@ -217,7 +219,8 @@ def server_env(config: dict[str, str], data_dir: Path, ram_bytes: int | None) ->
     """The environment of one server: ours, minus settings a configuration sets or that would
     make a fresh server warm (the disk tier), plus the configuration's."""
     env = dict(os.environ)
-    for name in ("PREFIX_CACHE_ENABLED", "LLM_KV_CACHE_TYPE", "PREFIX_CACHE_DIR"):
+    for name in ("PREFIX_CACHE_ENABLED", "LLM_KV_CACHE_TYPE", "PREFIX_CACHE_DIR",
+                 "LLM_FLASH_ATTN"):
         env.pop(name, None)
     env.update(
         SUMMARY_CACHE_DIR=str(data_dir / "summary-cache"),
@@ -466,8 +469,8 @@ def raw_decode(llama: Any, tokens: list[int], max_tokens: int, settings: Setting
     return {"tokens": produced, "tps": (produced - 1) / span if span > 0 else 0.0}
 
 
-def measure_decode(http: httpx.Client, body: dict[str, Any], kv_type: str, rounds: int
-                   ) -> Decode:
+def measure_decode(http: httpx.Client, body: dict[str, Any], kv_type: str, flash_attn: bool,
+                   rounds: int) -> Decode:
     """Server against raw decode speed on the prompt the server renders for ``body`` (a
     generate-chapter request), ``rounds`` interleaved rounds, medians in tokens/s. The raw
     model is loaded with the server's settings and KV cache type ``kv_type`` and freed before
@@ -477,7 +480,7 @@ def measure_decode(http: httpx.Client, body: dict[str, Any], kv_type: str, round
 
     from app.llm.llama import default_model_path
 
-    settings = Settings()
+    settings = Settings(llm_kv_cache_type=kv_type, llm_flash_attn=flash_attn)
     preview = http.post("/api/v1/context/preview",
                         json={"operation": "generate-chapter", "request": body})
     preview.raise_for_status()
@@ -558,7 +561,10 @@ def run_config(name: str, stories: dict[str, Story], args: argparse.Namespace) -
         if args.decode_rounds > 0:
             body = {**calls["holmes"]["writer"][1], "max_tokens": args.decode_tokens}
             try:
-                result.decode = measure_decode(http, body, kv_type, args.decode_rounds)
+                flash_attn = env.get("LLM_FLASH_ATTN",
+                                     str(Settings.model_fields["llm_flash_attn"].default))
+                result.decode = measure_decode(http, body, kv_type,
+                                               flash_attn.lower() == "true", args.decode_rounds)
             except (RuntimeError, httpx.HTTPError, ValueError) as error:
                 result.decode_error = str(error)[:300]
     result.wall_s = time.perf_counter() - started

@@ -33,29 +33,31 @@ from app.schemas.requests import (
     RegenerateBioRequest,
 )
 
-WRITER_ROLE = (
-    "You are the writer agent: a novelist who writes vivid, coherent prose in the story's own "
-    "voice, shows rather than tells, and follows the author's requests."
+#: Opens every story's shared block: the whole team, described once, so that what one agent
+#: call adds after the story (its role and task) stays short. That part is processed on every
+#: call, at about 5 ms a token on 2 cores with a 6,000-token story in the KV cache
+#: (bench/bench_agents.py), so what every agent shares belongs here.
+TEAM_PREAMBLE = (
+    "You are Writer Assistant, a team of fiction-writing agents helping an author with one "
+    "story. The story context below is the author's; stay true to it. The team:\n"
+    "- writer: a novelist who writes vivid, coherent prose in the story's own voice, shows "
+    "rather than tells, honours the author's requests, and writes only the prose asked for "
+    "(no titles, no notes);\n"
+    "- editor: a developmental editor who finds concrete problems of consistency, pacing, "
+    "clarity and style and proposes specific fixes, most important first;\n"
+    "- character: inhabits one character at a time and answers from inside their head, true "
+    "to their personality, state and history, in their own voice;\n"
+    "- rater: a demanding reader who judges a plot point or passage against the story so far, "
+    "scores it from 1 (poor) to 10 (excellent) and explains the score;\n"
+    "- assistant: answers the author's questions about the story, briefly and concretely.\n"
+    "Each request below the story names the agent that answers it. Editor, character and "
+    "rater answers, character sheets and chapter plans are JSON only."
 )
-EDITOR_ROLE = (
-    "You are the editor agent: a developmental editor who finds concrete problems of "
-    "consistency, pacing, clarity and style, and proposes specific fixes."
-)
-CHARACTER_ROLE = (
-    "You are the character agent: you inhabit one character at a time and answer from inside "
-    "their head, true to their personality, state and history."
-)
-RATER_ROLE = (
-    "You are the rater agent: a demanding reader who judges a plot point or passage against "
-    "the story so far and explains the score."
-)
-ASSISTANT_ROLE = (
-    "You are the writing assistant: you answer the author's questions about their story, "
-    "briefly and concretely, using the story context above."
-)
-
-JSON_ONLY = "Answer with JSON only."
-
+WRITER_ROLE = "You are the writer."
+EDITOR_ROLE = "You are the editor."
+CHARACTER_ROLE = "You are the character agent."
+RATER_ROLE = "You are the rater."
+ASSISTANT_ROLE = "You are the assistant."
 
 @dataclass(frozen=True)
 class _ChapterSource:
@@ -118,10 +120,7 @@ def generate_chapter_task(request: GenerateChapterRequest) -> TaskInput:
     lines = [f"Write {heading} of the story."]
     if request.plot_point:
         lines.append(f"In this chapter: {request.plot_point}")
-    lines.append(
-        "Continue from where the story so far ends, honour the author's requests, and write "
-        "only the chapter's prose: no title, no notes."
-    )
+    lines.append("Continue from where the story so far ends.")
     return TaskInput("\n".join(lines), summary={"chapter_number": number, "title": request.title})
 
 
@@ -132,7 +131,7 @@ def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
     )
     instruction = (
         f"Revise {{where}} as the author asks: {_braces(request.user_request)}\n"
-        "Keep everything the request does not touch. Write only the revised chapter."
+        "Keep everything the request does not touch."
     )
     return source.task(instruction, "Chapter to revise")
 
@@ -140,7 +139,7 @@ def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
 def flesh_out_task(request: FleshOutRequest) -> TaskInput:
     return TaskInput(
         f"Expand this {request.context_type} sketch into full prose with concrete sensory detail, "
-        "keeping its events, order and voice. Write only the expanded text.\n\n"
+        "keeping its events, order and voice.\n\n"
         f"Sketch:\n{request.text_to_flesh_out}"
     )
 
@@ -151,9 +150,8 @@ def editor_review_task(request: EditorReviewRequest) -> TaskInput:
         "chapter_number",
     )
     instruction = (
-        "Review {where}. Give one to six suggestions, most important first, each with "
-        "the issue, a concrete suggestion and its priority (high, medium or low). "
-        f"{JSON_ONLY}"
+        "Review {where}: one to six suggestions, each with the issue, a concrete fix and its "
+        "priority (high, medium or low)."
     )
     return source.task(instruction, "Text to review")
 
@@ -166,10 +164,9 @@ def _braces(text: str) -> str:
 def character_feedback_task(request: CharacterFeedbackRequest) -> TaskInput:
     name = _character(request.structured_context, request.character_name)
     return TaskInput(
-        f"Be {name} (see Characters and scene). React to this plot point as {name}: "
-        f"{request.plot_point}\n"
+        f"Be {name}. React to this plot point as {name}: {request.plot_point}\n"
         "Give short lists of actions, dialog lines, physical sensations, emotions and "
-        f"internal monologue, in {name}'s own voice. {JSON_ONLY}",
+        "internal monologue.",
         summary={"character_name": name},
     )
 
@@ -177,9 +174,8 @@ def character_feedback_task(request: CharacterFeedbackRequest) -> TaskInput:
 def rater_feedback_task(request: RaterFeedbackRequest) -> TaskInput:
     criteria = ", ".join(request.criteria)
     return TaskInput(
-        f"As {request.rater_name}, rate the following for {criteria}, on a scale from 1 "
-        "(poor) to 10 (excellent), with a short opinion and up to five suggestions. "
-        f"{JSON_ONLY}\n\nTo rate:\n{request.plot_point}"
+        f"As {request.rater_name}, rate this for {criteria}, with a short opinion and up to "
+        f"five suggestions:\n{request.plot_point}"
     )
 
 
@@ -188,7 +184,7 @@ def character_details_task(request: CharacterDetailsRequest) -> TaskInput:
     return TaskInput(
         f"Create a character sheet for {request.character_name} that fits this story's world."
         f"{notes}\nGive name, age, appearance, personality, background, motivations and fears, "
-        f"each brief. {JSON_ONLY}",
+        "each brief.",
         summary={"character_name": request.character_name},
     )
 
@@ -197,7 +193,7 @@ def regenerate_bio_task(request: RegenerateBioRequest) -> TaskInput:
     name = _character(request.structured_context, request.character_name)
     return TaskInput(
         f"Write a new biography of {name} in one or two paragraphs, consistent with their "
-        "character sheet and the story so far. Write only the biography.",
+        "character sheet and the story so far.",
         summary={"character_name": name},
     )
 
@@ -208,7 +204,7 @@ def chapter_outlines_task(request: ChapterOutlinesRequest) -> TaskInput:
     outline = f" The author's outline: {request.story_outline}" if request.story_outline else ""
     return TaskInput(
         f"Plan the next {request.number_of_chapters} chapters, numbered from {start}.{outline}\n"
-        f"Give each a number, a title and a two-sentence summary. {JSON_ONLY}"
+        "Give each a number, a title and a two-sentence summary."
     )
 
 

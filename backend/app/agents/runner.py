@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from app.agents.registry import default_completion_reserve
+from app.agents.registry import TEAM_PREAMBLE, default_completion_reserve
 from app.agents.spec import AgentSpec, TaskInput
 from app.archive import rag
 from app.config import Settings
@@ -335,7 +335,7 @@ class AgentRunner:
             elements += [replace(e, order=len(elements) + i) for i, e in enumerate(extra)]
         agent_task = AgentTask(
             agent=spec.agent, role=spec.role, task=task.text, history=task.history,
-            reference=task.reference, inline_task=task.inline,
+            reference=task.reference, inline_task=task.inline, preamble=TEAM_PREAMBLE,
         )
         config = request.context_processing_config
         return _Plan(task, params, elements, agent_task,

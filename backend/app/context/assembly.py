@@ -69,6 +69,8 @@ class AgentTask:
     and the task (never trimmed). ``reference``: the id of a context element the task refers
     to where it stands in the shared block (a chapter under review); ``inline_task`` is the
     task with that element quoted in full, used when it did not fit the block whole.
+    ``preamble`` opens the shared block; it must be the same for every agent (the team's
+    description).
     """
 
     agent: str
@@ -77,6 +79,7 @@ class AgentTask:
     history: tuple[ChatMessage, ...] = ()
     reference: str | None = None
     inline_task: str = ""
+    preamble: str = SYSTEM_PREAMBLE
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ class _Assembly:
         passage_slots = [s for s in slots if s.element.per_request]
 
         present = {s.element.layer for s in shared_slots}
-        system_skeleton = build_system({layer: [""] for layer in present})
+        system_skeleton = build_system({layer: [""] for layer in present}, task.preamble)
         system_fixed = counter.count_prompt_tokens([ChatMessage("system", system_skeleton)])
         fixed = counter.count_prompt_tokens(build_messages(task, system_skeleton))
         suffix = fixed - system_fixed
@@ -239,7 +242,7 @@ class _Assembly:
                 fit_by_distilling(layer, group, budgets[layer], distillation)
         placed = distillation.summaries if distillation else {}
 
-        system = _render_shared(shared_slots, placed, plan.limit, counter)
+        system = _render_shared(shared_slots, placed, plan.limit, counter, task.preamble)
         messages, prompt_tokens = _fit_passages(task, system, passage_slots, window, counter)
         shared_tokens = counter.count_prefix_tokens(messages, 1)
         report = AssemblyReport(
@@ -412,6 +415,7 @@ def _render_shared(
     placed: dict[Layer, list[Summary]],
     limit: int,
     counter: TokenCounter,
+    preamble: str,
 ) -> str:
     """Render the shared block from the kept slots and summaries, counted exactly as a prompt
     of its own; shave more if it overshoots ``limit`` tokens.
@@ -434,7 +438,7 @@ def _render_shared(
         for layer, pieces in placed.items():
             if layer is not Layer.recent_story:
                 sections.setdefault(layer, []).extend(p.render(layer) for p in pieces)
-        system = build_system(sections)
+        system = build_system(sections, preamble)
         tokens = counter.count_prompt_tokens([ChatMessage("system", system)])
         overshoot = tokens - limit
         if overshoot <= 0:

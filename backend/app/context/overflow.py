@@ -136,7 +136,10 @@ def fit_by_distilling(layer: Layer, slots: list[Slot], budget: int, ctx: Distill
     kept_cost = sum(s.cost for s in slots)
     if kept_cost <= budget:
         return
-    reserve = ctx.min_tokens + ctx.overhead(layer, "Summary")
+    # room for one summary, its label at its longest (see the labels below)
+    longest = (f"Summary of {len(slots)} {layer.value.replace('_', ' ')} elements "
+               f"({max((s.value for s in Strategy), key=len)})")
+    reserve = ctx.min_tokens + ctx.overhead(layer, longest)
     overflow: list[Slot] = []
     for slot in sorted(slots, key=importance, reverse=True):
         if kept_cost <= budget - reserve:

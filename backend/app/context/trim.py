@@ -152,16 +152,27 @@ def split_to_budget(text: str, budget: int, count: CountTokens) -> list[str]:
             words = sentence.split()
             step = max(1, len(words) * budget // max(count(sentence), 1))
             pieces += [" ".join(words[i:i + step]) for i in range(0, len(words), step)]
-    parts: list[str] = []
+    separator = count("\n\n")
+    groups: list[list[str]] = []
     current: list[str] = []
     size = 0
     for piece in pieces:
-        tokens = count(piece) + 1
+        tokens = count(piece) + separator
         if current and size + tokens > budget:
-            parts.append("\n\n".join(current))
+            groups.append(current)
             current, size = [], 0
         current.append(piece)
         size += tokens
     if current:
-        parts.append("\n\n".join(current))
-    return parts
+        groups.append(current)
+    return [part for group in groups for part in _checked(group, budget, count)]
+
+
+def _checked(pieces: list[str], budget: int, count: CountTokens) -> list[str]:
+    """``pieces`` joined as one part, or halved until each part's exact count fits
+    ``budget`` (counts of pieces are not exactly additive)."""
+    joined = "\n\n".join(pieces)
+    if len(pieces) == 1 or count(joined) <= budget:
+        return [joined]
+    middle = len(pieces) // 2
+    return [*_checked(pieces[:middle], budget, count), *_checked(pieces[middle:], budget, count)]

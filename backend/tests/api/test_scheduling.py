@@ -59,14 +59,13 @@ def test_the_deadline_covers_distillation(settings):
 
 
 async def test_interactive_requests_go_before_background_warming(settings):
-    generator = FakeGenerator(replies=["one two three four five six seven eight"],
-                              token_delay_s=0.05)
+    generator = FakeGenerator(replies=[" ".join(["word"] * 40)], token_delay_s=0.05)
     app = create_app(settings, generator=generator)
     body = seed_example()
     with serve(app) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             holder = asyncio.create_task(client.post("/api/v1/generate-chapter",
-                                                     json={**body, "max_tokens": 8}))
+                                                     json={**body, "max_tokens": 40}))
             await asyncio.sleep(0.2)
             warm = asyncio.create_task(client.post("/api/v1/context/warm", json={
                 "operation": "generate-chapter", "request": body}))
@@ -79,7 +78,7 @@ async def test_interactive_requests_go_before_background_warming(settings):
     # the interactive chat, queued after the background warm-up, ran before it
     tasks = [messages[-1].content for messages, _ in generator.calls]
     assert "Who is Aria?" in tasks[1] and "Write chapter" in tasks[2]
-    assert [params.max_tokens for _, params in generator.calls] == [8, 4, 1]
+    assert [params.max_tokens for _, params in generator.calls] == [40, 4, 1]
     warmed = responses[1].json()
     assert warmed["shared_prefix_tokens"] > 0
     assert warmed["usage"]["completion_tokens"] <= 1
