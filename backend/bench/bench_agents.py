@@ -446,23 +446,24 @@ def raw_decode(llama: Any, tokens: list[int], max_tokens: int, settings: Setting
     completion tokens and decode tokens/s between the first and the last streamed piece. The
     first round processes the prompt; later ones reuse it from the KV cache, as the server
     does."""
-    from llama_cpp import LogitsProcessorList
+    from llama_cpp import StoppingCriteriaList
 
     times: list[float] = []
-    produced = 0
+    checks = 0
 
-    def count(_ids: Any, scores: Any) -> Any:
-        nonlocal produced
-        produced += 1
-        return scores
+    def count(_ids: Any, _logits: Any) -> bool:
+        nonlocal checks
+        checks += 1  # once per sampled token, and once more at the end (as in the server)
+        return False
 
     for chunk in llama.create_completion(
         tokens, max_tokens=max_tokens, temperature=0.0, top_p=settings.llm_top_p,
         top_k=settings.llm_top_k, repeat_penalty=settings.llm_repeat_penalty, seed=1,
-        stream=True, logits_processor=LogitsProcessorList([count]),
+        stream=True, stopping_criteria=StoppingCriteriaList([count]),
     ):
         if chunk["choices"][0]["text"]:
             times.append(time.perf_counter())
+    produced = checks - 1
     if produced < max_tokens:
         produced -= 1  # the end-of-generation token was sampled, not produced
     span = times[-1] - times[0] if len(times) > 1 else 0.0
@@ -792,7 +793,8 @@ def print_config(result: ConfigResult, baseline: ConfigResult | None) -> None:
 
 
 #: Short column names of the configurations in the side-by-side table.
-SHORT = {"cache on": "on", "cache off": "off", "cache on, q8_0 KV": "q8_0"}
+SHORT = {"cache on": "on", "cache off": "off", "cache on, q8_0 KV": "q8_0",
+         "cache on, flash attention": "fa"}
 
 
 def print_side_by_side(results: list[ConfigResult]) -> None:

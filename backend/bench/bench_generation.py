@@ -89,22 +89,23 @@ def raw_decode(llama, tokens: list[int], max_tokens: int, settings: Settings) ->
     (greedy; the prompt is in the KV cache after the first run, as it is for the server)."""
     start = time.perf_counter()
     times: list[float] = []
-    produced = 0
+    checks = 0
 
-    def count(_ids, scores):
-        nonlocal produced
-        produced += 1
-        return scores
+    def count(_ids, _logits):
+        nonlocal checks
+        checks += 1  # once per sampled token, and once more at the end (as in the server)
+        return False
 
-    from llama_cpp import LogitsProcessorList
+    from llama_cpp import StoppingCriteriaList
 
     for chunk in llama.create_completion(
         tokens, max_tokens=max_tokens, temperature=0.0, top_p=settings.llm_top_p,
         top_k=settings.llm_top_k, repeat_penalty=settings.llm_repeat_penalty, seed=1,
-        stream=True, logits_processor=LogitsProcessorList([count]),
+        stream=True, stopping_criteria=StoppingCriteriaList([count]),
     ):
         if chunk["choices"][0]["text"]:
             times.append(time.perf_counter())
+    produced = checks - 1
     finish_eog = produced < max_tokens
     produced -= 1 if finish_eog else 0
     decode_s = times[-1] - times[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList, StoppingCriteriaList
+from llama_cpp import Llama, LlamaGrammar, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.config import Settings
@@ -507,17 +507,15 @@ class LlamaRuntime(GgufTokenizer):
     ) -> None:
         """Model thread: prepare the KV cache, run the sampler, emit ``token`` / ``done`` /
         ``error`` events."""
-        sampled = 0
+        checks = 0
 
-        # Called once per sampled token: an exact completion-token count for streams, whose
-        # chunks carry no usage.
-        def count_sample(_input_ids: Any, scores: Any) -> Any:
-            nonlocal sampled
-            sampled += 1
-            return scores
-
-        # Checked after every sampled token: how a closed stream stops within a token.
+        # Checked after every sampled token (how a closed stream stops within a token), and
+        # once more when the completion ends: the count gives the completion tokens, which
+        # streamed chunks do not carry. (A logits processor would count too, but costs a copy
+        # of the whole vocabulary's logits per token.)
         def cancelled(_input_ids: Any, _logits: Any) -> bool:
+            nonlocal checks
+            checks += 1
             return cancel.is_set()
 
         finish_reason = "length"
@@ -533,9 +531,9 @@ class LlamaRuntime(GgufTokenizer):
                 seed=params.seed,
                 grammar=grammar,
                 stream=True,
-                logits_processor=LogitsProcessorList([count_sample]),
                 stopping_criteria=StoppingCriteriaList([cancelled]),
             )
+            final_check = 1  # the check after the last token, unless we leave early
             for chunk in chunks:
                 choice = chunk["choices"][0]
                 if choice["text"]:
@@ -543,12 +541,14 @@ class LlamaRuntime(GgufTokenizer):
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
                 if cancel.is_set():
+                    final_check = 0
                     break
         except Exception as error:  # noqa: BLE001 - crosses the thread boundary as an event
             logger.exception("generation failed")
             self._llama.n_tokens, self._live = 0, _Schedule(0, 0)  # it may be half-written
             emit(("error", error))
             return
+        sampled = max(0, checks - final_check)
         if cancel.is_set():
             finish_reason = "cancelled"
         elif finish_reason == "stop" and sampled:
