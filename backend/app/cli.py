@@ -62,10 +62,12 @@ def main(
 
 def _archive(ctx: typer.Context, threads: int | None = None) -> Any:
     from app.archive.service import Archive  # heavy imports (torch) only for archive commands
+    from app.observability.metrics import Metrics
 
     overrides = ctx.obj | ({"embedding_threads": threads} if threads else {})
     try:
-        return Archive.open(Settings(**overrides)).for_tenant(current_tenant.get())
+        return Archive.open(Settings(**overrides).archive, Metrics()).for_tenant(
+            current_tenant.get())
     except WriterAssistantError as error:
         _fail(error)
 
@@ -267,13 +269,13 @@ def _read_context(path: Path, operation: str | None,
 def _open_generator(settings: Settings) -> TextGenerator:
     """The model ``LLM_BACKEND`` names (blocking): the GGUF whose weights load on the first
     generation, or the remote server, reached and checked once."""
-    if settings.llm_backend == "openai":
+    if settings.model.backend == "openai":
         from app.llm.remote import RemoteGenerator
 
-        return RemoteGenerator.connect(settings)
+        return RemoteGenerator.connect(settings.model)
     from app.llm.lazy import LazyModel
 
-    return LazyModel.open(settings)
+    return LazyModel.open(settings.model)
 
 
 async def _runner(settings: Settings, archive: bool | None) -> AgentRunner:
@@ -283,9 +285,9 @@ async def _runner(settings: Settings, archive: bool | None) -> AgentRunner:
     from app.state import Services
 
     if archive is not None:
-        settings = settings.model_copy(update={"archive_enabled": archive})
+        settings = settings.replace(archive_enabled=archive)
     services = Services(settings=settings)
-    await load_archive(services.archive, settings)
+    await load_archive(services.archive, settings.archive)
     if services.archive.status == "error":
         typer.echo(f"warning: archive unavailable ({services.archive.error}); going on "
                    "without archive passages", err=True)
@@ -370,8 +372,9 @@ def count_tokens(
         inputs.append((str(path), path.read_text(encoding="utf-8")))
     if not inputs:
         inputs.append(("stdin", sys.stdin.read()))
-    path = (settings.llm_tokenizer_path if settings.llm_backend == "openai" else
-            settings.model_path) or default_model_path()
+    model = settings.model
+    path = (model.remote.tokenizer_path if model.backend == "openai" else
+            model.path) or default_model_path()
     try:
         tokenizer = GgufTokenizer.load(path)
     except WriterAssistantError as error:

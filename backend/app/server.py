@@ -27,7 +27,7 @@ def run(settings: Settings | None = None, host: str = "127.0.0.1", port: int = 8
         create_app(settings),
         host=host,
         port=port,
-        log_level=settings.log_level.lower(),
+        log_level=settings.observability.log_level.lower(),
         log_config=None,  # uvicorn's own lines go through app.observability.logging too
-        timeout_graceful_shutdown=int(settings.drain_grace_s) + _SHUTDOWN_MARGIN_S,
+        timeout_graceful_shutdown=int(settings.lifecycle.drain_grace_s) + _SHUTDOWN_MARGIN_S,
     )

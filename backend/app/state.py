@@ -7,7 +7,7 @@ from typing import Literal
 
 from fastapi import Request
 
-from app.agents.runner import AgentRunner
+from app.agents.runner import AgentRunner, RunnerSettings
 from app.api.sse import OpenStreams
 from app.archive.retrieval import archive_context
 from app.archive.service import Archive, ArchiveState
@@ -46,22 +46,23 @@ class Services:
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.scheduler = Scheduler(settings.queue_max_waiting, settings.queue_max_wait_s,
-                                   settings.scheduler_promote_after_s)
+        limits = settings.limits
+        self.scheduler = Scheduler(limits.queue_max_waiting, limits.queue_max_wait_s,
+                                   limits.promote_after_s)
         self.metrics.track_queue(lambda: self.scheduler.running, lambda: self.scheduler.waiting)
         self.metrics.track_prefix_cache(self._prefix_cache_stats)
         self.archive.metrics = self.metrics
-        if not self.settings.archive_enabled:
+        if not self.settings.archive.enabled:
             self.archive.status = "disabled"
 
     def set_ready(self, generator: TextGenerator) -> None:
         """Publish a loaded generator and the runner on top of it (with archive retrieval and
         the summary cache)."""
         settings = self.settings
-        cache = SummaryCache(settings.summary_cache_dir, settings.summary_cache_max_bytes,
-                             generator.model_name)
+        cache = SummaryCache(settings.distillation.cache_dir,
+                             settings.distillation.cache_max_bytes, generator.model_name)
         self.model = ModelState(status="ready", generator=generator)
-        self.runner = AgentRunner(settings, generator, self.scheduler, self.metrics,
+        self.runner = AgentRunner(RunnerSettings.of(settings), generator, self.scheduler, self.metrics,
                                   extra_elements=archive_context(self.tenant_archive),
                                   summary_cache=cache)
 

@@ -101,7 +101,7 @@ sys.path.insert(0, str(BACKEND / "examples"))
 from alice_context import build_request as alice_request
 from holmes_context import build_request as holmes_request
 
-from app.config import Settings
+from app.config import Settings, environment_names
 
 #: Server environment per configuration (on top of the common one in :func:`server_env`).
 CONFIGS: dict[str, dict[str, str]] = {
@@ -457,8 +457,8 @@ def raw_decode(llama: Any, tokens: list[int], max_tokens: int, settings: Setting
         return False
 
     for chunk in llama.create_completion(
-        tokens, max_tokens=max_tokens, temperature=0.0, top_p=settings.llm_top_p,
-        top_k=settings.llm_top_k, repeat_penalty=settings.llm_repeat_penalty, seed=1,
+        tokens, max_tokens=max_tokens, temperature=0.0, top_p=settings.model.sampling.top_p,
+        top_k=settings.model.sampling.top_k, repeat_penalty=settings.model.sampling.repeat_penalty, seed=1,
         stream=True, stopping_criteria=StoppingCriteriaList([count]),
     ):
         if chunk["choices"][0]["text"]:
@@ -486,11 +486,11 @@ def measure_decode(http: httpx.Client, body: dict[str, Any], kv_type: str, flash
                         json={"operation": "generate-chapter", "request": body})
     preview.raise_for_status()
     prompt = preview.json()["prompt"]
-    threads = settings.llm_n_threads or os.cpu_count() or 1
+    threads = settings.model.n_threads or os.cpu_count() or 1
     kv = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}[kv_type]
-    llama = Llama(model_path=str(settings.model_path or default_model_path()),
-                  n_ctx=settings.llm_n_ctx, n_threads=threads, n_threads_batch=threads,
-                  n_batch=settings.llm_n_batch, flash_attn=settings.llm_flash_attn,
+    llama = Llama(model_path=str(settings.model.path or default_model_path()),
+                  n_ctx=settings.model.n_ctx, n_threads=threads, n_threads_batch=threads,
+                  n_batch=settings.model.n_batch, flash_attn=settings.model.flash_attn,
                   type_k=kv, type_v=kv, verbose=False)
     try:
         tokens = llama.tokenize(prompt.encode(), add_bos=False, special=True)
@@ -520,7 +520,7 @@ def server_kv_type(env: dict[str, str]) -> tuple[str, str | None]:
     """The KV cache type a server with ``env`` runs, and a note when it cannot run what the
     configuration asks (the server has no such setting)."""
     wanted = env.get("LLM_KV_CACHE_TYPE", "f16")
-    if wanted != "f16" and "llm_kv_cache_type" not in Settings.model_fields:
+    if wanted != "f16" and "LLM_KV_CACHE_TYPE" not in environment_names():
         return "f16", f"this server has no LLM_KV_CACHE_TYPE setting: it runs f16, not {wanted}"
     return wanted, None
 
@@ -530,14 +530,14 @@ def run_config(name: str, stories: dict[str, Story], args: argparse.Namespace) -
     measurement on it, and stop it."""
     env = CONFIGS[name]
     result = ConfigResult(name=name, env=dict(env))
-    if "prefix_cache_enabled" not in Settings.model_fields:
+    if "PREFIX_CACHE_ENABLED" not in environment_names():
         result.notes.append("this server has no PREFIX_CACHE_* settings: no prefix cache")
     kv_type, note = server_kv_type(env)
     if note:
         result.notes.append(note)
     result.ram_budget = args.ram_bytes
-    if result.ram_budget is None and "prefix_cache_ram_bytes" in Settings.model_fields:
-        result.ram_budget = Settings().prefix_cache_ram_bytes
+    if result.ram_budget is None:
+        result.ram_budget = Settings().model.prefix_cache.ram_bytes
     print(f"== {name}: starting a server ({', '.join(f'{k}={v}' for k, v in env.items())})",
           file=sys.stderr, flush=True)
     started = time.perf_counter()

@@ -40,6 +40,7 @@ from app.archive.embeddings import Embedder, set_threads  # noqa: E402
 from app.archive.ingest import prepare  # noqa: E402
 from app.archive.service import Archive  # noqa: E402
 from app.config import Settings  # noqa: E402
+from app.observability.metrics import Metrics  # noqa: E402
 
 QUESTIONS = [
     "a letter signed K.K.K. with five orange pips",
@@ -83,8 +84,8 @@ class Clock:
 
 
 def ingest_ours(files: list[Path], embedder: Embedder, path: Path) -> tuple[Clock, int, Archive]:
-    archive = Archive.open(Settings(archive_db_path=path, archive_collection="bench-ours"),
-                           embedder=embedder)
+    archive = Archive.open(Settings(archive_db_path=path, archive_collection="bench-ours").archive,
+                           Metrics(), embedder=embedder)
     with Clock() as clock:
         chunks = sum(archive.ingest_bytes(f.name, f.read_bytes()).chunks for f in files)
     return clock, chunks, archive
@@ -95,7 +96,7 @@ def ingest_direct(files: list[Path], embedder: Embedder, settings: Settings,
     # The same chunk texts and ids as ours, prepared before the clock starts.
     texts, ids, metadatas = [], [], []
     for f in files:
-        prepared = prepare(parse_document(f.name, f.read_bytes()), embedder, settings)
+        prepared = prepare(parse_document(f.name, f.read_bytes()), embedder, settings.archive)
         texts += [c.text for c in prepared.chunks]
         ids += prepared.ids
         metadatas += [{"file": f.name, "chunk_index": c.index} for c in prepared.chunks]
@@ -106,7 +107,7 @@ def ingest_direct(files: list[Path], embedder: Embedder, settings: Settings,
         collection = client.get_or_create_collection(
             "bench-direct", embedding_function=None,
             configuration={"hnsw": {"space": "cosine"}})
-        vectors = model.encode(texts, batch_size=settings.archive_embed_batch_size,
+        vectors = model.encode(texts, batch_size=settings.archive.embed_batch_size,
                                normalize_embeddings=True, convert_to_numpy=True,
                                show_progress_bar=False)
         batch = client.get_max_batch_size()
@@ -156,8 +157,8 @@ def main() -> None:
                    and p.name.lower() != "readme.md")
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     settings = Settings()
-    embedder = Embedder.load(settings.embedding_model)
-    set_threads(settings.embedding_threads)
+    embedder = Embedder.load(settings.archive.embedding_model)
+    set_threads(settings.archive.embedding_threads)
     embedder.embed(["warm-up"] * 8)  # first-call costs (thread pools, allocations) off the clock
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,8 +181,8 @@ def main() -> None:
                                          args.top_k)
 
     print(f"corpus: {len(files)} files, {megabytes:.2f} MB, {ours_chunks} chunks of <= "
-          f"{settings.archive_chunk_tokens} tokens ({settings.archive_chunk_overlap_tokens} "
-          f"overlap), model {embedder.name}, {settings.embedding_threads} embedding thread(s)")
+          f"{settings.archive.chunk_tokens} tokens ({settings.archive.chunk_overlap_tokens} "
+          f"overlap), model {embedder.name}, {settings.archive.embedding_threads} embedding thread(s)")
     rows = [
         (f"ingest wall seconds (mean of {args.rounds})", ours_s, direct_s, ours_s / direct_s),
         ("ingest CPU seconds (all threads)", ours_cpu, direct_cpu, ours_cpu / direct_cpu),

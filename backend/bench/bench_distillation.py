@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from app.agents.registry import REGISTRY
-from app.agents.runner import AgentRunner
+from app.agents.runner import AgentRunner, RunnerSettings
 from app.config import Settings
 from app.context.summaries import SUMMARIZER_ROLE, SummaryCache
 from app.llm.llama import LlamaRuntime
@@ -99,9 +99,9 @@ async def measure(runtime: LlamaRuntime, sizes: list[int], warm_only: bool) -> N
         with tempfile.TemporaryDirectory() as cache_dir:
             settings = Settings(summary_cache_dir=Path(cache_dir), generation_timeout_s=86_400)
             generator = StandInSummarizer(runtime) if warm_only else runtime
-            cache = SummaryCache(settings.summary_cache_dir, settings.summary_cache_max_bytes,
-                                 runtime.model_name)
-            runner = AgentRunner(settings, generator, Scheduler(8, 3600), Metrics(),
+            cache = SummaryCache(settings.distillation.cache_dir,
+                                 settings.distillation.cache_max_bytes, runtime.model_name)
+            runner = AgentRunner(RunnerSettings.of(settings), generator, Scheduler(8, 3600), Metrics(),
                                  summary_cache=cache)
             start = time.perf_counter()
             cold = await runner.preview(spec, request)
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 40_000])
     parser.add_argument("--warm-only", action="store_true")
     args = parser.parse_args()
-    runtime = LlamaRuntime.load(Settings())
+    runtime = LlamaRuntime.load(Settings().model)
     asyncio.run(measure(runtime, args.sizes, args.warm_only))
 
 

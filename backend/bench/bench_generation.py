@@ -96,8 +96,8 @@ def raw_decode(llama, tokens: list[int], max_tokens: int, settings: Settings) ->
     from llama_cpp import StoppingCriteriaList
 
     for chunk in llama.create_completion(
-        tokens, max_tokens=max_tokens, temperature=0.0, top_p=settings.llm_top_p,
-        top_k=settings.llm_top_k, repeat_penalty=settings.llm_repeat_penalty, seed=1,
+        tokens, max_tokens=max_tokens, temperature=0.0, top_p=settings.model.sampling.top_p,
+        top_k=settings.model.sampling.top_k, repeat_penalty=settings.model.sampling.repeat_penalty, seed=1,
         stream=True, stopping_criteria=StoppingCriteriaList([count]),
     ):
         if chunk["choices"][0]["text"]:
@@ -130,10 +130,10 @@ def main() -> None:
                                 json={"operation": "generate-chapter", "request": request}).json()
             prompt = preview["prompt"]
 
-            threads = settings.llm_n_threads or os.cpu_count() or 1
-            llama = Llama(model_path=str(settings.model_path or default_model_path()),
-                          n_ctx=settings.llm_n_ctx, n_threads=threads, n_threads_batch=threads,
-                          n_batch=settings.llm_n_batch, flash_attn=settings.llm_flash_attn,
+            threads = settings.model.n_threads or os.cpu_count() or 1
+            llama = Llama(model_path=str(settings.model.path or default_model_path()),
+                          n_ctx=settings.model.n_ctx, n_threads=threads, n_threads_batch=threads,
+                          n_batch=settings.model.n_batch, flash_attn=settings.model.flash_attn,
                           verbose=False)
             tokens = llama.tokenize(prompt.encode(), add_bos=False, special=True)
 

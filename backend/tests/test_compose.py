@@ -17,11 +17,11 @@ import jsonschema
 import pytest
 import yaml
 
-from app.config import Settings
+from app.config import Settings, environment_names
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-SETTINGS = {name.upper() for name in Settings.model_fields}
+SETTINGS = set(environment_names())
 #: ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 

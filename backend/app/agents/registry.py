@@ -16,7 +16,7 @@ from app.agents.outputs import (
     chapter_outlines_model,
 )
 from app.agents.spec import AgentSpec, TaskInput
-from app.config import Settings
+from app.config import ContextSettings, SamplingSettings
 from app.errors import UnknownReference
 from app.llm.protocol import ChatMessage
 from app.schemas.context import StructuredContext
@@ -247,10 +247,10 @@ REGISTRY: dict[str, AgentSpec] = {
 }
 
 
-def default_completion_reserve(settings: Settings) -> int:
+def default_completion_reserve(context: ContextSettings, sampling: SamplingSettings) -> int:
     """The completion reserve every story's shared block is planned against:
     ``CONTEXT_COMPLETION_RESERVE_TOKENS``, else the largest default ``max_tokens`` of the
     agents (``LLM_MAX_TOKENS`` for those without their own), in tokens."""
-    if settings.context_completion_reserve_tokens is not None:
-        return settings.context_completion_reserve_tokens
-    return max(spec.max_tokens or settings.llm_max_tokens for spec in REGISTRY.values())
+    if context.completion_reserve_tokens is not None:
+        return context.completion_reserve_tokens
+    return max(spec.max_tokens or sampling.max_tokens for spec in REGISTRY.values())

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from app.agents.registry import TEAM_PREAMBLE, default_completion_reserve
 from app.agents.spec import AgentSpec, TaskInput
 from app.archive import rag
-from app.config import Settings
+from app.config import ContextSettings, DistillationSettings, SamplingSettings, Settings
 from app.context.assembly import AgentTask, AssembledPrompt, assemble
 from app.context.distill import SummaryJob, SummaryLookup
 from app.context.elements import ContextElement, flatten
@@ -77,6 +77,26 @@ _REPAIR_ERROR_CHARS = 300
 SUMMARY_LABEL = ("distiller", "summary")
 RAG_QUERY_LABEL = ("archive", "rag-query")
 RAG_CHAT_LABEL = ("archive", "rag-chat")
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """What the runner reads of the settings: sampling defaults, the context budget,
+    distillation, the deadline of a request's work (seconds) and whether prompts are logged."""
+
+    sampling: SamplingSettings
+    context: ContextSettings
+    distillation: DistillationSettings
+    generation_timeout_s: float
+    log_prompts: bool
+
+    @classmethod
+    def of(cls, settings: Settings) -> RunnerSettings:
+        """The runner's part of the service's settings."""
+        return cls(sampling=settings.model.sampling, context=settings.context,
+                   distillation=settings.distillation,
+                   generation_timeout_s=settings.limits.generation_timeout_s,
+                   log_prompts=settings.observability.log_prompts)
 
 
 @dataclass(frozen=True)
@@ -183,7 +203,7 @@ class AgentRunner:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: RunnerSettings,
         generator: TextGenerator,
         scheduler: Scheduler,
         metrics: Metrics,
@@ -196,9 +216,11 @@ class AgentRunner:
         self.scheduler = scheduler
         self.metrics = metrics
         self.extra_elements = extra_elements
-        self.distiller = (Distiller(generator, summary_cache, settings, self._summarize)
+        self.distiller = (Distiller(generator, summary_cache, settings.distillation,
+                                    settings.sampling, self._summarize)
                           if summary_cache is not None else None)
-        self.completion_reserve = default_completion_reserve(settings)
+        self.completion_reserve = default_completion_reserve(settings.context,
+                                                             settings.sampling)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="context")
 
     def close(self) -> None:
@@ -303,25 +325,21 @@ class AgentRunner:
         Raises:
             InvalidRequest: ``max_tokens`` is above ``LLM_MAX_TOKENS_LIMIT``.
         """
-        settings = self.settings
-        limit = min(settings.llm_max_tokens_limit, spec.max_tokens_limit or 1 << 30)
+        defaults = self.settings.sampling
+        limit = min(defaults.max_tokens_limit, spec.max_tokens_limit or 1 << 30)
         if request.max_tokens is not None and request.max_tokens > limit:
             raise InvalidRequest(
                 f"max_tokens {request.max_tokens} is above the limit of {limit} for "
                 f"{spec.operation}.",
                 param="max_tokens",
             )
-        max_tokens = request.max_tokens or spec.max_tokens_for(request) or settings.llm_max_tokens
+        max_tokens = request.max_tokens or spec.max_tokens_for(request) or defaults.max_tokens
         temperature = request.temperature
         if temperature is None:
-            temperature = spec.temperature if spec.temperature is not None else settings.llm_temperature
+            temperature = spec.temperature
         output_model = spec.output_model_for(request)
-        return SamplingParams(
-            max_tokens=min(max_tokens, limit),
-            temperature=temperature,
-            top_p=settings.llm_top_p,
-            top_k=settings.llm_top_k,
-            repeat_penalty=settings.llm_repeat_penalty,
+        return SamplingParams.of(
+            defaults, max_tokens=min(max_tokens, limit), temperature=temperature,
             seed=request.seed,
             json_schema=output_model.model_json_schema() if output_model else None,
         )
@@ -348,7 +366,8 @@ class AgentRunner:
             plan.elements,
             plan.agent_task,
             counter=generator,
-            settings=self.settings,
+            context=self.settings.context,
+            distillation=self.settings.distillation,
             n_ctx=generator.n_ctx,
             model=generator.model_name,
             max_tokens=plan.params.max_tokens,
@@ -358,7 +377,7 @@ class AgentRunner:
         ))
 
     def _lookup(self) -> _CountingLookup | None:
-        if self.distiller is None or not self.settings.distillation_enabled:
+        if self.distiller is None or not self.settings.distillation.enabled:
             return None
         return _CountingLookup(self.distiller.cache)
 
@@ -640,7 +659,8 @@ class AgentRunner:
             QueueFull, QueueTimeout, GenerationTimeout, GenerationFailed.
         """
         started = asyncio.get_running_loop().time()
-        grounding = await rag.prepare_query(archive, self.generator, request)
+        grounding = await rag.prepare_query(archive, self.generator, self.settings.sampling,
+                                            request)
 
         async def work(turn: Turn) -> Completion:
             return await self._complete(RAG_QUERY_LABEL, grounding.messages, grounding.params,
@@ -658,7 +678,8 @@ class AgentRunner:
         a queue timeout or the deadline.
         """
         started = asyncio.get_running_loop().time()
-        grounding = await rag.prepare_chat(archive, self.generator, request)
+        grounding = await rag.prepare_chat(archive, self.generator, self.settings.sampling,
+                                           request)
         turn = self.scheduler.reserve()
 
         async def answer() -> AsyncIterator[StreamItem]:

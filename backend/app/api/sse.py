@@ -15,7 +15,7 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.errors import error_body
-from app.config import Settings
+from app.config import HttpSettings
 from app.errors import WriterAssistantError
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ async def _frames(events: StreamEvents) -> AsyncIterator[ServerSentEvent]:
                              "message": "The stream ended without a result.", "param": None})
 
 
-def sse_response(events: StreamEvents, settings: Settings,
+def sse_response(events: StreamEvents, settings: HttpSettings,
                  open_streams: OpenStreams | None = None) -> EventSourceResponse:
     """Frame ``events`` (``(name, payload)`` pairs) as an SSE response.
 
@@ -84,7 +84,7 @@ def sse_response(events: StreamEvents, settings: Settings,
     """
     return EventSourceResponse(
         _framed(events, open_streams),
-        ping=settings.sse_ping_seconds,
+        ping=settings.sse_ping_s,
         send_timeout=settings.sse_send_timeout_s,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )

@@ -25,7 +25,7 @@ from app.archive.chunking import Chunk, chapter_marks, chunk_document, reconstru
 from app.archive.documents import FORMATS, Document, chapter_key
 from app.archive.embeddings import Embedder
 from app.archive.store import ChromaStore, Metadata, Record
-from app.config import Settings
+from app.config import ArchiveSettings
 from app.errors import InvalidDocument
 from app.schemas.archive import IngestResult, ReindexResult
 
@@ -49,20 +49,20 @@ class Prepared:
     metadatas: list[Metadata]
 
 
-def prepare(document: Document, embedder: Embedder, settings: Settings) -> Prepared:
+def prepare(document: Document, embedder: Embedder, settings: ArchiveSettings) -> Prepared:
     """Chunk ``document`` and compute its chunk ids and metadata (no embedding yet).
 
     Raises:
         InvalidDocument: the document gives no chunk (only whitespace).
     """
-    chunks = chunk_document(document, embedder.count_tokens, settings.archive_chunk_tokens,
-                            settings.archive_chunk_overlap_tokens)
+    chunks = chunk_document(document, embedder.count_tokens, settings.chunk_tokens,
+                            settings.chunk_overlap_tokens)
     if not chunks:
         raise InvalidDocument(f"{document.file!r} has no text to archive.", param="file")
     sha = _sha(document.text)
     version = _sha(json.dumps([
         sha, [(m.start, m.title) for m in document.chapters], document.title,
-        settings.archive_chunk_tokens, settings.archive_chunk_overlap_tokens, embedder.name,
+        settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.name,
     ]))[:12]
     file_key = _sha(document.file)[:16]
     ids = [f"{file_key}-{version}-{c.index:05d}" for c in chunks]
@@ -115,7 +115,7 @@ def _rollback(store: ChromaStore, ids: Sequence[str], collection: str | None) ->
         logger.exception("could not roll back %d chunks after a failed ingest", len(ids))
 
 
-def ingest_document(store: ChromaStore, embedder: Embedder, settings: Settings,
+def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSettings,
                     document: Document, progress: Progress | None = None,
                     prepared: Prepared | None = None) -> IngestResult:
     """Archive ``document``, replacing any earlier version of the same file.
@@ -141,7 +141,7 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: Settings,
         return IngestResult(**result, replaced_chunks=0, unchanged=True,
                             seconds=time.perf_counter() - started)
     embeddings = embedder.embed([c.text for c in prepared.chunks],
-                                batch_size=settings.archive_embed_batch_size,
+                                batch_size=settings.embed_batch_size,
                                 progress=progress)
     keep = set(existing)
     _write(store, prepared, embeddings, keep)
@@ -196,7 +196,7 @@ def documents_from_records(records: Iterable[Record]) -> list[Document]:
     return documents
 
 
-def rebuild(store: ChromaStore, embedder: Embedder, settings: Settings,
+def rebuild(store: ChromaStore, embedder: Embedder, settings: ArchiveSettings,
             progress: Progress | None = None,
             on_total: Callable[[int], None] | None = None) -> ReindexResult:
     """Re-chunk and re-embed every archived file with ``embedder`` into a new collection, then
@@ -218,7 +218,7 @@ def rebuild(store: ChromaStore, embedder: Embedder, settings: Settings,
     try:
         for item in prepared:
             embeddings = embedder.embed([c.text for c in item.chunks],
-                                        batch_size=settings.archive_embed_batch_size,
+                                        batch_size=settings.embed_batch_size,
                                         progress=progress)
             _write(store, item, embeddings, set(), collection=staging)
         store.replace_with(staging)

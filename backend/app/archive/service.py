@@ -21,7 +21,7 @@ from app.archive.embeddings import Embedder, set_threads
 from app.archive.ingest import Prepared, Progress, ingest_document, prepare, rebuild
 from app.archive.retrieval import search
 from app.archive.store import ChromaStore
-from app.config import Settings
+from app.config import ArchiveSettings
 from app.errors import (
     ArchiveFileNotFound,
     ArchiveUnavailable,
@@ -51,15 +51,15 @@ class Archive:
     """The story archive: search, files, ingest and rebuild over one Chroma collection.
 
     Writes (ingest, delete, rebuild) are serialised by a lock; reads run concurrently.
-    Each operation's latency goes to ``metrics`` (the app's; a private one when not given).
+    Each operation's latency goes to ``metrics``.
     """
 
-    def __init__(self, settings: Settings, embedder: Embedder, store: ChromaStore,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: ArchiveSettings, embedder: Embedder, store: ChromaStore,
+                 metrics: Metrics) -> None:
         self.settings = settings
         self.embedder = embedder
         self.store = store
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics = metrics
         self._write_lock = threading.Lock()
         self._tenants: dict[str, Archive] = {}
         self._tenants_lock = threading.Lock()
@@ -74,16 +74,15 @@ class Archive:
         with self._tenants_lock:
             archive = self._tenants.get(tenant)
             if archive is None:
-                settings = self.settings.model_copy(
-                    update={"archive_collection": f"t-{tenant}-{self.settings.archive_collection}"})
-                store = ChromaStore(settings, self.embedder.name, self.embedder.dimension)
-                archive = self._tenants[tenant] = Archive(settings, self.embedder, store,
+                store = ChromaStore(self.settings, self.embedder.name, self.embedder.dimension,
+                                    collection=f"t-{tenant}-{self.settings.collection}")
+                archive = self._tenants[tenant] = Archive(self.settings, self.embedder, store,
                                                           self.metrics)
             return archive
 
     @classmethod
-    def open(cls, settings: Settings, embedder: Embedder | None = None,
-             metrics: Metrics | None = None) -> "Archive":
+    def open(cls, settings: ArchiveSettings, metrics: Metrics,
+             embedder: Embedder | None = None) -> "Archive":
         """Load the embedding model (unless given), set its threads (``EMBEDDING_THREADS``)
         and connect the store.
 
@@ -96,9 +95,9 @@ class Archive:
         """
         embedder = embedder or Embedder.load(settings.embedding_model)
         set_threads(settings.embedding_threads)
-        if settings.archive_chunk_tokens > embedder.max_tokens:
+        if settings.chunk_tokens > embedder.max_tokens:
             raise ArchiveUnavailable(
-                f"ARCHIVE_CHUNK_TOKENS is {settings.archive_chunk_tokens}, but the embedding "
+                f"ARCHIVE_CHUNK_TOKENS is {settings.chunk_tokens}, but the embedding "
                 f"model {embedder.name} embeds at most {embedder.max_tokens} tokens; lower it.",
                 param="ARCHIVE_CHUNK_TOKENS",
             )
@@ -118,12 +117,12 @@ class Archive:
         first, within ``filters``. Raises as :func:`app.archive.retrieval.search`."""
         with self.metrics.archive_operation("search"):
             return search(self.store, self.embedder, query,
-                          top_k or self.settings.archive_top_k, filters)
+                          top_k or self.settings.top_k, filters)
 
     def context_passages(self, query: str) -> list[Passage]:
         """Passages for an agent's context: the top ``ARCHIVE_TOP_K`` at or above
         ``ARCHIVE_MIN_SCORE``."""
-        return [p for p in self.search(query) if p.score >= self.settings.archive_min_score]
+        return [p for p in self.search(query) if p.score >= self.settings.min_score]
 
     def files(self) -> FileList:
         """Every archived file, sorted by name."""
@@ -173,8 +172,8 @@ class Archive:
                 mode=self.store.mode, location=self.store.public_location, collection=self.store.name,
                 embedding_model=self.embedder.name, embedding_dimension=self.embedder.dimension,
                 files=len(files), chunks=self.store.count(), chars=sum(f.chars for f in files),
-                chunk_tokens=self.settings.archive_chunk_tokens,
-                chunk_overlap_tokens=self.settings.archive_chunk_overlap_tokens,
+                chunk_tokens=self.settings.chunk_tokens,
+                chunk_overlap_tokens=self.settings.chunk_overlap_tokens,
             )
 
     # --- writes -----------------------------------------------------------------------------
@@ -189,7 +188,7 @@ class Archive:
             UnsupportedDocument, InvalidDocument: the file cannot be archived.
             ArchiveUnavailable, EmbeddingModelMismatch: the store cannot take it.
         """
-        limit = self.settings.archive_max_upload_bytes
+        limit = self.settings.max_upload_bytes
         if len(data) > limit:
             raise DocumentTooLarge(
                 f"{archive_name(name)!r} is {len(data)} bytes; the archive takes files up to "
@@ -264,14 +263,14 @@ class ArchiveState:
         return self.archive
 
 
-async def load_archive(state: ArchiveState, settings: Settings) -> None:
+async def load_archive(state: ArchiveState, settings: ArchiveSettings) -> None:
     """Open the archive off the event loop and publish it (or the failure) on ``state``."""
-    if not settings.archive_enabled:
+    if not settings.enabled:
         state.status = "disabled"
         return
     started = time.perf_counter()
     try:
-        archive = await asyncio.to_thread(Archive.open, settings, None, state.metrics)
+        archive = await asyncio.to_thread(Archive.open, settings, state.metrics)
     except ArchiveUnavailable as error:
         logger.error("archive load failed: %s", error.message)
         state.status, state.error = "error", error.message

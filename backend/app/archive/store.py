@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from app.config import Settings
+from app.config import ArchiveSettings
 from app.errors import ArchiveUnavailable, EmbeddingModelMismatch, WriterAssistantError
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,10 @@ class ChromaStore:
     Thread-safe: calls may come from FastAPI's worker threads at once.
     """
 
-    def __init__(self, settings: Settings, model: str, dimension: int) -> None:
+    def __init__(self, settings: ArchiveSettings, model: str, dimension: int,
+                 collection: str | None = None) -> None:
         self.settings = settings
-        self.name = settings.archive_collection
+        self.name = collection or settings.collection
         self.model = model
         self.dimension = dimension
         self._client: Any = None
@@ -67,7 +68,7 @@ class ChromaStore:
         """Where the store lives: ``server http://HOST:PORT`` or ``embedded DIR``."""
         if self.settings.chroma_host:
             return f"server http://{self.settings.chroma_host}:{self.settings.chroma_port}"
-        return f"embedded {Path(self.settings.archive_db_path).resolve()}"
+        return f"embedded {Path(self.settings.db_path).resolve()}"
 
     @property
     def public_location(self) -> str:
@@ -106,7 +107,7 @@ class ChromaStore:
         if self.settings.chroma_host:
             return chromadb.HttpClient(host=self.settings.chroma_host,
                                        port=self.settings.chroma_port, settings=chroma_settings)
-        path = Path(self.settings.archive_db_path)
+        path = Path(self.settings.db_path)
         path.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from app.config import Settings
+from app.config import ContextSettings, DistillationSettings
 from app.context.budget import Window, allocate, plan_window
 from app.context.distill import SummaryJob, SummaryLookup
 from app.context.elements import LAYER_TITLES, ContextElement, Layer
@@ -130,7 +130,8 @@ def assemble(
     task: AgentTask,
     *,
     counter: TokenCounter,
-    settings: Settings,
+    context: ContextSettings,
+    distillation: DistillationSettings,
     n_ctx: int,
     model: str,
     max_tokens: int,
@@ -141,7 +142,7 @@ def assemble(
     """Fit ``elements`` and ``task`` into the window and report each element's fate.
 
     Story elements go into the shared block, planned against ``completion_reserve`` (tokens)
-    and ``CONTEXT_TASK_RESERVE_TOKENS`` so that it is the same for every agent; elements
+    and the task reserve (``context.task_reserve_tokens``) so that it is the same for every agent; elements
     marked ``per_request`` (archive passages) go after it and get the room that is left. In
     each layer over its budget the lowest-priority elements give way first; high-priority
     elements never do. Without ``summaries`` they are trimmed (at paragraph or sentence
@@ -155,7 +156,7 @@ def assemble(
             ``needed_tokens`` and ``available_tokens``.
     """
     elements = list(elements)
-    prompt = _Assembly(elements, task, counter, settings, n_ctx, model, max_tokens,
+    prompt = _Assembly(elements, task, counter, context, distillation, n_ctx, model, max_tokens,
                        completion_reserve, max_context_tokens, summaries).run()
     if task.reference is None:
         return prompt
@@ -164,7 +165,7 @@ def assemble(
     if kept_whole:
         return prompt
     inline = replace(task, task=task.inline_task, reference=None)
-    return _Assembly(elements, inline, counter, settings, n_ctx, model, max_tokens,
+    return _Assembly(elements, inline, counter, context, distillation, n_ctx, model, max_tokens,
                      completion_reserve, max_context_tokens, summaries,
                      quoted=task.reference).run()
 
@@ -174,13 +175,15 @@ class _Assembly:
     quotes in full, left out of the shared block."""
 
     def __init__(self, elements: list[ContextElement], task: AgentTask, counter: TokenCounter,
-                 settings: Settings, n_ctx: int, model: str, max_tokens: int,
+                 context: ContextSettings, distillation: DistillationSettings, n_ctx: int,
+                 model: str, max_tokens: int,
                  completion_reserve: int, max_context_tokens: int | None,
                  summaries: SummaryLookup | None, quoted: str | None = None) -> None:
         self.elements = elements
         self.task = task
         self.counter = counter
-        self.settings = settings
+        self.context = context
+        self.distillation = distillation
         self.n_ctx = n_ctx
         self.model = model
         self.max_tokens = max_tokens
@@ -190,8 +193,8 @@ class _Assembly:
         self.quoted = quoted
 
     def run(self) -> AssembledPrompt:
-        counter, task, settings = self.counter, self.task, self.settings
-        window = plan_window(settings, self.n_ctx, self.max_tokens, self.max_context_tokens)
+        counter, task = self.counter, self.task
+        window = plan_window(self.context, self.n_ctx, self.max_tokens, self.max_context_tokens)
         slots: list[Slot] = []
         for element in self.elements:
             tokens = counter.count_tokens(element.render())
@@ -211,7 +214,8 @@ class _Assembly:
         system_fixed = counter.count_prompt_tokens([ChatMessage("system", system_skeleton)])
         fixed = counter.count_prompt_tokens(build_messages(task, system_skeleton))
         suffix = fixed - system_fixed
-        plan = _SharedPlan.of(window, self.completion_reserve, settings, suffix, system_fixed)
+        plan = _SharedPlan.of(window, self.completion_reserve, self.context.task_reserve_tokens,
+                              suffix, system_fixed)
 
         by_layer: dict[Layer, list[Slot]] = {layer: [] for layer in Layer}
         for slot in shared_slots:
@@ -228,9 +232,9 @@ class _Assembly:
             distillation = Distillation(
                 lookup=self.summaries,
                 counter=counter,
-                min_tokens=settings.distillation_min_summary_tokens,
-                chunk_tokens=settings.distillation_chunk_summary_tokens,
-                verbatim_share=settings.distillation_verbatim_share,
+                min_tokens=self.distillation.min_summary_tokens,
+                chunk_tokens=self.distillation.chunk_summary_tokens,
+                verbatim_share=self.distillation.verbatim_share,
                 input_limit=max(256, self.n_ctx // 2),
             )
         for layer, group in by_layer.items():
@@ -292,10 +296,9 @@ class _SharedPlan:
     note: str | None = None
 
     @classmethod
-    def of(cls, window: Window, completion_reserve: int, settings: Settings, suffix: int,
+    def of(cls, window: Window, completion_reserve: int, task_reserve: int, suffix: int,
            system_fixed: int) -> _SharedPlan:
         reserve = min(completion_reserve, window.total - window.buffer - 1)
-        task_reserve = settings.context_task_reserve_tokens
         notes = []
         if window.max_tokens > reserve:
             notes.append(f"max_tokens {window.max_tokens} is above the completion reserve of "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.config import Settings
+from app.config import ContextSettings
 from app.context.elements import Layer
 from app.errors import ContextLengthExceeded
 
@@ -32,15 +32,15 @@ class Window:
     shares: dict[Layer, int]
 
 
-def plan_window(settings: Settings, n_ctx: int, max_tokens: int, cap: int | None) -> Window:
+def plan_window(context: ContextSettings, n_ctx: int, max_tokens: int, cap: int | None) -> Window:
     """Scale the configured budgets to the effective window.
 
     Raises:
         ContextLengthExceeded: ``max_tokens`` alone does not fit the window.
     """
-    total = min(settings.context_max_tokens, n_ctx, cap or n_ctx)
-    scale = total / settings.context_max_tokens
-    buffer = int(settings.context_buffer_tokens * scale)
+    total = min(context.max_tokens, n_ctx, cap or n_ctx)
+    scale = total / context.max_tokens
+    buffer = int(context.buffer_tokens * scale)
     if max_tokens + buffer >= total:
         raise ContextLengthExceeded(
             f"max_tokens ({max_tokens}) plus the {buffer}-token buffer leaves no room for a "
@@ -49,7 +49,10 @@ def plan_window(settings: Settings, n_ctx: int, max_tokens: int, cap: int | None
             needed_tokens=max_tokens + buffer + 1,
             available_tokens=total,
         )
-    shares = {Layer(name): int(tokens * scale) for name, tokens in settings.layer_budgets.items()}
+    layers = context.layers
+    configured = {Layer.system: layers.system, Layer.recent_story: layers.recent_story,
+                  Layer.characters: layers.characters, Layer.plot_world: layers.plot_world}
+    shares = {layer: int(tokens * scale) for layer, tokens in configured.items()}
     return Window(total=total, buffer=buffer, max_tokens=max_tokens, shares=shares)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import diskcache
 
-from app.config import Settings
+from app.config import DistillationSettings, SamplingSettings
 from app.context.distill import GUIDANCE, Strategy, SummaryJob
 from app.context.trim import split_to_budget, trim_to_budget
 from app.llm.protocol import ChatMessage, Completion, SamplingParams, TextGenerator
@@ -81,16 +81,24 @@ class Distiller:
     given).
     """
 
-    def __init__(self, generator: TextGenerator, cache: SummaryCache, settings: Settings,
+    def __init__(self, generator: TextGenerator, cache: SummaryCache,
+                 settings: DistillationSettings, sampling: SamplingSettings,
                  generate: Generate | None = None) -> None:
         self.generator = generator
         self.cache = cache
         self.settings = settings
+        self.sampling = sampling
+        t = settings.temperatures
+        self.temperatures: dict[Strategy, float] = {
+            Strategy.plot: t.plot, Strategy.character: t.character,
+            Strategy.dialogue: t.dialogue, Strategy.scene: t.scene, Strategy.world: t.world,
+            Strategy.feedback: t.feedback,
+        }
         self._generate: Generate = generate or generator.generate
 
     def temperature(self, strategy: Strategy) -> float:
         """The strategy's temperature (``DISTILLATION_<STRATEGY>_TEMPERATURE``)."""
-        return getattr(self.settings, f"distillation_{strategy.value}_temperature")
+        return self.temperatures[strategy]
 
     async def make(self, job: SummaryJob, stats: DistillStats) -> str:
         """The summary of ``job`` (made with the model unless cached), clipped to its target.
@@ -140,7 +148,7 @@ class Distiller:
             tokens = count(text)
             # A text within the limit whose prompt still overflows is halved instead.
             parts = split_to_budget(text, limit if tokens > limit else max(64, tokens // 2), count)
-            part_target = max(self.settings.distillation_min_summary_tokens,
+            part_target = max(self.settings.min_summary_tokens,
                               target_tokens // len(parts))
             summaries = [await self._summarize(part, strategy, part_target, stats)
                          for part in parts]
@@ -148,12 +156,9 @@ class Distiller:
             if count(joined) <= target_tokens:
                 return joined
             return await self._summarize(joined, strategy, target_tokens, stats)
-        params = SamplingParams(
-            max_tokens=self._max_tokens(target_tokens),
+        params = SamplingParams.of(
+            self.sampling, max_tokens=self._max_tokens(target_tokens),
             temperature=self.temperature(strategy),
-            top_p=self.settings.llm_top_p,
-            top_k=self.settings.llm_top_k,
-            repeat_penalty=self.settings.llm_repeat_penalty,
             seed=0,  # the same input gives the same summary
         )
         completion = await self._generate(messages, params)

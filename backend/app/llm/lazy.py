@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from app.config import Settings
+from app.config import ModelSettings
 from app.llm.llama import GgufTokenizer, LlamaRuntime, default_model_path
 from app.llm.protocol import ChatMessage, Completion, SamplingParams, SharedPrefix, StreamItem
 
@@ -25,20 +25,20 @@ class LazyModel:
     then what llama.cpp reports. ``loaded`` tells whether the weights were loaded.
     """
 
-    def __init__(self, settings: Settings, tokenizer: GgufTokenizer) -> None:
+    def __init__(self, settings: ModelSettings, tokenizer: GgufTokenizer) -> None:
         self._settings = settings
         self._tokenizer = tokenizer
         self._model: LlamaRuntime | None = None
         self._loading = asyncio.Lock()
 
     @classmethod
-    def open(cls, settings: Settings) -> LazyModel:
+    def open(cls, settings: ModelSettings) -> LazyModel:
         """Load the vocabulary of the configured model (blocking, a fraction of a second).
 
         Raises:
             ModelUnavailable: the file is missing or not GGUF, or has no chat template.
         """
-        return cls(settings, GgufTokenizer.load(settings.model_path or default_model_path()))
+        return cls(settings, GgufTokenizer.load(settings.path or default_model_path()))
 
     @property
     def loaded(self) -> bool:
@@ -46,7 +46,7 @@ class LazyModel:
 
     @property
     def n_ctx(self) -> int:
-        return self._model.n_ctx if self._model is not None else self._settings.llm_n_ctx
+        return self._model.n_ctx if self._model is not None else self._settings.n_ctx
 
     @property
     def model_name(self) -> str:

@@ -28,7 +28,7 @@ import llama_cpp
 from llama_cpp import Llama, LlamaGrammar, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from app.config import Settings
+from app.config import ModelSettings
 from app.errors import GenerationFailed, ModelUnavailable
 from app.llm.prefix_cache import Match, PrefixCache, Snapshot, as_tokens, common_prefix
 from app.llm.protocol import (
@@ -260,27 +260,27 @@ class LlamaRuntime(GgufTokenizer):
         self._rates = _Rates()
 
     @classmethod
-    def load(cls, settings: Settings) -> LlamaRuntime:
+    def load(cls, settings: ModelSettings) -> LlamaRuntime:
         """Load the model named by the settings (blocking; seconds for small models) and
         hash its file (the prefix cache keys on it).
 
         Raises:
             ModelUnavailable: the file is missing or not GGUF, or llama.cpp failed to load it.
         """
-        path = settings.model_path or default_model_path()
+        path = settings.path or default_model_path()
         check_gguf(path)
-        threads = settings.llm_n_threads or os.cpu_count() or 1
-        kv_type = KV_CACHE_TYPES[settings.llm_kv_cache_type]
+        threads = settings.n_threads or os.cpu_count() or 1
+        kv_type = KV_CACHE_TYPES[settings.kv_cache_type]
         try:
             sha256 = file_sha256(path)
             llama = Llama(
                 model_path=str(path),
-                n_ctx=settings.llm_n_ctx,
-                n_gpu_layers=settings.llm_n_gpu_layers,
+                n_ctx=settings.n_ctx,
+                n_gpu_layers=settings.n_gpu_layers,
                 n_threads=threads,
                 n_threads_batch=threads,
-                n_batch=settings.llm_n_batch,
-                flash_attn=settings.llm_flash_attn,
+                n_batch=settings.n_batch,
+                flash_attn=settings.flash_attn,
                 type_k=kv_type,
                 type_v=kv_type,
                 verbose=False,
@@ -288,13 +288,13 @@ class LlamaRuntime(GgufTokenizer):
         except (ValueError, RuntimeError, OSError) as error:
             raise ModelUnavailable(f"llama.cpp could not load {path.name}: {error}") from error
         cache = None
-        if settings.prefix_cache_enabled:
-            cache = PrefixCache(settings.prefix_cache_ram_bytes, settings.prefix_cache_dir,
-                                settings.prefix_cache_disk_bytes)
+        snapshots = settings.prefix_cache
+        if snapshots.enabled:
+            cache = PrefixCache(snapshots.ram_bytes, snapshots.dir, snapshots.disk_bytes)
         logger.info("model loaded", extra={"model": path.name, "n_ctx": llama.n_ctx(),
-                                           "kv_cache_type": settings.llm_kv_cache_type})
-        return cls(llama, path.stem, sha256=sha256, kv_cache_type=settings.llm_kv_cache_type,
-                   prefix_cache=cache, min_snapshot_tokens=settings.prefix_cache_min_tokens)
+                                           "kv_cache_type": settings.kv_cache_type})
+        return cls(llama, path.stem, sha256=sha256, kv_cache_type=settings.kv_cache_type,
+                   prefix_cache=cache, min_snapshot_tokens=snapshots.min_tokens)
 
     @property
     def n_ctx(self) -> int:

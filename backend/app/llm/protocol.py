@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from app.config import SamplingSettings
 from app.errors import ContextLengthExceeded, GenerationFailed
 
 Role = Literal["system", "user", "assistant"]
@@ -41,6 +42,23 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     seed: int | None = None
     json_schema: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, defaults: SamplingSettings, *, max_tokens: int | None = None,
+           temperature: float | None = None, seed: int | None = None,
+           json_schema: dict[str, Any] | None = None) -> SamplingParams:
+        """The one way sampling is built: what is given, else the server's defaults
+        (``LLM_MAX_TOKENS``, ``LLM_TEMPERATURE``; top-p, top-k and the repetition penalty
+        always from them). Limits are the caller's to check."""
+        return cls(
+            max_tokens=max_tokens or defaults.max_tokens,
+            temperature=defaults.temperature if temperature is None else temperature,
+            top_p=defaults.top_p,
+            top_k=defaults.top_k,
+            repeat_penalty=defaults.repeat_penalty,
+            seed=seed,
+            json_schema=json_schema,
+        )
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 import openai
 
-from app.config import Settings
+from app.config import ModelSettings
 from app.errors import (
     GenerationFailed,
     ModelOverloaded,
@@ -190,7 +190,7 @@ class RemoteGenerator:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ModelSettings,
         *,
         model: str,
         n_ctx: int,
@@ -207,12 +207,12 @@ class RemoteGenerator:
         self._count_with_server = count_with_server
         self._http = http
         self._json_object_schema = bool(server and server.dialect.json_object_schema)
-        api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
+        api_key = settings.remote.api_key.get_secret_value() if settings.remote.api_key else "none"
         # No retries inside a request: the model lock is held meanwhile, and the caller gets
         # the server's Retry-After instead.
         self._client = openai.AsyncOpenAI(
-            base_url=settings.llm_base_url, api_key=api_key, max_retries=0,
-            timeout=settings.llm_request_timeout_s,
+            base_url=settings.remote.base_url, api_key=api_key, max_retries=0,
+            timeout=settings.remote.request_timeout_s,
         )
         self._lock = asyncio.Lock()
         self._counting = ThreadPoolExecutor(max_workers=2, thread_name_prefix="remote-tokenize")
@@ -222,7 +222,7 @@ class RemoteGenerator:
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
-    def connect(cls, settings: Settings) -> RemoteGenerator:
+    def connect(cls, settings: ModelSettings) -> RemoteGenerator:
         """Reach the server, find its model, context window and tokenize endpoint, load the
         local tokenizer and compare the two (blocking; run it in a worker thread).
 
@@ -232,18 +232,18 @@ class RemoteGenerator:
         """
         from app.llm.llama import GgufTokenizer, default_model_path
 
-        base = (settings.llm_base_url or "").rstrip("/")
+        base = (settings.remote.base_url or "").rstrip("/")
         root = base.removesuffix("/v1")
         headers = {}
-        if settings.llm_api_key is not None:
-            headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
+        if settings.remote.api_key is not None:
+            headers["Authorization"] = f"Bearer {settings.remote.api_key.get_secret_value()}"
         http = httpx.Client(base_url=root, headers=headers,
-                            timeout=settings.llm_request_timeout_s)
+                            timeout=settings.remote.request_timeout_s)
         try:
             model, n_ctx = _discover(http, base, settings)
             dialect = detect_dialect(http, model)
             server = ServerTokenizer(http, dialect, model) if dialect else None
-            path = settings.llm_tokenizer_path or default_model_path()
+            path = settings.remote.tokenizer_path or default_model_path()
             local = GgufTokenizer.load(Path(path))
             count_with_server = _choose_counter(settings, server)
             _compare_tokenizers(settings, local, server, count_with_server)
@@ -417,7 +417,7 @@ class RemoteGenerator:
 
 
 # --- startup checks ---------------------------------------------------------------------------
-def _discover(http: httpx.Client, base: str, settings: Settings) -> tuple[str, int]:
+def _discover(http: httpx.Client, base: str, settings: ModelSettings) -> tuple[str, int]:
     """The model id and context window the server reports.
 
     The id is ``LLM_MODEL`` or the first listed at ``/v1/models``; the window is llama-server's
@@ -436,7 +436,7 @@ def _discover(http: httpx.Client, base: str, settings: Settings) -> tuple[str, i
         raise upstream_error(response.status_code, response.headers, response.text,
                              during="listing its models")
     listed = [m for m in response.json().get("data", []) if isinstance(m, dict) and "id" in m]
-    chosen = settings.llm_model
+    chosen = settings.remote.model
     entry = next((m for m in listed if m["id"] == chosen), None) if chosen else None
     if chosen is None:
         if not listed:
@@ -446,7 +446,7 @@ def _discover(http: httpx.Client, base: str, settings: Settings) -> tuple[str, i
     n_ctx = _props_n_ctx(http)
     if n_ctx is None and entry is not None and isinstance(entry.get("max_model_len"), int):
         n_ctx = entry["max_model_len"]
-    return chosen, n_ctx or settings.llm_n_ctx
+    return chosen, n_ctx or settings.n_ctx
 
 
 def _props_n_ctx(http: httpx.Client) -> int | None:
@@ -466,20 +466,20 @@ def _props_n_ctx(http: httpx.Client) -> int | None:
     return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
 
 
-def _choose_counter(settings: Settings, server: ServerTokenizer | None) -> bool:
+def _choose_counter(settings: ModelSettings, server: ServerTokenizer | None) -> bool:
     """Whether token counts come from the server (else from the local tokenizer).
 
     Raises:
         ModelUnavailable: ``LLM_TOKENIZER=server`` and the server has no tokenize endpoint.
     """
-    if settings.llm_tokenizer == "server" and server is None:
+    if settings.remote.tokenizer == "server" and server is None:
         raise ModelUnavailable(
             "LLM_TOKENIZER=server, but the model server has no tokenize endpoint we know "
             "(/extras/tokenize, /tokenize); use LLM_TOKENIZER=local with LLM_TOKENIZER_PATH")
-    return settings.llm_tokenizer != "local" and server is not None
+    return settings.remote.tokenizer != "local" and server is not None
 
 
-def _compare_tokenizers(settings: Settings, local: Any, server: ServerTokenizer | None,
+def _compare_tokenizers(settings: ModelSettings, local: Any, server: ServerTokenizer | None,
                         count_with_server: bool) -> None:
     """Count the probe texts and a probe chat prompt with both tokenizers.
 
@@ -502,7 +502,7 @@ def _compare_tokenizers(settings: Settings, local: Any, server: ServerTokenizer 
         f"disagree on the probe texts (local vs server tokens: {figures}): the server serves "
         "another model; set LLM_TOKENIZER_PATH to a GGUF of the served model"
     )
-    if settings.llm_tokenizer == "server":
+    if settings.remote.tokenizer == "server":
         logger.warning("%s; counting with the server's tokenizer, but prompts are rendered with "
                        "the local chat template, so template overhead may be off", message)
         return
@@ -585,7 +585,7 @@ def _finish_reason(reason: str) -> FinishReason:
     return "length" if reason == "length" else "stop"
 
 
-async def wait_for_server(settings: Settings, sleep: Callable[[float], Any] = asyncio.sleep,
+async def wait_for_server(settings: ModelSettings, sleep: Callable[[float], Any] = asyncio.sleep,
                           on_retry: Callable[[str], None] | None = None) -> RemoteGenerator:
     """Connect, retrying every ``LLM_CONNECT_RETRY_S`` while the server is unreachable or
     loading (never on a refusal such as a tokenizer mismatch). ``on_retry`` gets the reason.
@@ -597,10 +597,10 @@ async def wait_for_server(settings: Settings, sleep: Callable[[float], Any] = as
         try:
             return await asyncio.to_thread(RemoteGenerator.connect, settings)
         except ModelUnavailable as error:
-            if not error.details.get("retryable") or settings.llm_connect_retry_s <= 0:
+            if not error.details.get("retryable") or settings.remote.connect_retry_s <= 0:
                 raise
-            reason = f"{error.message} (retrying every {settings.llm_connect_retry_s:g} s)"
+            reason = f"{error.message} (retrying every {settings.remote.connect_retry_s:g} s)"
             logger.warning("model server not ready: %s", reason)
             if on_retry is not None:
                 on_retry(reason)
-            await sleep(settings.llm_connect_retry_s)
+            await sleep(settings.remote.connect_retry_s)

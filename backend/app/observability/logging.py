@@ -27,7 +27,7 @@ from asgi_correlation_id import CorrelationIdFilter
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-from app.config import Settings
+from app.config import ObservabilitySettings
 from app.llm.protocol import Completion
 
 #: Name of the handler this module installs, so a second call replaces it.
@@ -55,7 +55,7 @@ def _formatter(log_format: str) -> logging.Formatter:
                          reserved_attrs=_RESERVED, json_ensure_ascii=False)
 
 
-def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(settings: ObservabilitySettings, stream: TextIO | None = None) -> logging.Handler:
     """Send every log record to ``stream`` (default stderr) as ``LOG_FORMAT`` lines at
     ``LOG_LEVEL``, with the request id; returns the handler.
 

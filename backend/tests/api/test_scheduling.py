@@ -37,7 +37,7 @@ def test_the_deadline_covers_distillation(settings):
     JSON, an error event for a stream, and the agent's own generation never runs."""
     generator = FakeGenerator(replies=[summarizer_or("The chapter.")], context_window=2048,
                               token_delay_s=0.05)
-    app = create_app(settings.model_copy(update={"generation_timeout_s": 0.5}),
+    app = create_app(settings.replace(**{"generation_timeout_s": 0.5}),
                      generator=generator)
     from fastapi.testclient import TestClient
 
@@ -89,7 +89,7 @@ def test_a_stalled_stream_reader_releases_the_model(settings):
     times out (SSE_SEND_TIMEOUT_S), the generation stops and the next request runs."""
     piece = "x" * 16_384
     generator = FakeGenerator(replies=[" ".join([piece] * 4_000)])  # ~64 MB of tokens
-    app = create_app(settings.model_copy(update={"sse_send_timeout_s": 0.5,
+    app = create_app(settings.replace(**{"sse_send_timeout_s": 0.5,
                                                  "queue_max_wait_s": 60}), generator=generator)
     with serve(app) as base:
         port = int(base.rsplit(":", 1)[1])

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from app.archive.embeddings import Embedder
 from app.archive.service import Archive
+from app.observability.metrics import Metrics
 from app.config import Settings
 from app.llm.fake import FakeGenerator
 from app.main import create_app
@@ -155,7 +156,7 @@ def make_settings(mode: str, tmp_path: Path, request: pytest.FixtureRequest
 @pytest.fixture
 def archive(make_settings: Callable[..., Settings], embedder: CachingEmbedder) -> Archive:
     """An empty archive in the parametrized store mode, on the real embedding model."""
-    return Archive.open(make_settings(), embedder=embedder)
+    return Archive.open(make_settings().archive, Metrics(), embedder=embedder)
 
 
 @pytest.fixture(scope="session", params=MODES)
@@ -165,7 +166,7 @@ def corpus_archive(request: pytest.FixtureRequest, embedder: CachingEmbedder,
     mode = request.param
     server = request.getfixturevalue("chroma_server") if mode == "server" else None
     settings = settings_for(mode, tmp_path_factory.mktemp(f"corpus-{mode}"), server)
-    archive = Archive.open(settings, embedder=embedder)
+    archive = Archive.open(settings.archive, Metrics(), embedder=embedder)
     for path in (ALICE, SHERLOCK):
         archive.ingest_bytes(path.name, path.read_bytes())
     return archive

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from app.archive.service import Archive
+from app.observability.metrics import Metrics
 from app.config import Settings
 from app.errors import ArchiveFileNotFound, ArchiveUnavailable, EmbeddingModelMismatch
 from app.schemas.archive import ArchiveFilters
@@ -93,8 +94,8 @@ def test_reconstruct_list_stats_delete(archive: Archive, mode: str) -> None:
 
 
 def test_reingest_is_stable_and_a_new_version_replaces_the_old(archive: Archive) -> None:
-    small = archive.settings.model_copy(update={"archive_chunk_tokens": 40,
-                                                "archive_chunk_overlap_tokens": 8})
+    small = archive.settings.model_copy(update={"chunk_tokens": 40,
+                                                "chunk_overlap_tokens": 8})
     archive.settings = small
     first = ingest(archive, "lighthouse.txt", STORY)
     ids = archive.store.ids({"file": "lighthouse.txt"})
@@ -121,7 +122,7 @@ def test_a_failed_ingest_leaves_the_archive_as_it_was(
     archive: Archive, embedder: CachingEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     archive.settings = archive.settings.model_copy(
-        update={"archive_chunk_tokens": 30, "archive_chunk_overlap_tokens": 5})
+        update={"chunk_tokens": 30, "chunk_overlap_tokens": 5})
     ingest(archive, "lighthouse.txt", STORY)
     before = sorted(r.id for r in archive.store.get(texts=False))
     edited = STORY.replace("Old Tom", "Young Will")
@@ -172,7 +173,7 @@ def test_another_embedding_model_is_refused_until_reindex(
     ingest(archive, "recipes.md", RECIPES)
     settings = archive.settings
     other = CachingEmbedder(embedder, name="test/minilm-truncated-128", dimension=128)
-    switched = Archive.open(settings, embedder=other)
+    switched = Archive.open(settings.archive, Metrics(), embedder=other)
 
     for call in (lambda: switched.search("storm", 3),
                  lambda: switched.ingest_bytes("more.txt", b"More text.")):
@@ -193,7 +194,7 @@ def test_another_embedding_model_is_refused_until_reindex(
     assert switched.store.collection_metadata()["embedding_dimension"] == 128
     # The archive built for the old model is now the one refused.
     with pytest.raises(EmbeddingModelMismatch):
-        Archive.open(settings, embedder=embedder).search("storm", 1)
+        Archive.open(settings.archive, Metrics(), embedder=embedder).search("storm", 1)
 
 
 def test_embeddings_are_unit_vectors(embedder: CachingEmbedder) -> None:

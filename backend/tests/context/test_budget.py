@@ -11,7 +11,7 @@ LAYERS = list(Layer)
 
 
 def test_defaults_scale_to_the_embedded_models_window():
-    window = plan_window(Settings(), n_ctx=8192, max_tokens=512, cap=None)
+    window = plan_window(Settings().context, n_ctx=8192, max_tokens=512, cap=None)
     assert window.total == 8192
     # 2000 / 13000 / 5000 / 10000 of 32000, buffer 2000, scaled by 8192 / 32000
     assert window.shares == {
@@ -22,16 +22,16 @@ def test_defaults_scale_to_the_embedded_models_window():
 
 
 def test_request_cap_and_context_max_bound_the_window():
-    assert plan_window(Settings(), n_ctx=8192, max_tokens=100, cap=2000).total == 2000
+    assert plan_window(Settings().context, n_ctx=8192, max_tokens=100, cap=2000).total == 2000
     assert plan_window(Settings(context_max_tokens=4000, context_buffer_tokens=100,
                                 context_system_tokens=100, context_recent_story_tokens=100,
-                                context_characters_tokens=100, context_plot_world_tokens=100),
+                                context_characters_tokens=100, context_plot_world_tokens=100).context,
                        n_ctx=8192, max_tokens=100, cap=None).total == 4000
 
 
 def test_max_tokens_larger_than_window_is_refused_with_numbers():
     with pytest.raises(ContextLengthExceeded) as caught:
-        plan_window(Settings(), n_ctx=8192, max_tokens=8000, cap=None)
+        plan_window(Settings().context, n_ctx=8192, max_tokens=8000, cap=None)
     assert caught.value.details["available_tokens"] == 8192
 
 

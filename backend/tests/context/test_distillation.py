@@ -6,7 +6,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from app.agents.registry import REGISTRY
-from app.agents.runner import AgentRunner, Meta, Progress
+from app.agents.runner import AgentRunner, Meta, Progress, RunnerSettings
 from app.config import Settings
 from app.context.assembly import AgentTask, assemble
 from app.context.distill import Strategy, SummaryJob, strategy_for
@@ -46,8 +46,10 @@ def story(chapters: int, sentences: int) -> dict:
 def make_runner(settings: Settings) -> AgentRunner:
     """A runner on a fresh fake model over the summary cache in ``SUMMARY_CACHE_DIR``."""
     generator = FakeGenerator(replies=[summarizer], context_window=4096)
-    cache = SummaryCache(settings.summary_cache_dir, settings.summary_cache_max_bytes, "fake")
-    return AgentRunner(settings, generator, Scheduler(8, 60), Metrics(), summary_cache=cache)
+    cache = SummaryCache(settings.distillation.cache_dir, settings.distillation.cache_max_bytes,
+                         "fake")
+    return AgentRunner(RunnerSettings.of(settings), generator, Scheduler(8, 60), Metrics(),
+                       summary_cache=cache)
 
 
 @pytest.fixture
@@ -89,7 +91,7 @@ async def test_cache_survives_a_restart(runner, tmp_path):
     request = GenerateChapterRequest.model_validate(story(chapters=5, sentences=60))
     spec = REGISTRY["generate-chapter"]
     await runner.preview(spec, request)
-    fresh = make_runner(runner.settings)
+    fresh = make_runner(Settings(summary_cache_dir=tmp_path / "cache"))
     prepared = await fresh.preview(spec, request)
     assert fresh.generator.calls == []
     assert prepared.prompt.report.distillation.llm_calls == 0
@@ -133,7 +135,8 @@ async def test_stream_reports_progress_before_meta(runner):
 async def test_long_input_is_split_so_no_summary_prompt_exceeds_the_window(tmp_path):
     settings = Settings(summary_cache_dir=tmp_path)
     generator = FakeGenerator(replies=[summarizer], context_window=600)
-    distiller = Distiller(generator, SummaryCache(tmp_path, 2**24, "fake"), settings)
+    distiller = Distiller(generator, SummaryCache(tmp_path, 2**24, "fake"), settings.distillation,
+                          settings.model.sampling)
     text = "\n\n".join(f"Paragraph {i} tells of the hatter and the hare at tea." for i in range(200))
     job = SummaryJob(Layer.recent_story, Strategy.plot, 1, text, 100, (), "x")
     from app.context.summaries import DistillStats
@@ -174,7 +177,7 @@ class DictLookup:
 def assemble_fully(items, window, max_tokens, lookup):
     task = AgentTask(agent="writer", role="You are the writer.", task="Write on.")
     for _ in range(8):
-        result = assemble(items, task, counter=FAKE, settings=Settings(), n_ctx=window,
+        result = assemble(items, task, counter=FAKE, context=Settings().context, distillation=Settings().distillation, n_ctx=window,
                           model="fake", max_tokens=max_tokens, completion_reserve=max_tokens,
                           summaries=lookup)
         if not result.missing:

@@ -125,8 +125,8 @@ def test_the_cache_and_its_evictions_change_no_output(tmp_path):
     and off: restoring a snapshot gives the model exactly the state it would compute."""
     base = Settings(summary_cache_dir=tmp_path / "summaries", archive_enabled=False)
     on = run_sequence(base)
-    evicting = run_sequence(base.model_copy(update={"prefix_cache_ram_bytes": 1}))
-    off = run_sequence(base.model_copy(update={"prefix_cache_enabled": False}))
+    evicting = run_sequence(base.replace(prefix_cache_ram_bytes=1))
+    off = run_sequence(base.replace(prefix_cache_enabled=False))
     assert [text for text, _ in on] == [text for text, _ in evicting] == [
         text for text, _ in off]
     prompt_tokens = 1_000

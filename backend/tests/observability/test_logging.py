@@ -31,7 +31,7 @@ def run_requests(settings, caplog) -> tuple[list[dict], str, list[str]]:
     with its extra fields, the request ids answered)."""
     app = create_app(settings, generator=FakeGenerator(replies=[REPLY]))
     buffer = io.StringIO()
-    configure_logging(settings, stream=buffer)
+    configure_logging(settings.observability, stream=buffer)
     ids = []
     with caplog.at_level(logging.DEBUG), TestClient(app) as client:
         plain = client.post("/api/v1/generate-chapter", json=story_request())
@@ -67,7 +67,7 @@ def test_one_json_line_per_event_with_request_id_and_no_story_text(settings, cap
 
 
 def test_log_prompts_adds_the_prompt_and_the_text(settings, caplog):
-    lines, everything, _ = run_requests(settings.model_copy(update={"log_prompts": True}),
+    lines, everything, _ = run_requests(settings.replace(**{"log_prompts": True}),
                                         caplog)
     generations = [line for line in lines if line["message"] == "generation"]
     assert len(generations) == 2
@@ -79,11 +79,11 @@ def test_log_prompts_adds_the_prompt_and_the_text(settings, caplog):
 
 def test_text_format_is_one_plain_line_per_event(settings):
     buffer = io.StringIO()
-    configure_logging(settings.model_copy(update={"log_format": "text"}), stream=buffer)
+    configure_logging(settings.replace(log_format="text").observability, stream=buffer)
     try:
         logging.getLogger("app.test").warning("archive ready")
     finally:
-        configure_logging(settings)
+        configure_logging(settings.observability)
     line = buffer.getvalue().strip()
     assert line.endswith("WARNING [None] app.test: archive ready")
 
@@ -91,6 +91,6 @@ def test_text_format_is_one_plain_line_per_event(settings):
 @pytest.mark.parametrize("calls", [1, 3])
 def test_configuring_twice_keeps_one_handler(settings, calls):
     for _ in range(calls):
-        configure_logging(settings)
+        configure_logging(settings.observability)
     ours = [h for h in logging.getLogger().handlers if h.get_name() == "writer_assistant"]
     assert len(ours) == 1

@@ -49,7 +49,7 @@ def done_event(body: str) -> dict:
 def slowish(settings):
     """A server whose fake model takes 30 ms a token and whose queue holds no waiter."""
     generator = FakeGenerator(replies=[REPLY], token_delay_s=0.03)
-    app = create_app(settings.model_copy(update={"queue_max_waiting": 0,
+    app = create_app(settings.replace(**{"queue_max_waiting": 0,
                                                  "rate_limit_per_minute": 0,
                                                  "rate_limit_concurrent": 0}),
                      generator=generator)
@@ -150,7 +150,7 @@ class _Store:
 
 def test_archive_operations_are_timed_failures_included(settings):
     metrics = Metrics()
-    archive = Archive(settings, embedder=None, store=_Store(), metrics=metrics)
+    archive = Archive(settings.archive, embedder=None, store=_Store(), metrics=metrics)
     archive.delete_file("a.txt")
     with pytest.raises(ArchiveFileNotFound):
         archive.delete_file("a.txt")
@@ -165,7 +165,7 @@ def test_refusals_by_the_middleware_are_counted(settings):
     from pydantic import SecretStr
 
     key = "k" * 20
-    app = create_app(settings.model_copy(update={
+    app = create_app(settings.replace(**{
         "api_keys": SecretStr(f"alice:{key}"), "rate_limit_per_minute": 2,
         "rate_limit_concurrent": 0}), generator=FakeGenerator())
     auth = {"Authorization": f"Bearer {key}"}

@@ -16,14 +16,14 @@ pytestmark = pytest.mark.model
 
 @pytest.fixture(scope="module")
 def in_process() -> LlamaRuntime:
-    return LlamaRuntime.load(Settings())
+    return LlamaRuntime.load(Settings().model)
 
 
 @pytest.fixture(scope="module", params=["auto", "local"])
 def remote(request, llama_server: str) -> RemoteGenerator:
     settings = Settings(llm_backend="openai", llm_base_url=llama_server,
                         llm_tokenizer=request.param)
-    return RemoteGenerator.connect(settings)
+    return RemoteGenerator.connect(settings.model)
 
 
 def texts(alice_request: dict) -> list[str]:
@@ -35,14 +35,14 @@ def texts(alice_request: dict) -> list[str]:
 
 def test_detects_llama_cpp_python_and_the_embedded_model(llama_server):
     generator = RemoteGenerator.connect(
-        Settings(llm_backend="openai", llm_base_url=llama_server))
+        Settings(llm_backend="openai", llm_base_url=llama_server).model)
     assert generator.token_source == "llama-cpp-python"
     assert generator.model_name == "SmolLM2-135M-Instruct.Q4_1"
     assert generator.n_ctx == 8192  # LLM_N_CTX: llama-cpp-python's server reports none
 
 
 def test_token_counts_equal_the_in_process_model(remote, in_process, alice_request):
-    expected = {"auto": "llama-cpp-python", "local": "local"}[remote._settings.llm_tokenizer]
+    expected = {"auto": "llama-cpp-python", "local": "local"}[remote._settings.remote.tokenizer]
     assert remote.token_source == expected
     for text in texts(alice_request)[:5]:  # plain text (no special-token text: see below)
         assert remote.count_tokens(text) == in_process.count_tokens(text), text[:40]
@@ -58,7 +58,7 @@ def test_local_counts_equal_in_process_even_for_special_token_text(llama_server,
     # llama-cpp-python's /extras/tokenize always parses special-token text ("<|im_start|>" is
     # one token there, several in the in-process count_tokens); the local tokenizer matches.
     local = RemoteGenerator.connect(Settings(llm_backend="openai", llm_base_url=llama_server,
-                                             llm_tokenizer="local"))
+                                             llm_tokenizer="local").model)
     for text in texts(alice_request):
         assert local.count_tokens(text) == in_process.count_tokens(text), text[:40]
 

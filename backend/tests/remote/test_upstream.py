@@ -157,14 +157,14 @@ def test_tokenizer_mismatch_is_refused(upstream, script):
     script.tokenize_offset = 1  # the server counts one token more: another model
     settings = Settings(llm_backend="openai", llm_base_url=f"{upstream}/v1")
     with pytest.raises(ModelUnavailable, match="disagree on the probe texts"):
-        RemoteGenerator.connect(settings)
+        RemoteGenerator.connect(settings.model)
 
 
 def test_tokenizer_mismatch_only_warns_when_the_server_counts(upstream, script, caplog):
     script.tokenize_offset = 1
     settings = Settings(llm_backend="openai", llm_base_url=f"{upstream}/v1",
                         llm_tokenizer="server")
-    generator = RemoteGenerator.connect(settings)
+    generator = RemoteGenerator.connect(settings.model)
     assert "disagree on the probe texts" in caplog.text
     assert generator.count_tokens("Hello world") == 2 + 1  # the server's count
 
@@ -172,7 +172,7 @@ def test_tokenizer_mismatch_only_warns_when_the_server_counts(upstream, script, 
 def test_llama_server_dialect(upstream, script):
     script.dialect, script.n_ctx = "llama-server", 4096
     generator = RemoteGenerator.connect(Settings(llm_backend="openai",
-                                                 llm_base_url=f"{upstream}/v1"))
+                                                 llm_base_url=f"{upstream}/v1").model)
     assert generator.token_source == "llama-server"
     assert generator.n_ctx == 4096  # from /props
     assert generator.count_tokens("Hello world") == 2
@@ -185,19 +185,19 @@ def test_llama_server_dialect(upstream, script):
 def test_no_tokenize_endpoint_counts_locally(upstream, script):
     script.dialect = "none"
     generator = RemoteGenerator.connect(Settings(llm_backend="openai",
-                                                 llm_base_url=f"{upstream}/v1"))
+                                                 llm_base_url=f"{upstream}/v1").model)
     assert generator.token_source == "local"
     assert generator.count_tokens("Hello world") == 2
     with pytest.raises(ModelUnavailable, match="no tokenize endpoint"):
         RemoteGenerator.connect(Settings(llm_backend="openai", llm_base_url=f"{upstream}/v1",
-                                         llm_tokenizer="server"))
+                                         llm_tokenizer="server").model)
 
 
 def test_api_key_is_sent_and_never_shown(upstream, script):
     settings = Settings(llm_backend="openai", llm_base_url=f"{upstream}/v1",
                         llm_api_key="sk-secret-123")
     assert "sk-secret-123" not in repr(settings)
-    RemoteGenerator.connect(settings)
+    RemoteGenerator.connect(settings.model)
     assert script.authorization[-1] == "Bearer sk-secret-123"
 
 
@@ -216,7 +216,7 @@ def test_closing_the_stream_between_tokens_closes_the_upstream(upstream, script)
 
     script.mode = "slow"
     generator = RemoteGenerator.connect(Settings(llm_backend="openai",
-                                                 llm_base_url=f"{upstream}/v1"))
+                                                 llm_base_url=f"{upstream}/v1").model)
     closed_before = script.streams_closed
 
     async def run() -> int:

@@ -132,7 +132,7 @@ def _register(operation: str) -> None:
 
     async def stream(body: request_model, services: Services = Depends(get_services)):  # type: ignore[valid-type]
         items = await services.require_runner().stream(spec, body)
-        return sse_response(_events(items), services.settings, services.streams)
+        return sse_response(_events(items), services.settings.http, services.streams)
 
     stream.__name__ = f"{run.__name__}_stream"
     router.add_api_route(

@@ -86,7 +86,7 @@ async def upload(request: Request, services: Services = Depends(get_services)) -
     """Archive an uploaded .txt, .md, .docx or .html file (multipart field ``file``),
     replacing an earlier file of the same name."""
     archive = services.require_archive()
-    name, data = await _read_upload(request, archive.settings.archive_max_upload_bytes)
+    name, data = await _read_upload(request, archive.settings.max_upload_bytes)
     return await asyncio.to_thread(archive.ingest_bytes, name, data)
 
 
@@ -105,7 +105,7 @@ async def rag_chat(body: RagChatRequest, services: Services = Depends(get_servic
     (the numbered sources), ``token`` (text as produced), then ``done`` or ``error``."""
     runner = services.require_runner()
     grounding, items = await runner.rag_chat(services.require_archive(), body)
-    return sse_response(_chat_events(grounding, items), services.settings, services.streams)
+    return sse_response(_chat_events(grounding, items), services.settings.http, services.streams)
 
 
 async def _chat_events(grounding: rag.Grounding,
