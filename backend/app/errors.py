@@ -18,16 +18,21 @@ class WriterAssistantError(Exception):
         details: extra JSON-serialisable figures (e.g. token counts).
         retry_after: seconds the caller should wait before retrying (the ``Retry-After`` header
             of a 429 or 503), or ``None`` for the service's default.
+        retryable: whether the same call may succeed if tried again as it is (an unreachable or
+            loading model server). Internal: it steers our own retries and never reaches a
+            response body.
     """
 
     code = "internal_error"
 
     def __init__(self, message: str, *, param: str | None = None,
-                 retry_after: float | None = None, **details: Any) -> None:
+                 retry_after: float | None = None, retryable: bool = False,
+                 **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.retryable = retryable
         self.details = details
 
 
@@ -63,6 +68,18 @@ class InvalidRequest(WriterAssistantError):
     """The request is well-formed JSON of the right types but cannot be served as asked."""
 
     code = "invalid_request"
+
+
+class InvalidJson(InvalidRequest):
+    """The request body is not valid JSON."""
+
+    code = "invalid_json"
+
+
+class RequestTooLarge(WriterAssistantError):
+    """The request body is over ``MAX_REQUEST_BYTES``."""
+
+    code = "request_too_large"
 
 
 class AgentOutputInvalid(WriterAssistantError):
@@ -145,6 +162,13 @@ class ServiceDraining(WriterAssistantError):
     """The server is shutting down and takes no new generations."""
 
     code = "service_draining"
+
+
+class NotReady(WriterAssistantError):
+    """The readiness probe's answer while the server cannot serve: the model or the archive is
+    loading or failed, or the server is draining; ``details.reasons`` says which."""
+
+    code = "not_ready"
 
 
 class RateLimited(WriterAssistantError):

@@ -1,6 +1,9 @@
 """The one table from exception to HTTP status and error body.
 
 Every non-2xx answer has the body ``{"error": {"code", "message", "param", "details"}}``.
+Domain errors answer through :func:`error_response`, wherever they arise (routes, middleware,
+probes): the status and headers come from :data:`STATUS` and :data:`HEADERS`, found along the
+error's class hierarchy. Routes document the same table with :func:`error_responses`.
 Exception text of unexpected errors never reaches the client.
 """
 
@@ -27,13 +30,16 @@ from app.errors import (
     GenerationFailed,
     GenerationTimeout,
     InvalidDocument,
+    InvalidJson,
     InvalidRequest,
     ModelOverloaded,
     ModelUnavailable,
+    NotReady,
     OutputTruncated,
     QueueFull,
     QueueTimeout,
     RateLimited,
+    RequestTooLarge,
     ServiceDraining,
     Unauthenticated,
     UnknownReference,
@@ -41,11 +47,14 @@ from app.errors import (
     WriterAssistantError,
 )
 from app.observability.logging import log_error_answer
+from app.schemas.responses import ErrorResponse as ErrorModel
 
 logger = logging.getLogger(__name__)
 
+#: HTTP status by error class. A class not listed answers with its nearest listed ancestor's.
 STATUS: dict[type[WriterAssistantError], int] = {
     InvalidRequest: 422,
+    InvalidJson: 400,
     UnknownReference: 422,
     ContextLengthExceeded: 400,
     ModelUnavailable: 503,
@@ -59,20 +68,68 @@ STATUS: dict[type[WriterAssistantError], int] = {
     UnsupportedDocument: 415,
     InvalidDocument: 422,
     DocumentTooLarge: 413,
+    RequestTooLarge: 413,
     QueueFull: 503,
     QueueTimeout: 503,
     ServiceDraining: 503,
+    NotReady: 503,
     GenerationTimeout: 504,
     RateLimited: 429,
     Unauthenticated: 401,
 }
+
+#: Fixed headers by error class (found along the class hierarchy like :data:`STATUS`). Every
+#: 429 and 503 also carries ``Retry-After``.
+HEADERS: dict[type[WriterAssistantError], dict[str, str]] = {
+    Unauthenticated: {"WWW-Authenticate": "Bearer"},
+}
+
+#: The middleware's refusals, possible on every route but the probes.
+REFUSALS: tuple[type[WriterAssistantError], ...] = (Unauthenticated, RequestTooLarge,
+                                                     RateLimited)
+#: A JSON request body that does not parse (400) or validate (422).
+BODY_ERRORS: tuple[type[WriterAssistantError], ...] = (InvalidJson, InvalidRequest)
+#: Any use of the model: not loaded or unreachable (503), its server busy (429) or failing (502).
+MODEL_ERRORS: tuple[type[WriterAssistantError], ...] = (ModelUnavailable, ModelOverloaded,
+                                                         GenerationFailed)
+#: A turn at the model: no turn (503) or past the generation deadline (504).
+TURN_ERRORS: tuple[type[WriterAssistantError], ...] = (QueueFull, QueueTimeout, ServiceDraining,
+                                                        GenerationTimeout)
+#: A request's story context that cannot be served as given.
+CONTEXT_ERRORS: tuple[type[WriterAssistantError], ...] = (UnknownReference,
+                                                           ContextLengthExceeded)
+#: Any use of the story archive.
+ARCHIVE_ERRORS: tuple[type[WriterAssistantError], ...] = (ArchiveUnavailable,
+                                                           EmbeddingModelMismatch)
+#: An agent operation: everything above and the JSON agents' output checks.
+AGENT_ERRORS: tuple[type[WriterAssistantError], ...] = (
+    *BODY_ERRORS, *CONTEXT_ERRORS, *MODEL_ERRORS, *TURN_ERRORS, AgentOutputInvalid,
+    OutputTruncated,
+)
+
+
+def _nearest(table: dict[type[WriterAssistantError], Any],
+             kind: type[WriterAssistantError]) -> Any:
+    for cls in kind.__mro__:
+        if cls in table:
+            return table[cls]
+    return None
+
+
+def status_of(kind: type[WriterAssistantError] | WriterAssistantError) -> int:
+    """The HTTP status of an error (or error class): its own or its nearest listed ancestor's
+    in :data:`STATUS`; 500 for none."""
+    cls = kind if isinstance(kind, type) else type(kind)
+    return _nearest(STATUS, cls) or 500
+
 
 #: Seconds a client should wait before retrying a 503 (or 429) whose error names no other.
 RETRY_AFTER_SECONDS = 5
 
 
 def error_body(error: WriterAssistantError) -> dict[str, Any]:
-    """The JSON envelope of a domain error."""
+    """The JSON envelope of a domain error: code, message, param and details, nothing else
+    (``retry_after`` goes in a header, ``retryable`` stays internal)."""
     return {
         "error": {
             "code": error.code,
@@ -89,21 +146,53 @@ class ErrorResponse(JSONResponse):
     (rejections or backend errors, by code) and logged (an ``error_answer`` event)."""
 
     def __init__(self, body: dict[str, Any], status_code: int,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, *, record: bool = True) -> None:
         super().__init__(body, status_code=status_code, headers=headers)
         self.code = str(body["error"]["code"])
+        self.record = record
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        services = getattr(getattr(scope.get("app"), "state", None), "services", None)
-        if services is not None:
-            services.metrics.count_error(self.code)
-        log_error_answer(self.code, self.status_code)
+        if self.record:
+            services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+            if services is not None:
+                services.metrics.count_error(self.code)
+            log_error_answer(self.code, self.status_code)
         await super().__call__(scope, receive, send)
+
+
+def error_response(error: WriterAssistantError, *, record: bool = True) -> ErrorResponse:
+    """The answer to a domain error: status and headers from the table, the error's envelope.
+
+    ``record=False`` leaves it out of the metrics and the ``error_answer`` log (a probe's
+    answer reports the server's state; it refuses no work)."""
+    status = status_of(error)
+    headers = dict(_nearest(HEADERS, type(error)) or {})
+    if status in (429, 503):
+        seconds = RETRY_AFTER_SECONDS if error.retry_after is None else error.retry_after
+        headers["Retry-After"] = str(max(1, math.ceil(seconds)))
+    return ErrorResponse(error_body(error), status_code=status, headers=headers or None,
+                         record=record)
+
+
+def error_responses(*errors: type[WriterAssistantError]) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=``: each status the table gives ``errors``, documented with the
+    error envelope and the codes that answer with it."""
+    codes: dict[int, list[str]] = {}
+    for error in errors:
+        status = status_of(error)
+        if error.code not in codes.setdefault(status, []):
+            codes[status].append(error.code)
+    return {
+        status: {"model": ErrorModel, "description": "Error codes: " + ", ".join(
+            f"`{code}`" for code in codes[status])}
+        for status in sorted(codes)
+    }
 
 
 def envelope(status: int, code: str, message: str, param: str | None = None,
              headers: dict[str, str] | None = None, **details: Any) -> ErrorResponse:
-    """A JSON error response in the one envelope (for errors raised outside the routes)."""
+    """A JSON error response in the one envelope, for answers that are no domain error
+    (Starlette's HTTP errors, unexpected exceptions)."""
     body = {"error": {"code": code, "message": message, "param": param, "details": details}}
     return ErrorResponse(body, status_code=status, headers=headers)
 
@@ -117,12 +206,7 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 
 async def _domain_error(_request: Request, error: WriterAssistantError) -> JSONResponse:
-    status = STATUS.get(type(error), 500)
-    headers = None
-    if status in (429, 503):
-        seconds = RETRY_AFTER_SECONDS if error.retry_after is None else error.retry_after
-        headers = {"Retry-After": str(max(1, math.ceil(seconds)))}
-    return ErrorResponse(error_body(error), status_code=status, headers=headers)
+    return error_response(error)
 
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -130,17 +214,17 @@ async def _validation_error(_request: Request, error: RequestValidationError) ->
     if any(e.get("type") == "json_invalid" for e in errors):
         first = next(e for e in errors if e.get("type") == "json_invalid")
         detail = (first.get("ctx") or {}).get("error", "")
-        return envelope(400, "invalid_json",
-                         f"The request body is not valid JSON ({detail}); send a JSON object.")
+        return error_response(InvalidJson(
+            f"The request body is not valid JSON ({detail}); send a JSON object."))
     shown = errors[:5]
     parts = [f"{_location(tuple(e['loc'])) or 'body'}: {e['msg']}" for e in shown]
     more = f" (and {len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
-    return envelope(
-        422, "invalid_request", "; ".join(parts) + more,
+    return error_response(InvalidRequest(
+        "; ".join(parts) + more,
         param=_location(tuple(shown[0]["loc"])) or None,
         errors=[{"param": _location(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
                 for e in errors[:20]],
-    )
+    ))
 
 
 async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -1,28 +1,28 @@
 """ASGI middleware of the HTTP layer: request size, API keys (tenants) and per-user limits.
 
 Pure ASGI (no ``BaseHTTPMiddleware``) so that streamed responses pass through unbuffered.
-Refusals use the one error envelope.
+Middleware sits outside the app's exception handlers, so each refusal is a domain error
+answered directly through the one table (:func:`app.api.errors.error_response`).
 """
 
 from __future__ import annotations
 
 import hmac
-import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping
 
-from fastapi.responses import JSONResponse
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import envelope
+from app.api.errors import ErrorResponse, error_response
+from app.errors import RateLimited, RequestTooLarge, Unauthenticated
 from app.tenancy import LOCAL_TENANT, current_tenant
 
 #: Routes that never need an API key and never count against a user's limits: probes.
-OPEN_PATHS = frozenset({"/health", "/ready", "/api/v1/health"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/api/v1/health", "/api/v1/ready"})
 
 
 class _BodyTooLarge(BaseException):
@@ -37,10 +37,10 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _refusal(self) -> JSONResponse:
-        return envelope(413, "request_too_large",
-                        f"The request body is over the {self.max_bytes}-byte limit "
-                        "(MAX_REQUEST_BYTES); send less.")
+    def _refusal(self) -> ErrorResponse:
+        return error_response(RequestTooLarge(
+            f"The request body is over the {self.max_bytes}-byte limit (MAX_REQUEST_BYTES); "
+            "send less."))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,11 +112,9 @@ class ApiKeys:
         if self.keys and scope["path"] not in OPEN_PATHS:
             tenant = self.tenant_for(_presented_key(scope))
             if tenant is None:
-                refusal = envelope(401, "unauthenticated",
-                                   "This route needs an API key: send 'Authorization: Bearer "
-                                   "<key>' (or 'X-API-Key: <key>').",
-                                   headers={"WWW-Authenticate": "Bearer"})
-                await refusal(scope, receive, send)
+                refusal = Unauthenticated("This route needs an API key: send 'Authorization: "
+                                          "Bearer <key>' (or 'X-API-Key: <key>').")
+                await error_response(refusal)(scope, receive, send)
                 return
             state["tenant"] = tenant
         token = current_tenant.set(state["tenant"])
@@ -148,9 +146,9 @@ class UserLimits:
         client = scope.get("client")
         return f"client:{client[0] if client else 'unknown'}"
 
-    def _refuse(self, message: str, retry_after: float) -> JSONResponse:
-        return envelope(429, "rate_limited", message,
-                        headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+    @staticmethod
+    def _refuse(message: str, retry_after: float) -> ErrorResponse:
+        return error_response(RateLimited(message, retry_after=retry_after))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:

@@ -227,8 +227,8 @@ class RemoteGenerator:
         local tokenizer and compare the two (blocking; run it in a worker thread).
 
         Raises:
-            ModelUnavailable: the server is unreachable or loading (``retryable`` in
-                ``details``), refused the API key, serves no model, or the tokenizers disagree.
+            ModelUnavailable: the server is unreachable or loading (``error.retryable``),
+                refused the API key, serves no model, or the tokenizers disagree.
         """
         from app.llm.llama import GgufTokenizer, default_model_path
 
@@ -597,7 +597,7 @@ async def wait_for_server(settings: ModelSettings, sleep: Callable[[float], Any]
         try:
             return await asyncio.to_thread(RemoteGenerator.connect, settings)
         except ModelUnavailable as error:
-            if not error.details.get("retryable") or settings.remote.connect_retry_s <= 0:
+            if not error.retryable or settings.remote.connect_retry_s <= 0:
                 raise
             reason = f"{error.message} (retrying every {settings.remote.connect_retry_s:g} s)"
             logger.warning("model server not ready: %s", reason)

@@ -124,8 +124,6 @@ def _register(operation: str) -> None:
     router.add_api_route(
         f"/{operation}", run, methods=["POST"], response_model=response_model,
         summary=f"{spec.agent.capitalize()} agent: {operation.replace('-', ' ')}",
-        responses={400: {"model": rs.ErrorResponse}, 422: {"model": rs.ErrorResponse},
-                   502: {"model": rs.ErrorResponse}, 503: {"model": rs.ErrorResponse}},
     )
     if not spec.streams:
         return
@@ -139,9 +137,7 @@ def _register(operation: str) -> None:
         f"/{operation}/stream", stream, methods=["POST"],
         summary=f"{operation.replace('-', ' ').capitalize()}, streamed as Server-Sent Events",
         responses={200: {"content": {"text/event-stream": {}},
-                         "description": "meta, token..., then done or error"},
-                   400: {"model": rs.ErrorResponse}, 422: {"model": rs.ErrorResponse},
-                   503: {"model": rs.ErrorResponse}},
+                         "description": "meta, token..., then done or error"}},
     )
 
 

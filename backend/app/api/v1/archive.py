@@ -15,9 +15,24 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 
+from app.api.errors import (
+    ARCHIVE_ERRORS,
+    BODY_ERRORS,
+    MODEL_ERRORS,
+    REFUSALS,
+    TURN_ERRORS,
+    error_responses,
+)
 from app.api.sse import DONE, META, TOKEN, sse_response
 from app.archive import rag
-from app.errors import DocumentTooLarge, InvalidRequest
+from app.errors import (
+    ArchiveFileNotFound,
+    ContextLengthExceeded,
+    DocumentTooLarge,
+    InvalidDocument,
+    InvalidRequest,
+    UnsupportedDocument,
+)
 from app.llm.protocol import Completion, TokenDelta
 from app.schemas.archive import (
     ArchiveStats,
@@ -31,20 +46,25 @@ from app.schemas.archive import (
     SearchRequest,
     SearchResponse,
 )
-from app.schemas.responses import ErrorResponse
 from app.schemas.usage import Usage
 from app.state import Services, get_services
 
 router = APIRouter(prefix="/archive", tags=["archive"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (404, 409, 413, 415, 422, 503)
-}
+# Each route's error responses, from the one table: the middleware's refusals, the archive's
+# errors, and what the route adds.
+_ERRORS = error_responses(*REFUSALS, *ARCHIVE_ERRORS)
+_BODY = error_responses(*REFUSALS, *BODY_ERRORS, *ARCHIVE_ERRORS)
+_FILE = error_responses(*REFUSALS, InvalidRequest, ArchiveFileNotFound, *ARCHIVE_ERRORS)
+_UPLOAD = error_responses(*REFUSALS, InvalidRequest, DocumentTooLarge, UnsupportedDocument,
+                          InvalidDocument, *ARCHIVE_ERRORS)
+_RAG = error_responses(*REFUSALS, *BODY_ERRORS, *ARCHIVE_ERRORS, ContextLengthExceeded,
+                       *MODEL_ERRORS, *TURN_ERRORS)
 #: Bytes of multipart framing allowed above ARCHIVE_MAX_UPLOAD_BYTES before a 413 unread.
 _MULTIPART_SLACK = 64 * 1024
 
 
-@router.post("/search", response_model=SearchResponse, responses=_ERRORS)
+@router.post("/search", response_model=SearchResponse, responses=_BODY)
 def search(body: SearchRequest, services: Services = Depends(get_services)) -> SearchResponse:
     """The passages closest in meaning to ``query``, best first, optionally within a file or
     chapter."""
@@ -58,13 +78,13 @@ def list_files(services: Services = Depends(get_services)) -> FileList:
     return services.require_archive().files()
 
 
-@router.get("/files/{file}/text", response_model=FileText, responses=_ERRORS)
+@router.get("/files/{file}/text", response_model=FileText, responses=_FILE)
 def file_text(file: str, services: Services = Depends(get_services)) -> FileText:
     """The archived text of ``file``, rebuilt exactly from its chunks."""
     return services.require_archive().file_text(file)
 
 
-@router.delete("/files/{file}", response_model=DeleteResult, responses=_ERRORS)
+@router.delete("/files/{file}", response_model=DeleteResult, responses=_FILE)
 def delete_file(file: str, services: Services = Depends(get_services)) -> DeleteResult:
     """Remove ``file`` and all its chunks from the archive."""
     return services.require_archive().delete_file(file)
@@ -77,7 +97,7 @@ def stats(services: Services = Depends(get_services)) -> ArchiveStats:
 
 
 @router.post(
-    "/files", response_model=IngestResult, status_code=201, responses=_ERRORS,
+    "/files", response_model=IngestResult, status_code=201, responses=_UPLOAD,
     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["file"],
                    "properties": {"file": {"type": "string", "format": "binary"}}}}}}},
@@ -90,7 +110,7 @@ async def upload(request: Request, services: Services = Depends(get_services)) -
     return await asyncio.to_thread(archive.ingest_bytes, name, data)
 
 
-@router.post("/rag/query", response_model=RagAnswer, responses={**_ERRORS, 400: {}, 502: {}})
+@router.post("/rag/query", response_model=RagAnswer, responses=_RAG)
 async def rag_query(body: RagQueryRequest,
                     services: Services = Depends(get_services)) -> RagAnswer:
     """Answer a question from the archive's passages, citing them as [n]."""
@@ -99,7 +119,7 @@ async def rag_query(body: RagQueryRequest,
 
 @router.post("/rag/chat", responses={
     200: {"content": {"text/event-stream": {}}, "description": "meta, token..., done or error"},
-    **_ERRORS, 400: {}})
+    **_RAG})
 async def rag_chat(body: RagChatRequest, services: Services = Depends(get_services)):
     """A conversation answered from the archive, streamed as Server-Sent Events: ``meta``
     (the numbered sources), ``token`` (text as produced), then ``done`` or ``error``."""

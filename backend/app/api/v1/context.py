@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.agents.registry import REGISTRY
+from app.api.errors import AGENT_ERRORS, REFUSALS, error_responses
 from app.api.v1.agents import ENDPOINTS
 from app.schemas.context import _Strict
 from app.schemas.requests import AgentRequest
@@ -19,7 +20,8 @@ from app.schemas.responses import ContextPreviewResponse, ContextWarmResponse
 from app.schemas.usage import Usage
 from app.state import Services, get_services
 
-router = APIRouter(prefix="/context", tags=["context"])
+router = APIRouter(prefix="/context", tags=["context"],
+                   responses=error_responses(*REFUSALS, *AGENT_ERRORS))
 
 Operation = Enum("Operation", {name.replace("-", "_"): name for name in ENDPOINTS}, type=str)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import anyio
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 
-from app.errors import WriterAssistantError
+from app.api.errors import error_response, error_responses
+from app.errors import NotReady, WriterAssistantError
 from app.schemas.responses import HealthResponse, ReadyResponse
 from app.state import Services, get_services
 
@@ -47,19 +47,16 @@ async def _not_ready_reasons(services: Services) -> list[str]:
     return reasons
 
 
-@router.get("/ready", response_model=ReadyResponse,
-            responses={503: {"description": "Not ready; error.details.reasons says why."}})
+@router.get("/ready", response_model=ReadyResponse, responses=error_responses(NotReady))
 async def ready(services: Services = Depends(get_services)):
     """Readiness: 200 when the model is loaded, the archive (if enabled) reachable and the
-    server not draining; otherwise 503 with reason codes (``draining``, ``model_loading``,
-    ``model_error``, ``archive_loading``, ``archive_error``, ``archive_unreachable``)."""
+    server not draining; otherwise 503 ``not_ready`` with reason codes in
+    ``error.details.reasons`` (``draining``, ``model_loading``, ``model_error``,
+    ``archive_loading``, ``archive_error``, ``archive_unreachable``)."""
     reasons = await _not_ready_reasons(services)
     if not reasons:
         return ReadyResponse()
     detail = services.model.error or services.archive.error
     message = "Not ready: " + ", ".join(reasons) + (f" ({detail})" if detail else "")
-    return JSONResponse(
-        {"error": {"code": "not_ready", "message": message, "param": None,
-                   "details": {"reasons": reasons}}},
-        status_code=503, headers={"Retry-After": "5"},
-    )
+    # Not counted as a refusal: probes ask often, and the answer is the server's state.
+    return error_response(NotReady(message, reasons=reasons), record=False)

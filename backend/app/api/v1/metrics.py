@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
+from app.api.errors import REFUSALS, error_responses
 from app.observability.metrics import CONTENT_TYPE
 from app.state import Services, get_services
 
@@ -13,7 +14,8 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE: {}},
-                             "description": "Prometheus text format"}})
+                             "description": "Prometheus text format"},
+                       **error_responses(*REFUSALS)})
 async def metrics(services: Services = Depends(get_services)) -> Response:
     """Requests running and waiting, rejections by reason, backend errors, time to first
     token, inter-token and end-to-end latency, queue time, prompt and completion tokens,

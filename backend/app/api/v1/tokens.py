@@ -7,11 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import Field, StringConstraints, model_validator
 
+from app.api.errors import BODY_ERRORS, MODEL_ERRORS, REFUSALS, error_responses
 from app.schemas.context import MAX_ELEMENT_CHARS, MAX_ELEMENTS, _Strict
 from app.schemas.responses import TokenCountResponse, TokenValidateResponse
 from app.state import Services, get_services
 
-router = APIRouter(prefix="/tokens", tags=["tokens"])
+router = APIRouter(prefix="/tokens", tags=["tokens"],
+                   responses=error_responses(*REFUSALS, *BODY_ERRORS, *MODEL_ERRORS))
 
 Text = Annotated[str, StringConstraints(max_length=MAX_ELEMENT_CHARS)]
 
