@@ -11,25 +11,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.archive.service import load_archive
+from app.config import Settings
 from app.errors import ModelUnavailable
 from app.llm.protocol import TextGenerator
+from app.llm.retry import is_retryable, startup_retrying
 from app.state import Services
 
 logger = logging.getLogger(__name__)
 
 
-async def _open_generator(services: Services) -> TextGenerator:
-    """The generator ``LLM_BACKEND`` names: the in-process model, loaded in a worker thread, or
-    a remote server, reached (retrying while it is down or loading; /health says why meanwhile)
-    and checked."""
-    settings = services.settings
+async def _open_generator(settings: Settings) -> TextGenerator:
+    """One attempt at the generator ``LLM_BACKEND`` names: the in-process model, loaded in a
+    worker thread, or a remote server, reached and checked in one."""
     if settings.model.backend == "openai":
-        from app.llm.remote import wait_for_server
+        from app.llm.remote import RemoteGenerator
 
-        def waiting(reason: str) -> None:
-            services.model.status, services.model.error = "error", reason
-
-        return await wait_for_server(settings.model, on_retry=waiting)
+        return await asyncio.to_thread(RemoteGenerator.connect, settings.model)
     from app.llm.llama import LlamaRuntime  # imported here: tests with a fake never load it
 
     return await asyncio.to_thread(LlamaRuntime.load, settings.model)
@@ -38,24 +35,27 @@ async def _open_generator(services: Services) -> TextGenerator:
 async def load_model(services: Services) -> None:
     """Load or reach the model off the event loop and publish it.
 
-    A failure (file missing, not GGUF, server down...) is published on ``/health`` and
-    ``/ready`` and the load is retried every ``MODEL_LOAD_RETRY_S`` seconds, so the service
-    recovers by itself once the cause goes away.
+    A failure (file missing, not GGUF, server down or loading...) is published on ``/health``
+    and ``/ready`` and retried by the startup policy (:func:`app.llm.retry.startup_retrying`:
+    every ``LLM_CONNECT_RETRY_S`` seconds while a remote server is unreachable or loading,
+    else every ``MODEL_LOAD_RETRY_S`` seconds, without end), so the service recovers by itself
+    once the cause goes away.
     """
-    while True:
-        try:
-            generator = await _open_generator(services)
-        except ModelUnavailable as error:
-            logger.error("model load failed: %s", error.message)
-            services.model.status, services.model.error = "error", error.message
-        except Exception as error:  # noqa: BLE001 - reported on /health, never crashes startup
-            logger.exception("model load failed")
-            services.model.status = "error"
-            services.model.error = f"unexpected {type(error).__name__} while loading the model"
-        else:
-            services.set_ready(generator)
-            return
-        await asyncio.sleep(services.settings.lifecycle.model_load_retry_s)
+    def failed(error: BaseException, wait_s: float) -> None:
+        if is_retryable(error):  # a remote server unreachable, loading or busy
+            reason = getattr(error, "message", str(error))
+            logger.warning("model server not ready: %s", reason)
+        elif isinstance(error, ModelUnavailable):
+            reason = error.message
+            logger.error("model load failed: %s", reason)
+        else:  # reported on /health, never crashes startup
+            logger.error("model load failed", exc_info=error)
+            reason = f"unexpected {type(error).__name__} while loading the model"
+        services.model.status = "error"
+        services.model.error = f"{reason} (retrying in {wait_s:g} s)"
+
+    retrying = startup_retrying(services.settings, on_retry=failed)
+    services.set_ready(await retrying(_open_generator, services.settings))
 
 
 async def drain(services: Services, then: Callable[[], None]) -> None:

@@ -19,6 +19,10 @@ as with the in-process model:
   ``Retry-After``; its 429 -> :class:`ModelOverloaded` (429) with its ``Retry-After``; any other
   failure, or a stream that breaks or ends without a finish reason -> :class:`GenerationFailed`.
   Closing the stream closes the upstream response, which tells the server to stop.
+- **Retries**: a transient failure while serving a request (unreachable, its 503, its 429) is
+  retried by :class:`app.llm.retry.UpstreamRetry` (bounded attempts and seconds, its
+  ``Retry-After`` honoured up to a cap) when opening a stream, never once a token came, and
+  when counting tokens; connecting is retried by the startup policy of :mod:`app.llm.retry`.
 - **Prefix reuse** is the server's own (llama-server's prompt cache and slots, vLLM's prefix
   caching); the story's shared block, identical for every agent, is what lets it hit. The
   cached-token count is passed through where the server reports it (the OpenAI field
@@ -65,6 +69,7 @@ from app.llm.protocol import (
     final_completion,
     rendered_prefix,
 )
+from app.llm.retry import UPSTREAM_RETRY, UpstreamRetry
 
 logger = logging.getLogger(__name__)
 
@@ -127,18 +132,28 @@ class ServerTokenizer:
 
     Raises (from every method): :class:`ModelUnavailable` when the server cannot be reached,
     else what :func:`upstream_error` maps its answer to.
+
+    ``retry`` is the policy for transient failures: ``None`` (one attempt) while connecting,
+    where the startup policy retries the whole connection; the generator's once it serves.
     """
 
-    def __init__(self, client: httpx.Client, dialect: TokenizeDialect, model: str) -> None:
+    def __init__(self, client: httpx.Client, dialect: TokenizeDialect, model: str,
+                 retry: UpstreamRetry | None = None) -> None:
         self._client = client
         self.dialect = dialect
         self._model = model
+        self.retry = retry
         self._baseline = {False: 0, True: 0}
         if dialect.fixed_special:
             self._baseline[False] = len(self.tokenize("", special=True))
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
-        """Token ids of ``text`` as the server tokenizes it."""
+        """Token ids of ``text`` as the server tokenizes it (retried by ``retry``)."""
+        if self.retry is None:
+            return self._tokenize_once(text, special)
+        return self.retry.retrying_sync("counting tokens")(self._tokenize_once, text, special)
+
+    def _tokenize_once(self, text: str, special: bool) -> list[int]:
         try:
             response = self._client.post(self.dialect.path,
                                          json=self.dialect.body(text, special, self._model))
@@ -185,7 +200,8 @@ class RemoteGenerator:
     """A model on an OpenAI-compatible server, implementing
     :class:`app.llm.protocol.TextGenerator`.
 
-    Build it with :meth:`connect`, which checks the server and the tokenizers.
+    Build it with :meth:`connect`, which checks the server and the tokenizers. ``retry`` is
+    the policy for transient failures of the server while serving requests.
     """
 
     def __init__(
@@ -198,6 +214,7 @@ class RemoteGenerator:
         server: ServerTokenizer | None,
         count_with_server: bool,
         http: httpx.Client,
+        retry: UpstreamRetry = UPSTREAM_RETRY,
     ) -> None:
         self._settings = settings
         self._model = model
@@ -206,10 +223,11 @@ class RemoteGenerator:
         self._server = server
         self._count_with_server = count_with_server
         self._http = http
+        self.retry = retry
         self._json_object_schema = bool(server and server.dialect.json_object_schema)
         api_key = settings.remote.api_key.get_secret_value() if settings.remote.api_key else "none"
-        # No retries inside a request: the model lock is held meanwhile, and the caller gets
-        # the server's Retry-After instead.
+        # The client's own retries are off: ``self.retry`` is the one policy (bounded, since the
+        # model lock is held meanwhile; a long Retry-After goes to the caller instead).
         self._client = openai.AsyncOpenAI(
             base_url=settings.remote.base_url, api_key=api_key, max_retries=0,
             timeout=settings.remote.request_timeout_s,
@@ -224,7 +242,8 @@ class RemoteGenerator:
     @classmethod
     def connect(cls, settings: ModelSettings) -> RemoteGenerator:
         """Reach the server, find its model, context window and tokenize endpoint, load the
-        local tokenizer and compare the two (blocking; run it in a worker thread).
+        local tokenizer and compare the two (blocking; run it in a worker thread). One attempt:
+        the startup policy (:func:`app.llm.retry.startup_retrying`) retries it.
 
         Raises:
             ModelUnavailable: the server is unreachable or loading (``error.retryable``),
@@ -258,6 +277,17 @@ class RemoteGenerator:
         )
         return cls(settings, model=model, n_ctx=n_ctx, local=local, server=server,
                    count_with_server=count_with_server, http=http)
+
+    @property
+    def retry(self) -> UpstreamRetry:
+        """The policy for transient failures while serving (opening a stream, counting)."""
+        return self._retry
+
+    @retry.setter
+    def retry(self, policy: UpstreamRetry) -> None:
+        self._retry = policy
+        if self._server is not None:
+            self._server.retry = policy
 
     async def aclose(self) -> None:
         """Close the HTTP clients and the counting threads."""
@@ -329,10 +359,8 @@ class RemoteGenerator:
         queued = time.perf_counter()
         async with self._lock:
             start = time.perf_counter()
-            try:
-                upstream = await self._client.chat.completions.create(**request)
-            except openai.APIError as error:
-                raise _map_openai_error(error, str(self._client.base_url)) from error
+            # Retried only here, before the first token: nothing below is ever retried.
+            upstream = await self.retry.retrying("generating")(self._open_stream, request)
             first_token_at: float | None = None
             text: list[str] = []
             pieces = 0
@@ -389,6 +417,17 @@ class RemoteGenerator:
                 timings=Timings.measured(queued, start, first_token_at, end, completion_tokens),
                 cached_tokens=_cached_tokens(usage),
             )
+
+    async def _open_stream(self, request: dict[str, Any]) -> Any:
+        """One attempt at opening a generation's stream (nothing read from it yet).
+
+        Raises:
+            ModelUnavailable | ModelOverloaded | GenerationFailed: :func:`_map_openai_error`.
+        """
+        try:
+            return await self._client.chat.completions.create(**request)
+        except openai.APIError as error:
+            raise _map_openai_error(error, str(self._client.base_url)) from error
 
     def _request(self, messages: Sequence[ChatMessage], params: SamplingParams) -> dict[str, Any]:
         """Keyword arguments of ``chat.completions.create`` for one generation."""
@@ -538,7 +577,7 @@ def upstream_error(status: int, headers: Any, body: str, *,
                    during: str = "generating") -> WriterAssistantError:
     """Our error for an HTTP error answer of the model server.
 
-    429 -> :class:`ModelOverloaded`, 503 -> :class:`ModelUnavailable` (retryable), both with
+    429 -> :class:`ModelOverloaded`, 503 -> :class:`ModelUnavailable`, both retryable and with
     the server's ``Retry-After``; anything else -> :class:`GenerationFailed`.
     """
     retry_after = retry_after_seconds(headers)
@@ -547,7 +586,7 @@ def upstream_error(status: int, headers: Any, body: str, *,
         details["retry_after_s"] = round(retry_after, 1)
     if status == 429:
         return ModelOverloaded("The model server is busy (429); retry after the delay given.",
-                               retry_after=retry_after, **details)
+                               retry_after=retry_after, retryable=True, **details)
     if status == 503:
         return ModelUnavailable("The model server is unavailable or still loading (503); "
                                 "retry after the delay given.", retry_after=retry_after,
@@ -583,24 +622,3 @@ def _cached_tokens(usage: Any) -> int:
 def _finish_reason(reason: str) -> FinishReason:
     # The protocol knows stop and length; content_filter, tool_calls and the like end the text.
     return "length" if reason == "length" else "stop"
-
-
-async def wait_for_server(settings: ModelSettings, sleep: Callable[[float], Any] = asyncio.sleep,
-                          on_retry: Callable[[str], None] | None = None) -> RemoteGenerator:
-    """Connect, retrying every ``LLM_CONNECT_RETRY_S`` while the server is unreachable or
-    loading (never on a refusal such as a tokenizer mismatch). ``on_retry`` gets the reason.
-
-    Raises:
-        ModelUnavailable: the last attempt's failure when retrying is off, or a refusal.
-    """
-    while True:
-        try:
-            return await asyncio.to_thread(RemoteGenerator.connect, settings)
-        except ModelUnavailable as error:
-            if not error.retryable or settings.remote.connect_retry_s <= 0:
-                raise
-            reason = f"{error.message} (retrying every {settings.remote.connect_retry_s:g} s)"
-            logger.warning("model server not ready: %s", reason)
-            if on_retry is not None:
-                on_retry(reason)
-            await sleep(settings.remote.connect_retry_s)

@@ -69,7 +69,8 @@ def script(upstream_state: Upstream) -> Iterator[Upstream]:
     """The fake upstream's script, reset to defaults after each test."""
     yield upstream_state
     fresh = Upstream()
-    for name in ("mode", "pieces", "retry_after", "tokenize_offset", "dialect", "n_ctx"):
+    for name in ("mode", "pieces", "retry_after", "tokenize_offset", "dialect", "n_ctx",
+                 "fail_first", "fail_tokenize"):
         setattr(upstream_state, name, getattr(fresh, name))
     upstream_state.requests.clear()
     upstream_state.authorization.clear()

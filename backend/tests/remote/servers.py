@@ -111,11 +111,14 @@ class Upstream:
     ``mode`` scripts ``/v1/chat/completions``: ``ok`` streams ``pieces`` then stops; ``drop``
     streams three pieces then breaks the connection; ``slow`` streams a piece every 20 ms for
     a minute; ``nofinish`` ends with ``[DONE]`` but no finish reason; a number (``429``,
-    ``503``) answers that status with ``Retry-After``. ``tokenize_offset`` is added to every
-    count of a non-empty text (a server that serves another model). ``dialect`` is
-    ``llama-cpp-python`` (``/extras/tokenize``), ``llama-server`` (``/tokenize`` and
-    ``/props``) or anything else (no tokenize endpoint). ``usage``, when set, is sent in a last
-    chunk with no choices (OpenAI's ``stream_options.include_usage``).
+    ``503``) answers that status with ``Retry-After`` (none when ``retry_after`` is empty).
+    ``fail_first`` lists statuses answered (the same way) to the next chat requests before
+    ``mode`` applies, and ``fail_tokenize`` to the next tokenize calls: a transient failure.
+    ``tokenize_offset`` is added to every count of a non-empty text (a server that serves
+    another model). ``dialect`` is ``llama-cpp-python`` (``/extras/tokenize``),
+    ``llama-server`` (``/tokenize`` and ``/props``) or anything else (no tokenize endpoint).
+    ``usage``, when set, is sent in a last chunk with no choices (OpenAI's
+    ``stream_options.include_usage``).
     """
 
     mode: str = "ok"
@@ -124,6 +127,8 @@ class Upstream:
     tokenize_offset: int = 0
     dialect: str = "llama-cpp-python"
     n_ctx: int = 4096
+    fail_first: list[str] = field(default_factory=list)
+    fail_tokenize: list[str] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     authorization: list[str] = field(default_factory=list)
     streams_closed: int = 0
@@ -141,6 +146,11 @@ def fake_upstream(state: Upstream) -> Starlette:
     """A scripted OpenAI-compatible server that tokenizes with the embedded GGUF's tokenizer."""
     tokenizer = GgufTokenizer.load(default_model_path())
 
+    def failure(status: str) -> JSONResponse:
+        headers = {"Retry-After": state.retry_after} if state.retry_after else None
+        return JSONResponse({"error": {"message": "busy", "type": "server_error"}},
+                            status_code=int(status), headers=headers)
+
     def tokens(count: int) -> JSONResponse:
         offset = state.tokenize_offset if count else 0  # another model, on real text
         return JSONResponse({"tokens": list(range(count + offset))})
@@ -152,6 +162,8 @@ def fake_upstream(state: Upstream) -> Starlette:
     async def extras_tokenize(request: Request) -> Response:
         if state.dialect != "llama-cpp-python":
             return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if state.fail_tokenize:
+            return failure(state.fail_tokenize.pop(0))
         text = (await request.json())["input"]
         # llama-cpp-python tokenizes with special=True and BOS as the model wants.
         return tokens(tokenizer.count_rendered_prompt(text) if text else 0)
@@ -159,6 +171,8 @@ def fake_upstream(state: Upstream) -> Starlette:
     async def tokenize(request: Request) -> Response:
         if state.dialect != "llama-server":
             return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if state.fail_tokenize:
+            return failure(state.fail_tokenize.pop(0))
         body = await request.json()
         text = body["content"]
         special = body.get("parse_special", True)
@@ -172,10 +186,10 @@ def fake_upstream(state: Upstream) -> Starlette:
 
     async def chat(request: Request) -> Response:
         state.requests.append(await request.json())
+        if state.fail_first:
+            return failure(state.fail_first.pop(0))
         if state.mode.isdigit():
-            return JSONResponse({"error": {"message": "busy", "type": "server_error"}},
-                                status_code=int(state.mode),
-                                headers={"Retry-After": state.retry_after})
+            return failure(state.mode)
 
         async def events():
             if state.mode == "slow":
