@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from app.agents.outputs import EditorReview
 from app.agents.registry import REGISTRY
-from app.agents.runner import AgentRunner, Meta, Progress
+from app.agents.runner import AgentRunner, Meta, Progress, RunnerSettings
 from app.config import Settings
 from app.context.summaries import SUMMARIZER_ROLE, SummaryCache
 from app.errors import (
@@ -92,9 +92,9 @@ def build(state: Path) -> Iterator:
 
     def make(generator, **overrides: object) -> AgentRunner:
         settings = make_settings(state, **overrides)
-        cache = SummaryCache(settings.summary_cache_dir, settings.summary_cache_max_bytes,
+        cache = SummaryCache(settings.distillation.cache_dir, settings.distillation.cache_max_bytes,
                              generator.model_name)
-        runner = AgentRunner(settings, generator, Scheduler(8, 60), Metrics(),
+        runner = AgentRunner(RunnerSettings.of(settings), generator, Scheduler(8, 60), Metrics(),
                              summary_cache=cache)
         runners.append(runner)
         return runner

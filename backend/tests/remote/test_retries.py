@@ -180,7 +180,7 @@ def test_startup_waits_per_cause():
     assert startup_wait_s(settings, ModelUnavailable("down", retryable=True)) == 2
     assert startup_wait_s(settings, ModelUnavailable("not found")) == 30
     assert startup_wait_s(settings, RuntimeError("boom")) == 30
-    off = settings.model_copy(update={"llm_connect_retry_s": 0})
+    off = settings.replace(llm_connect_retry_s=0)
     assert startup_wait_s(off, ModelUnavailable("down", retryable=True)) == 30
 
 
