@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from app.agents.runner import AgentRunner
     from app.agents.spec import AgentSpec
     from app.context.report import AssemblyReport
-    from app.llm.protocol import Completion, TextGenerator
+    from app.llm.protocol import TextGenerator
     from app.schemas.requests import AgentRequest
 
 app = typer.Typer(help="Writer Assistant: command-line tools.", no_args_is_help=True,
@@ -238,7 +238,6 @@ def _read_context(path: Path, operation: str | None,
     from pydantic import ValidationError
 
     from app.agents.registry import REGISTRY
-    from app.api.v1.agents import ENDPOINTS
 
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
@@ -249,15 +248,16 @@ def _read_context(path: Path, operation: str | None,
         operation = operation or body.get("operation")
         body = body["request"]
     operation = operation or DEFAULT_OPERATION
-    if operation not in ENDPOINTS:
-        typer.echo(f"error: unknown operation {operation!r}; one of: {', '.join(ENDPOINTS)}",
+    if operation not in REGISTRY:
+        typer.echo(f"error: unknown operation {operation!r}; one of: {', '.join(REGISTRY)}",
                    err=True)
         raise typer.Exit(2)
     if not isinstance(body, dict):
         typer.echo(f"error: {path} holds no JSON object", err=True)
         raise typer.Exit(2)
     try:
-        request = ENDPOINTS[operation][0].model_validate({**body, **(overrides or {})})
+        request = REGISTRY[operation].request_model.model_validate(
+            {**body, **(overrides or {})})
     except ValidationError as error:
         for problem in error.errors()[:10]:
             where = ".".join(str(part) for part in problem["loc"]) or "body"
@@ -344,12 +344,13 @@ def _report_table(report: AssemblyReport) -> str:
     return "\n".join(lines)
 
 
-def _usage_line(completion: Completion) -> str:
-    t = completion.timings
-    return (f"finish_reason {completion.finish_reason} | prompt {completion.prompt_tokens} + "
-            f"completion {completion.completion_tokens} tokens | queue {t.queue_ms:.0f} ms, "
-            f"first token {t.time_to_first_token_ms:.0f} ms, total {t.total_ms:.0f} ms, "
-            f"{t.decode_tokens_per_s:.1f} tokens/s")
+def _usage_line(done: dict[str, Any]) -> str:
+    """A ``done`` event's usage (tokens) and timings (milliseconds) in one line."""
+    usage, t = done["usage"], done["timings"]
+    return (f"finish_reason {done['finish_reason']} | prompt {usage['prompt_tokens']} + "
+            f"completion {usage['completion_tokens']} tokens | queue {t['queue_ms']:.0f} ms, "
+            f"first token {t['time_to_first_token_ms']:.0f} ms, total {t['total_ms']:.0f} ms, "
+            f"{t['decode_tokens_per_s']:.1f} tokens/s")
 
 
 @app.command("count-tokens")
@@ -444,10 +445,8 @@ def generate(
                                    "seed": seed}.items() if v is not None}
     spec, request = _read_context(context_file, operation, overrides)
 
-    async def work() -> Completion:
-        from app.agents.runner import Meta, Progress
-        from app.errors import GenerationFailed
-        from app.llm.protocol import Completion, TokenDelta
+    async def work() -> dict[str, Any]:
+        from app.agents.events import DONE, META, PROGRESS, TOKEN, done_fields, stream_events
 
         runner = await _runner(Settings(**ctx.obj), archive)
         if not spec.streams:
@@ -455,23 +454,20 @@ def generate(
             output = result.output.model_dump() if result.output is not None else result.text
             typer.echo(output if isinstance(output, str) else
                        json.dumps(output, ensure_ascii=False, indent=1))
-            return result.completion
-        items = await runner.stream(spec, request)
-        completion = None
-        async for item in items:
-            if isinstance(item, Progress):
-                await _progress(item.data)
-            elif isinstance(item, Meta):
-                typer.echo(f"prompt {item.report.prompt_tokens} tokens, window "
-                           f"{item.report.window_tokens}; generating...", err=True)
-            elif isinstance(item, TokenDelta):
-                typer.echo(item.text, nl=False)
-            elif isinstance(item, Completion):
-                completion = item
+            return done_fields(spec, result.completion, result.report)
+        done: dict[str, Any] = {}
+        async for event, data in stream_events(spec, await runner.stream(spec, request)):
+            if event == PROGRESS:
+                await _progress(data)
+            elif event == META:
+                report = data["context_metadata"]
+                typer.echo(f"prompt {report['prompt_tokens']} tokens, window "
+                           f"{report['window_tokens']}; generating...", err=True)
+            elif event == TOKEN:
+                typer.echo(data["text"], nl=False)
+            elif event == DONE:
+                done = data
                 typer.echo()
-        if completion is None:  # the runner's stream ends with one or raises
-            raise GenerationFailed("the stream ended without a result")
-        return completion
+        return done
 
-    completion = _run_async(work())
-    typer.echo(_usage_line(completion), err=True)
+    typer.echo(_usage_line(_run_async(work())), err=True)

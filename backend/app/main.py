@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import errors
 from app.api.middleware import ApiKeys, BodySizeLimit, UserLimits
-from app.api.v1 import router as v1_router
+from app.agents.registry import REGISTRY
+from app.agents.spec import AgentSpec
+from app.api.v1.router import build_router
 from app.config import Settings
 from app.lifespan import lifespan
 from app.llm.protocol import TextGenerator
@@ -16,8 +20,10 @@ from app.observability.logging import configure_logging
 from app.state import Services
 
 
-def create_app(settings: Settings | None = None, generator: TextGenerator | None = None) -> FastAPI:
-    """Build the app. With ``generator`` (tests), skip loading the model and use it."""
+def create_app(settings: Settings | None = None, generator: TextGenerator | None = None,
+               agents: Mapping[str, AgentSpec] | None = None) -> FastAPI:
+    """Build the app. With ``generator`` (tests), skip loading the model and use it; with
+    ``agents``, serve those agent operations instead of the registry's."""
     settings = settings or Settings()
     configure_logging(settings.observability)
     app = FastAPI(
@@ -31,7 +37,7 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
         services.set_ready(generator)
     app.state.services = services
     errors.install(app)
-    app.include_router(v1_router.router)
+    app.include_router(build_router(REGISTRY if agents is None else agents))
     # Added innermost first: request id, then CORS (preflights need no key), body size, API
     # keys (which set the tenant), then the per-user limits that count by tenant.
     limits, http = settings.limits, settings.http

@@ -9,7 +9,7 @@ from fastapi import Request
 
 from app.agents.runner import AgentRunner, RunnerSettings
 from app.api.sse import OpenStreams
-from app.archive.retrieval import archive_context
+from app.archive.retrieval import archive_context, archive_search
 from app.archive.service import Archive, ArchiveState
 from app.config import Settings
 from app.context.summaries import SummaryCache
@@ -64,6 +64,7 @@ class Services:
         self.model = ModelState(status="ready", generator=generator)
         self.runner = AgentRunner(RunnerSettings.of(settings), generator, self.scheduler, self.metrics,
                                   extra_elements=archive_context(self.tenant_archive),
+                                  retrieve=archive_search(self.require_archive),
                                   summary_cache=cache)
 
     def _prefix_cache_stats(self) -> CacheStats | None:

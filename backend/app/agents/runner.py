@@ -18,13 +18,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from app.agents.registry import TEAM_PREAMBLE, default_completion_reserve
-from app.agents.spec import AgentSpec, TaskInput
-from app.archive import rag
+from app.agents.archivist import source_elements
+from app.agents.spec import AgentResult, AgentSpec, TaskInput
 from app.config import ContextSettings, DistillationSettings, SamplingSettings, Settings
 from app.context.assembly import AgentTask, AssembledPrompt, assemble
 from app.context.distill import SummaryJob, SummaryLookup
@@ -33,6 +33,7 @@ from app.context.report import AssemblyReport, DistillationStats
 from app.context.summaries import Distiller, DistillStats, SummaryCache
 from app.errors import (
     AgentOutputInvalid,
+    ArchiveUnavailable,
     GenerationFailed,
     GenerationTimeout,
     InvalidRequest,
@@ -52,17 +53,17 @@ from app.llm.protocol import (
 from app.llm.scheduler import JobClass, Scheduler, Turn
 from app.observability.logging import log_error_answer, log_generation
 from app.observability.metrics import Metrics
-from app.schemas.archive import RagAnswer, RagChatRequest, RagQueryRequest
+from app.schemas.archive import Passage
 from app.schemas.requests import AgentRequest
 from app.tenancy import current_tenant
 
-if TYPE_CHECKING:
-    from app.archive.service import Archive
-
 T = TypeVar("T")
 
-#: Extra context elements for a request (e.g. archive passages); see ``AgentRunner``.
+#: Extra context elements for a story request (e.g. archive passages); see ``AgentRunner``.
 ExtraElements = Callable[[AgentRequest], Awaitable[list[ContextElement]]]
+#: Archive passages for a query and a request's ``top_k`` and filters (raises
+#: ``ArchiveUnavailable`` when there is no archive); see ``AgentRunner``.
+Retrieve = Callable[[str, Any], Awaitable[list[Passage]]]
 
 #: Receives one dict per distillation step (streamed as ``progress`` events).
 ProgressCallback = Callable[[dict[str, object]], Awaitable[None]]
@@ -75,8 +76,6 @@ _REPAIR_ERROR_CHARS = 300
 
 #: (agent, operation) labels of the model calls that are not an agent's own.
 SUMMARY_LABEL = ("distiller", "summary")
-RAG_QUERY_LABEL = ("archive", "rag-query")
-RAG_CHAT_LABEL = ("archive", "rag-chat")
 
 
 @dataclass(frozen=True)
@@ -109,23 +108,6 @@ class Prepared:
 
 
 @dataclass(frozen=True)
-class AgentResult:
-    """The outcome of one agent call.
-
-    ``text`` is the model's text (stripped); ``output`` the validated JSON output of JSON
-    agents (else ``None``); ``attempts`` is 2 when the repair attempt was needed.
-    """
-
-    spec: AgentSpec
-    task: TaskInput
-    text: str
-    output: BaseModel | None
-    completion: Completion
-    report: AssemblyReport
-    attempts: int
-
-
-@dataclass(frozen=True)
 class Progress:
     """A distillation step, streamed before the first token so a client is never silent long."""
 
@@ -134,11 +116,11 @@ class Progress:
 
 @dataclass(frozen=True)
 class Meta:
-    """The assembly report and the fields the response echoes (first after any progress);
-    ``messages`` is the prompt about to be generated from."""
+    """The assembly report and the fields the response echoes (``spec.echo``; first after
+    any progress); ``messages`` is the prompt about to be generated from."""
 
     report: AssemblyReport
-    summary: dict[str, object]
+    echo: dict[str, Any]
     messages: tuple[ChatMessage, ...] = ()
 
 
@@ -209,6 +191,7 @@ class AgentRunner:
         metrics: Metrics,
         *,
         extra_elements: ExtraElements | None = None,
+        retrieve: Retrieve | None = None,
         summary_cache: SummaryCache | None = None,
     ) -> None:
         self.settings = settings
@@ -216,6 +199,7 @@ class AgentRunner:
         self.scheduler = scheduler
         self.metrics = metrics
         self.extra_elements = extra_elements
+        self.retrieve = retrieve
         self.distiller = (Distiller(generator, summary_cache, settings.distillation,
                                     settings.sampling, self._summarize)
                           if summary_cache is not None else None)
@@ -319,7 +303,7 @@ class AgentRunner:
             turn.cancel()
 
     # --- assembly -------------------------------------------------------------------------
-    def sampling(self, spec: AgentSpec, request: AgentRequest) -> SamplingParams:
+    def sampling(self, spec: AgentSpec, request: Any) -> SamplingParams:
         """Sampling for ``request``: its overrides, else the agent's, else the server's.
 
         Raises:
@@ -344,20 +328,43 @@ class AgentRunner:
             json_schema=output_model.model_json_schema() if output_model else None,
         )
 
-    async def _plan(self, spec: AgentSpec, request: AgentRequest) -> _Plan:
+    async def _plan(self, spec: AgentSpec, request: Any) -> _Plan:
+        """The request's task, sampling and context elements: its story's (with the
+        archive passages retrieved for it), or for an archive agent the passages retrieved
+        for its question.
+
+        Raises:
+            UnknownReference, InvalidRequest: the request cannot be served as given.
+            ArchiveUnavailable, EmbeddingModelMismatch: an archive agent's retrieval failed.
+        """
         task = spec.build_task(request)
         params = self.sampling(spec, request)
-        elements = flatten(request.structured_context)
-        if self.extra_elements is not None:
-            extra = await self.extra_elements(request)
-            elements += [replace(e, order=len(elements) + i) for i, e in enumerate(extra)]
+        if spec.retrieval_query is not None:
+            elements = source_elements(await self._retrieve(spec.retrieval_query(request),
+                                                            request))
+        else:
+            elements = flatten(request.structured_context)
+            if self.extra_elements is not None:
+                extra = await self.extra_elements(request)
+                elements += [replace(e, order=len(elements) + i) for i, e in enumerate(extra)]
         agent_task = AgentTask(
             agent=spec.agent, role=spec.role, task=task.text, history=task.history,
-            reference=task.reference, inline_task=task.inline, preamble=TEAM_PREAMBLE,
+            reference=task.reference, inline_task=task.inline,
+            preamble=spec.preamble or TEAM_PREAMBLE,
         )
-        config = request.context_processing_config
+        config = getattr(request, "context_processing_config", None)
         return _Plan(task, params, elements, agent_task,
                      config.max_context_tokens if config else None)
+
+    async def _retrieve(self, query: str, request: Any) -> list[Passage]:
+        """Archive passages for an archive agent.
+
+        Raises:
+            ArchiveUnavailable: this runner has no archive.
+        """
+        if self.retrieve is None:
+            raise ArchiveUnavailable("The archive is disabled on this server (ARCHIVE_ENABLED).")
+        return await self.retrieve(query, request)
 
     async def _assemble(self, plan: _Plan, lookup: SummaryLookup | None) -> AssembledPrompt:
         generator = self.generator
@@ -376,8 +383,9 @@ class AgentRunner:
             summaries=lookup,
         ))
 
-    def _lookup(self) -> _CountingLookup | None:
-        if self.distiller is None or not self.settings.distillation.enabled:
+    def _lookup(self, spec: AgentSpec) -> _CountingLookup | None:
+        if (self.distiller is None or not self.settings.distillation.enabled
+                or not spec.distills):
             return None
         return _CountingLookup(self.distiller.cache)
 
@@ -419,7 +427,7 @@ class AgentRunner:
         )
         return prompt
 
-    async def preview(self, spec: AgentSpec, request: AgentRequest,
+    async def preview(self, spec: AgentSpec, request: Any,
                       progress: ProgressCallback | None = None) -> Prepared:
         """Build the task, assemble the context and choose the sampling without generating
         the answer. Distilling may need the model, so it takes a turn; ``progress`` receives
@@ -433,7 +441,7 @@ class AgentRunner:
         """
         started = asyncio.get_running_loop().time()
         plan = await self._plan(spec, request)
-        lookup = self._lookup()
+        lookup = self._lookup(spec)
         prompt = await self._assemble(plan, lookup)
         if prompt.missing:
             prompt = await self._in_turn(
@@ -443,7 +451,7 @@ class AgentRunner:
             prompt = await self._distill(plan, prompt, lookup, progress)
         return Prepared(plan.task, prompt, plan.params)
 
-    async def warm(self, spec: AgentSpec, request: AgentRequest) -> tuple[Prepared, Completion]:
+    async def warm(self, spec: AgentSpec, request: Any) -> tuple[Prepared, Completion]:
         """Get a story ready for ``spec`` ahead of time, as background work: distill its
         context and process its prompt once (one completion token), so the model's prefix
         cache holds the story's shared block when the author asks.
@@ -452,7 +460,7 @@ class AgentRunner:
         """
         started = asyncio.get_running_loop().time()
         plan = await self._plan(spec, request)
-        lookup = self._lookup()
+        lookup = self._lookup(spec)
         prompt = await self._assemble(plan, lookup)
         label = (spec.agent, "context-warm")
         params = replace(plan.params, max_tokens=1, json_schema=None)
@@ -467,7 +475,7 @@ class AgentRunner:
         return Prepared(plan.task, done, plan.params), completion
 
     # --- agents ---------------------------------------------------------------------------
-    async def run(self, spec: AgentSpec, request: AgentRequest) -> AgentResult:
+    async def run(self, spec: AgentSpec, request: Any) -> AgentResult:
         """Assemble, take a turn at the model, then distill and generate (see
         :meth:`_run_in_turn`).
 
@@ -480,7 +488,7 @@ class AgentRunner:
         started = time.perf_counter()
         loop_started = asyncio.get_running_loop().time()
         plan = await self._plan(spec, request)
-        lookup = self._lookup()
+        lookup = self._lookup(spec)
         prompt = await self._assemble(plan, lookup)
         result = await self._in_turn(
             (spec.agent, spec.operation),
@@ -489,7 +497,7 @@ class AgentRunner:
         self.metrics.observe_request(spec.agent, spec.operation, time.perf_counter() - started)
         return result
 
-    async def _run_in_turn(self, spec: AgentSpec, request: AgentRequest, plan: _Plan,
+    async def _run_in_turn(self, spec: AgentSpec, request: Any, plan: _Plan,
                            prompt: AssembledPrompt, lookup: _CountingLookup | None,
                            turn: Turn) -> AgentResult:
         """Distill, generate, and for JSON agents validate.
@@ -542,7 +550,7 @@ class AgentRunner:
         return AgentResult(spec, plan.task, completion.text, output, completion, prompt.report, 2)
 
     async def stream(
-        self, spec: AgentSpec, request: AgentRequest
+        self, spec: AgentSpec, request: Any
     ) -> AsyncIterator[Progress | Meta | StreamItem]:
         """Yield :class:`Progress` while distilling, then :class:`Meta`, then the generator's
         token deltas and final completion.
@@ -557,7 +565,7 @@ class AgentRunner:
         started = time.perf_counter()
         loop_started = asyncio.get_running_loop().time()
         plan = await self._plan(spec, request)
-        lookup = self._lookup()
+        lookup = self._lookup(spec)
         prompt = await self._assemble(plan, lookup)
         turn = self.scheduler.reserve()
         return self._stream(spec, plan, prompt, lookup, turn, started, loop_started)
@@ -616,7 +624,7 @@ class AgentRunner:
             prompt = distilling.result()
         finally:
             distilling.cancel()
-        yield Meta(prompt.report, plan.task.summary, tuple(prompt.messages))
+        yield Meta(prompt.report, spec.echo(plan.task, prompt.report), tuple(prompt.messages))
         stream = self._by_deadline(self._generation(
             (spec.agent, spec.operation), prompt.messages, plan.params, _shared(prompt),
             streamed=True, queue_s=turn.queue_s), deadline)
@@ -648,59 +656,6 @@ class AgentRunner:
                 yield item
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
-
-    # --- archive answers ------------------------------------------------------------------
-    async def rag_answer(self, archive: Archive, request: RagQueryRequest) -> RagAnswer:
-        """Answer a question from the archive: retrieve, then generate in a turn.
-
-        Raises:
-            ArchiveUnavailable, EmbeddingModelMismatch: retrieval failed.
-            InvalidRequest, ContextLengthExceeded: generation cannot run.
-            QueueFull, QueueTimeout, GenerationTimeout, GenerationFailed.
-        """
-        started = asyncio.get_running_loop().time()
-        grounding = await rag.prepare_query(archive, self.generator, self.settings.sampling,
-                                            request)
-
-        async def work(turn: Turn) -> Completion:
-            return await self._complete(RAG_QUERY_LABEL, grounding.messages, grounding.params,
-                                        _owner_only(), queue_s=turn.queue_s)
-
-        completion = await self._in_turn(RAG_QUERY_LABEL, work, started)
-        return rag.answer(grounding, completion, self.generator.model_name)
-
-    async def rag_chat(self, archive: Archive, request: RagChatRequest
-                       ) -> tuple[rag.Grounding, AsyncIterator[StreamItem]]:
-        """A conversation answered from the archive: the grounding (retrieved and fitted
-        before anything is streamed, with the turn reserved), and the answer's stream.
-
-        Raises (before the stream): as :meth:`rag_answer`. The stream ends with an error on
-        a queue timeout or the deadline.
-        """
-        started = asyncio.get_running_loop().time()
-        grounding = await rag.prepare_chat(archive, self.generator, self.settings.sampling,
-                                           request)
-        turn = self.scheduler.reserve()
-
-        async def answer() -> AsyncIterator[StreamItem]:
-            try:
-                async with turn:
-                    self.metrics.observe_queue(*RAG_CHAT_LABEL, turn.queue_s)
-                    stream = self._by_deadline(self._generation(
-                        RAG_CHAT_LABEL, grounding.messages, grounding.params, _owner_only(),
-                        streamed=True, queue_s=turn.queue_s), self._deadline(started, turn))
-                    try:
-                        async for item in stream:
-                            yield item
-                    finally:
-                        await stream.aclose()
-            except WriterAssistantError as error:
-                self._stream_failed(error.code)
-                raise
-            finally:
-                turn.cancel()
-
-        return grounding, answer()
 
 
 def _shared(prompt: AssembledPrompt) -> SharedPrefix:

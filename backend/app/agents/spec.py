@@ -1,4 +1,12 @@
-"""What declares an agent operation: role, defaults, output model and task."""
+"""What declares an agent operation: everything about it in one :class:`AgentSpec`.
+
+An operation's spec names its role, sampling defaults, request model, output model, response
+model, how the response is built from the answer (the echoed fields and where the answer
+goes), whether it streams and where its routes live. The HTTP routes, ``/context/preview``,
+the CLI and the OpenAPI docs are all generated from the registry of specs
+(``app.agents.registry``); a new agent is one module declaring its spec plus its line in the
+registry.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.llm.protocol import ChatMessage
+from app.context.report import AssemblyReport, Fate
+from app.llm.protocol import ChatMessage, Completion
 
 
 @dataclass(frozen=True)
@@ -31,16 +40,82 @@ class TaskInput:
 
 
 @dataclass(frozen=True)
+class AgentResult:
+    """The outcome of one agent call.
+
+    ``text`` is the model's text (stripped for free-text agents); ``output`` the validated
+    JSON output of JSON agents (else ``None``); ``attempts`` is 2 when the repair attempt was
+    needed.
+    """
+
+    spec: AgentSpec
+    task: TaskInput
+    text: str
+    output: BaseModel | None
+    completion: Completion
+    report: AssemblyReport
+    attempts: int
+
+
+#: The response's own fields from an agent's result (besides the shared generation fields).
+Respond = Callable[[AgentResult], dict[str, Any]]
+#: The fields a stream's ``meta`` event echoes, from the task and the assembly report.
+Echo = Callable[[TaskInput, AssemblyReport], dict[str, Any]]
+#: Extra fields of a stream's ``done`` event, from the text and the assembly report.
+DoneFields = Callable[[str, AssemblyReport], dict[str, Any]]
+
+
+def text_answer(name: str) -> Respond:
+    """A free-text agent's response: the echoed fields and the text under ``name``."""
+    return lambda result: {**result.task.summary, name: result.text}
+
+
+def json_answer(name: str | None = None) -> Respond:
+    """A JSON agent's response: the echoed fields and the output's fields (``name`` None),
+    or the output under ``name``."""
+
+    def respond(result: AgentResult) -> dict[str, Any]:
+        output = result.output.model_dump() if result.output is not None else {}
+        return {**result.task.summary, **({name: output} if name else output)}
+
+    return respond
+
+
+def echo_summary(task: TaskInput, _report: AssemblyReport) -> dict[str, Any]:
+    """The default ``meta`` echo: the task's summary fields (e.g. the chapter number)."""
+    return dict(task.summary)
+
+
+def no_done_fields(_text: str, _report: AssemblyReport) -> dict[str, Any]:
+    return {}
+
+
+def kept_sources(report: AssemblyReport, kind: str) -> list[dict[str, Any]]:
+    """The ``source`` of each element of ``kind`` that reached the prompt (kept or
+    trimmed), in request order."""
+    return [element.source for element in report.elements
+            if element.kind == kind and element.fate in (Fate.kept, Fate.trimmed)]
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     """One agent operation, e.g. the editor's review.
 
     Attributes:
-        operation: endpoint name, e.g. ``editor-review``.
-        agent: which agent runs it: writer, editor, character, rater or assistant.
-        role: the agent's role prompt (goes after the shared story context, which every
-            agent reads whole so that they all share it).
+        operation: the operation's name, e.g. ``editor-review`` (its route, metrics label and
+            CLI name).
+        agent: which agent runs it (the metrics label): writer, editor, character, rater,
+            assistant or archive.
+        role: the agent's role prompt (goes after the shared context, which every agent of a
+            story reads whole so that they all share it).
         build_task: turns a validated request into a :class:`TaskInput`; raises
             ``UnknownReference`` when the request names what its context lacks.
+        request_model: the request body's pydantic model.
+        response_model: the JSON response's pydantic model (its generation fields and
+            :attr:`respond`'s).
+        respond: the response's own fields from the result (see :func:`text_answer`,
+            :func:`json_answer`).
+        summary: one line for the docs.
         max_tokens: default completion tokens for a request with default fields (``None``:
             ``LLM_MAX_TOKENS``).
         max_tokens_per_request: computes the default from the request instead, where it
@@ -48,21 +123,56 @@ class AgentSpec:
         temperature: default temperature (``None``: ``LLM_TEMPERATURE``).
         output_model: for JSON agents, the pydantic model of the output, or a callable that
             builds it from the request (for sizes that depend on it).
-        streams: whether the endpoint has a ``/stream`` twin (SSE).
         max_tokens_limit: the most completion tokens a request may ask of this agent (on top
             of ``LLM_MAX_TOKENS_LIMIT``); ``None``: only the server's limit.
+        streams: whether the operation has a Server-Sent Events route.
+        json_route: whether it has a JSON route.
+        path / stream_path: the routes under ``/api/v1`` (default ``/<operation>`` and
+            ``/<operation>/stream``).
+        tag: the OpenAPI tag of its routes.
+        echo / done_fields: what a stream's ``meta`` event echoes and what its ``done`` event
+            adds.
+        retrieval_query: set for agents whose context is the archive rather than a story
+            (RAG): the text to retrieve passages for, from the request. Their context is the
+            retrieved passages, numbered, in the shared block.
+        preamble: opens the shared block (``None``: the team's preamble, so that every agent
+            of a story shares it).
+        distills: whether overflowing context may be summarized (else trimmed and dropped).
     """
 
     operation: str
     agent: str
     role: str
     build_task: Callable[[Any], TaskInput]
+    request_model: type[BaseModel]
+    response_model: type[BaseModel]
+    respond: Respond
+    summary: str = ""
     max_tokens: int | None = None
     max_tokens_per_request: Callable[[Any], int] | None = None
     temperature: float | None = None
     output_model: type[BaseModel] | Callable[[Any], type[BaseModel]] | None = None
-    streams: bool = False
     max_tokens_limit: int | None = None
+    streams: bool = False
+    json_route: bool = True
+    path: str | None = None
+    stream_path: str | None = None
+    tag: str = "agents"
+    echo: Echo = echo_summary
+    done_fields: DoneFields = no_done_fields
+    retrieval_query: Callable[[Any], str] | None = None
+    preamble: str | None = None
+    distills: bool = True
+
+    @property
+    def route(self) -> str:
+        """The JSON route under ``/api/v1``."""
+        return self.path or f"/{self.operation}"
+
+    @property
+    def stream_route(self) -> str:
+        """The Server-Sent Events route under ``/api/v1``."""
+        return self.stream_path or f"/{self.operation}/stream"
 
     def max_tokens_for(self, request: Any) -> int | None:
         """The agent's default completion tokens for ``request`` (``None``: the server's)."""

@@ -14,14 +14,13 @@ from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.agents.events import DONE, ERROR
 from app.api.errors import error_body
 from app.config import HttpSettings
 from app.errors import WriterAssistantError
 
 logger = logging.getLogger(__name__)
 
-#: Event names; ``done`` and ``error`` are terminal.
-META, TOKEN, PROGRESS, DONE, ERROR = "meta", "token", "progress", "done", "error"
 
 StreamEvents = AsyncIterator[tuple[str, dict[str, Any]]]
 

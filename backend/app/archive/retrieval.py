@@ -24,7 +24,7 @@ from app.schemas.archive import ArchiveFilters, Passage
 from app.schemas.context import Priority
 
 if TYPE_CHECKING:
-    from app.agents.runner import ExtraElements
+    from app.agents.runner import ExtraElements, Retrieve
     from app.archive.service import Archive
     from app.schemas.requests import AgentRequest
 
@@ -153,3 +153,20 @@ def archive_context(get_archive: Callable[[], Archive | None]) -> ExtraElements:
         return context_elements(passages)
 
     return extra
+
+
+def archive_search(get_archive: Callable[[], Archive]) -> Retrieve:
+    """The runner's ``retrieve`` hook for archive agents: the passages closest to a query,
+    within the request's ``top_k`` (default ``ARCHIVE_TOP_K``) and filters, searched on
+    anyio's worker threads.
+
+    ``get_archive`` raises ``ArchiveUnavailable`` when there is no archive; retrieval raises
+    as :meth:`app.archive.service.Archive.search`.
+    """
+
+    async def retrieve(query: str, request: ArchiveFilters) -> list[Passage]:
+        archive = get_archive()
+        return await anyio.to_thread.run_sync(
+            archive.search, query, getattr(request, "top_k", None), request)
+
+    return retrieve

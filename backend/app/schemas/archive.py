@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from app.schemas.context import _Strict
-from app.schemas.usage import Usage
+from app.schemas.responses import GenerationInfo
 
 Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
 FileName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -185,12 +185,10 @@ class RagSource(Passage):
     n: int
 
 
-class RagAnswer(BaseModel):
-    """A grounded answer: ``cited`` lists the source numbers the answer refers to."""
+class RagAnswer(GenerationInfo):
+    """A grounded answer: ``sources`` are the numbered passages the model saw (those that fit
+    the window, best first); ``cited`` lists the source numbers the answer refers to."""
 
     answer: str
     sources: list[RagSource]
     cited: list[int]
-    model: str
-    finish_reason: str
-    usage: Usage

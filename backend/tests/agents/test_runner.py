@@ -18,10 +18,12 @@ from pydantic import BaseModel
 from app.agents.outputs import EditorReview
 from app.agents.registry import REGISTRY
 from app.agents.runner import AgentRunner, Meta, Progress, RunnerSettings
+from app.schemas.archive import Passage, RagChatRequest, RagQueryRequest
 from app.config import Settings
 from app.context.summaries import SUMMARIZER_ROLE, SummaryCache
 from app.errors import (
     AgentOutputInvalid,
+    ArchiveUnavailable,
     GenerationFailed,
     GenerationTimeout,
     InvalidRequest,
@@ -435,6 +437,9 @@ REQUESTS: dict[str, BaseModel] = {
     "generate-chapter-outlines": ChapterOutlinesRequest.model_validate(seed_example()),
     "llm-chat": LlmChatRequest.model_validate(
         {**seed_example(), "messages": [{"role": "user", "content": "Who is Aria?"}]}),
+    "rag-query": RagQueryRequest.model_validate({"question": "Who keeps the lighthouse?"}),
+    "rag-chat": RagChatRequest.model_validate(
+        {"messages": [{"role": "user", "content": "Who keeps the lighthouse?"}]}),
 }
 
 JSON_AGENTS = {"editor-review", "character-feedback", "rater-feedback",
@@ -586,7 +591,7 @@ async def test_stream_yields_meta_then_tokens_then_one_completion(build):
     assert set(kinds[1:-1]) == {TokenDelta}
     meta = next(item for item in items if isinstance(item, Meta))
     assert list(meta.messages) == fake.calls[0][0]  # the prompt it announced is the one used
-    assert meta.summary["chapter_number"] == 1
+    assert meta.echo["chapter_number"] == 1
     deltas = "".join(item.text for item in items if isinstance(item, TokenDelta))
     assert deltas == items[-1].text == "The forest was quiet. Aria listened."
     assert generations(runner, WRITER, "stop") == 1
@@ -614,3 +619,63 @@ async def test_stream_unexpected_exception_is_counted_as_internal_error(build):
         await collect(await runner.stream(WRITER, chapter_request()))
 
     assert backend_errors(runner, "internal_error") == 1
+
+
+# --- the archivist (RAG) runs through the same runner ------------------------------------------
+
+
+def passage(n: int, text: str, score: float) -> Passage:
+    return Passage(id=f"c{n}", file="lighthouse.txt", title="The Lighthouse",
+                   chapter=f"CHAPTER {n}", chapter_number=n, chunk_index=n, start=0,
+                   end=len(text), score=score, text=text)
+
+
+async def test_rag_answers_are_an_agent_grounded_on_numbered_passages(build):
+    runner = build(FakeGenerator(replies=["Tom kept it [1], for forty years [2][9]."]))
+    queries = []
+
+    async def retrieve(query, request):
+        queries.append((query, request.top_k))
+        return [passage(1, "Old Tom kept the light.", 0.9),
+                passage(2, "He kept it for forty years.", 0.7)]
+
+    runner.retrieve = retrieve
+    spec = REGISTRY["rag-query"]
+    request = RagQueryRequest.model_validate({"question": "Who kept the light?", "top_k": 2})
+    result = await runner.run(spec, request)
+    assert queries == [("Who kept the light?", 2)]
+    body = spec.respond(result)
+    assert [s["n"] for s in body["sources"]] == [1, 2]
+    assert body["cited"] == [1, 2]  # [9] names no source
+    system = runner.generator.calls[-1][0][0].content
+    assert system.startswith("You answer questions about the author's story archive")
+    assert "[1] (The Lighthouse, CHAPTER 1)\nOld Tom kept the light." in system
+    assert runner.generator.calls[-1][1].temperature == 0.2
+    assert result.report.agent == "archive"
+
+
+async def test_rag_without_an_archive_is_archive_unavailable(build):
+    runner = build(FakeGenerator(replies=["Unused."]))
+    with pytest.raises(ArchiveUnavailable):
+        await runner.run(REGISTRY["rag-query"],
+                         RagQueryRequest.model_validate({"question": "Who?"}))
+    assert runner.generator.calls == []
+
+
+async def test_rag_passages_that_do_not_fit_are_left_out_from_the_end(build):
+    runner = build(FakeGenerator(replies=["Fine [1]."], context_window=1024))
+
+    async def retrieve(query, request):
+        return [passage(i, f"Passage {i}. " + "The keeper climbed the stairs. " * 120, 1 - i / 10)
+                for i in range(1, 6)]
+
+    runner.retrieve = retrieve
+    request = RagQueryRequest.model_validate({"question": "Who?", "max_tokens": 100})
+    result = await runner.run(REGISTRY["rag-query"], request)
+    given = REGISTRY["rag-query"].respond(result)["sources"]
+    numbers = [s["n"] for s in given]
+    assert numbers == sorted(numbers) and numbers[0] == 1
+    fates = {e.id: e.fate.value for e in result.report.elements}
+    assert result.report.prompt_tokens + 100 <= result.report.window_tokens
+    assert len(numbers) < 5  # five long passages do not fit 1,024 tokens
+    assert fates["sources[4]"] in ("dropped", "trimmed") and fates["sources[0]"] == "kept"

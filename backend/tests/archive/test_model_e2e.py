@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.archive.service import Archive
+from app.config import Settings
 from app.main import create_app
 
 from .conftest import SHERLOCK, wait_archive
@@ -17,7 +18,7 @@ from .test_api import KKK_CHAPTER, archive_elements
 @pytest.mark.model
 @pytest.mark.parametrize("corpus_archive", ["embedded"], indirect=True)
 def test_real_model_writes_with_archive_passages_in_its_report(corpus_archive: Archive) -> None:
-    with TestClient(create_app(corpus_archive.settings)) as client:
+    with TestClient(create_app(Settings(archive=corpus_archive.settings))) as client:
         deadline = time.monotonic() + 180
         while client.get("/health").json()["model_status"] == "loading":
             assert time.monotonic() < deadline, "the model did not load in 180 s"

@@ -173,7 +173,7 @@ def test_another_embedding_model_is_refused_until_reindex(
     ingest(archive, "recipes.md", RECIPES)
     settings = archive.settings
     other = CachingEmbedder(embedder, name="test/minilm-truncated-128", dimension=128)
-    switched = Archive.open(settings.archive, Metrics(), embedder=other)
+    switched = Archive.open(settings, Metrics(), embedder=other)
 
     for call in (lambda: switched.search("storm", 3),
                  lambda: switched.ingest_bytes("more.txt", b"More text.")):
@@ -194,7 +194,7 @@ def test_another_embedding_model_is_refused_until_reindex(
     assert switched.store.collection_metadata()["embedding_dimension"] == 128
     # The archive built for the old model is now the one refused.
     with pytest.raises(EmbeddingModelMismatch):
-        Archive.open(settings.archive, Metrics(), embedder=embedder).search("storm", 1)
+        Archive.open(settings, Metrics(), embedder=embedder).search("storm", 1)
 
 
 def test_embeddings_are_unit_vectors(embedder: CachingEmbedder) -> None:

@@ -178,8 +178,10 @@ def test_archive_passages_go_after_the_shared_block():
 
 def test_registry_operations_all_have_an_agent_and_role():
     for spec in REGISTRY.values():
-        assert spec.agent in {"writer", "editor", "character", "rater", "assistant"}
+        assert spec.agent in {"writer", "editor", "character", "rater", "assistant", "archive"}
         assert spec.role
+        # story agents share the team's preamble; the archivist's context is the archive
+        assert (spec.preamble is None) == (spec.retrieval_query is None), spec.operation
 
 
 priorities = st.sampled_from(list(Priority))

@@ -1,145 +1,77 @@
-"""One POST endpoint per agent operation, generated from the registry.
+"""The routes of the agent operations, generated from a registry of specs.
 
-Chapter operations (``spec.streams``) also get a ``/stream`` twin that answers Server-Sent
-Events: ``progress`` (one per summary made while distilling the context), ``meta`` (assembly
-report), ``token`` (text as it is produced), then ``done`` or ``error``.
+Each :class:`~app.agents.spec.AgentSpec` gets a JSON route (``spec.route``) and, when it
+streams, a Server-Sent Events route (``spec.stream_route``): ``progress`` (one per summary
+made while distilling the context), ``meta`` (the echoed fields and the assembly report),
+``token`` (text as it is produced), then ``done`` or ``error``. Their request and response
+models, summaries, tags and documented errors all come from the spec and the error table.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations,
 # which are closure variables, at registration time.
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Mapping
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel
 
-from app.agents.registry import REGISTRY
-from app.agents.runner import AgentResult, Meta, Progress
+from app.agents.events import response_body, stream_events
+from app.agents.spec import AgentSpec
 from app.api.disconnect import unless_disconnected
-from app.api.sse import DONE, META, PROGRESS, TOKEN, sse_response
-from app.llm.protocol import Completion, TokenDelta
-from app.schemas import requests as rq
-from app.schemas import responses as rs
-from app.schemas.usage import Usage
+from app.api.errors import AGENT_ERRORS, ARCHIVE_ERRORS, REFUSALS, error_responses
+from app.api.sse import sse_response
 from app.state import Services, get_services
 
-router = APIRouter(tags=["agents"])
-
-Payload = Callable[[AgentResult], dict[str, Any]]
-
-
-def _output(result: AgentResult) -> dict[str, Any]:
-    return result.output.model_dump() if result.output is not None else {}
+#: What a Server-Sent Events route answers with a 200.
+STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}},
+                         "description": "progress..., meta, token..., then done or error"}}
 
 
-#: operation -> (request model, response model, payload of the response).
-ENDPOINTS: dict[str, tuple[type[rq.AgentRequest], type[BaseModel], Payload]] = {
-    "generate-chapter": (
-        rq.GenerateChapterRequest, rs.ChapterResponse,
-        lambda r: {**r.task.summary, "chapter_text": r.text},
-    ),
-    "modify-chapter": (
-        rq.ModifyChapterRequest, rs.ModifyChapterResponse,
-        lambda r: {**r.task.summary, "modified_chapter": r.text},
-    ),
-    "flesh-out": (
-        rq.FleshOutRequest, rs.FleshOutResponse, lambda r: {"fleshed_out_text": r.text},
-    ),
-    "editor-review": (
-        rq.EditorReviewRequest, rs.EditorReviewResponse,
-        lambda r: {**r.task.summary, **_output(r)},
-    ),
-    "character-feedback": (
-        rq.CharacterFeedbackRequest, rs.CharacterFeedbackResponse,
-        lambda r: {**r.task.summary, **_output(r)},
-    ),
-    "rater-feedback": (rq.RaterFeedbackRequest, rs.RaterFeedbackResponse, _output),
-    "generate-character-details": (
-        rq.CharacterDetailsRequest, rs.CharacterDetailsResponse,
-        lambda r: {**r.task.summary, "details": _output(r)},
-    ),
-    "regenerate-bio": (
-        rq.RegenerateBioRequest, rs.RegenerateBioResponse,
-        lambda r: {**r.task.summary, "bio": r.text},
-    ),
-    "generate-chapter-outlines": (
-        rq.ChapterOutlinesRequest, rs.ChapterOutlinesResponse, _output,
-    ),
-    "llm-chat": (
-        rq.LlmChatRequest, rs.LlmChatResponse,
-        lambda r: {"message": {"role": "assistant", "content": r.text}},
-    ),
-}
+def _errors(spec: AgentSpec) -> dict[int | str, dict]:
+    archive = ARCHIVE_ERRORS if spec.retrieval_query is not None else ()
+    return error_responses(*REFUSALS, *AGENT_ERRORS, *archive)
 
 
-def generation_info(result: AgentResult) -> dict[str, Any]:
-    """The fields every agent response shares."""
-    completion = result.completion
-    return {
-        "model": result.report.model,
-        "finish_reason": completion.finish_reason,
-        "usage": Usage.of(completion),
-        "timings": asdict(completion.timings),
-        "attempts": result.attempts,
-        "context_metadata": result.report,
-    }
+def add_agent_routes(router: APIRouter, spec: AgentSpec) -> None:
+    """Register ``spec``'s JSON route and, when it streams, its Server-Sent Events route."""
+    request_model = spec.request_model
+    name = spec.operation.replace("-", "_")
 
+    if spec.json_route:
+        async def run(body: request_model, request: Request,  # type: ignore[valid-type]
+                      services: Services = Depends(get_services)):
+            result = await unless_disconnected(request,
+                                               services.require_runner().run(spec, body))
+            if isinstance(result, Response):  # the client left
+                return result
+            return spec.response_model.model_validate(response_body(result))
 
-async def _events(items: AsyncIterator[Any]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """Map runner stream items onto SSE event names and payloads."""
-    try:
-        async for item in items:
-            if isinstance(item, Progress):
-                yield PROGRESS, item.data
-            elif isinstance(item, Meta):
-                yield META, {**item.summary,
-                             "context_metadata": item.report.model_dump(mode="json")}
-            elif isinstance(item, TokenDelta):
-                yield TOKEN, {"text": item.text}
-            elif isinstance(item, Completion):
-                yield DONE, {
-                    "text": item.text.strip(),
-                    "finish_reason": item.finish_reason,
-                    "usage": Usage.of(item).model_dump(),
-                    "timings": asdict(item.timings),
-                }
-    finally:
-        await items.aclose()
-
-
-def _register(operation: str) -> None:
-    spec = REGISTRY[operation]
-    request_model, response_model, payload = ENDPOINTS[operation]
-
-    async def run(body: request_model, request: Request,  # type: ignore[valid-type]
-                  services: Services = Depends(get_services)):
-        result = await unless_disconnected(request, services.require_runner().run(spec, body))
-        if isinstance(result, Response):  # the client left
-            return result
-        return response_model.model_validate({**generation_info(result), **payload(result)})
-
-    run.__name__ = operation.replace("-", "_")
-    router.add_api_route(
-        f"/{operation}", run, methods=["POST"], response_model=response_model,
-        summary=f"{spec.agent.capitalize()} agent: {operation.replace('-', ' ')}",
-    )
+        run.__name__ = name
+        router.add_api_route(
+            spec.route, run, methods=["POST"], response_model=spec.response_model,
+            summary=spec.summary or spec.operation, tags=[spec.tag], responses=_errors(spec),
+        )
     if not spec.streams:
         return
 
-    async def stream(body: request_model, services: Services = Depends(get_services)):  # type: ignore[valid-type]
+    async def stream(body: request_model,  # type: ignore[valid-type]
+                     services: Services = Depends(get_services)):
         items = await services.require_runner().stream(spec, body)
-        return sse_response(_events(items), services.settings.http, services.streams)
+        return sse_response(stream_events(spec, items), services.settings.http,
+                            services.streams)
 
-    stream.__name__ = f"{run.__name__}_stream"
+    stream.__name__ = f"{name}_stream"
+    summary = spec.summary or spec.operation
+    if spec.json_route:
+        summary += ", streamed as Server-Sent Events"
     router.add_api_route(
-        f"/{operation}/stream", stream, methods=["POST"],
-        summary=f"{operation.replace('-', ' ').capitalize()}, streamed as Server-Sent Events",
-        responses={200: {"content": {"text/event-stream": {}},
-                         "description": "meta, token..., then done or error"}},
+        spec.stream_route, stream, methods=["POST"], summary=summary, tags=[spec.tag],
+        responses={**STREAM_RESPONSE, **_errors(spec)},
     )
 
 
-for _operation in ENDPOINTS:
-    _register(_operation)
+def agents_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
+    """The routes of every operation in ``registry`` (paths relative to ``/api/v1``)."""
+    router = APIRouter()
+    for spec in registry.values():
+        add_agent_routes(router, spec)
+    return router

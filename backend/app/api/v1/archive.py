@@ -1,4 +1,5 @@
-"""``/api/v1/archive/...``: search, files, upload, stats, and answers grounded in the archive.
+"""``/api/v1/archive/...``: search, files, upload and stats (the answers grounded in the
+archive, ``/archive/rag/...``, are the archivist agent's routes: ``app.agents.archivist``).
 
 Blocking archive calls (embedding, Chroma I/O) run in worker threads: plain ``def`` routes go
 to FastAPI's thread pool, the async ones use ``asyncio.to_thread``. Every archive call answers
@@ -8,9 +9,6 @@ to FastAPI's thread pool, the async ones use ``asyncio.to_thread``. Every archiv
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import asdict
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
@@ -23,8 +21,6 @@ from app.api.errors import (
     TURN_ERRORS,
     error_responses,
 )
-from app.api.sse import DONE, META, TOKEN, sse_response
-from app.archive import rag
 from app.errors import (
     ArchiveFileNotFound,
     ContextLengthExceeded,
@@ -33,20 +29,15 @@ from app.errors import (
     InvalidRequest,
     UnsupportedDocument,
 )
-from app.llm.protocol import Completion, TokenDelta
 from app.schemas.archive import (
     ArchiveStats,
     DeleteResult,
     FileList,
     FileText,
     IngestResult,
-    RagAnswer,
-    RagChatRequest,
-    RagQueryRequest,
     SearchRequest,
     SearchResponse,
 )
-from app.schemas.usage import Usage
 from app.state import Services, get_services
 
 router = APIRouter(prefix="/archive", tags=["archive"])
@@ -108,41 +99,6 @@ async def upload(request: Request, services: Services = Depends(get_services)) -
     archive = services.require_archive()
     name, data = await _read_upload(request, archive.settings.max_upload_bytes)
     return await asyncio.to_thread(archive.ingest_bytes, name, data)
-
-
-@router.post("/rag/query", response_model=RagAnswer, responses=_RAG)
-async def rag_query(body: RagQueryRequest,
-                    services: Services = Depends(get_services)) -> RagAnswer:
-    """Answer a question from the archive's passages, citing them as [n]."""
-    return await services.require_runner().rag_answer(services.require_archive(), body)
-
-
-@router.post("/rag/chat", responses={
-    200: {"content": {"text/event-stream": {}}, "description": "meta, token..., done or error"},
-    **_RAG})
-async def rag_chat(body: RagChatRequest, services: Services = Depends(get_services)):
-    """A conversation answered from the archive, streamed as Server-Sent Events: ``meta``
-    (the numbered sources), ``token`` (text as produced), then ``done`` or ``error``."""
-    runner = services.require_runner()
-    grounding, items = await runner.rag_chat(services.require_archive(), body)
-    return sse_response(_chat_events(grounding, items), services.settings.http, services.streams)
-
-
-async def _chat_events(grounding: rag.Grounding,
-                       items: AsyncIterator[Any]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    yield META, {"sources": [s.model_dump() for s in grounding.sources]}
-    try:
-        async for item in items:
-            if isinstance(item, TokenDelta):
-                yield TOKEN, {"text": item.text}
-            elif isinstance(item, Completion):
-                text = item.text.strip()
-                yield DONE, {"text": text, "cited": rag.cited(text, grounding.sources),
-                             "finish_reason": item.finish_reason,
-                             "usage": Usage.of(item).model_dump(),
-                             "timings": asdict(item.timings)}
-    finally:
-        await items.aclose()  # type: ignore[attr-defined]
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:

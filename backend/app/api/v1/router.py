@@ -1,25 +1,28 @@
 """All routes: ``/api/v1/...`` plus ``/health`` at the root for probes and ``/metrics`` for
-Prometheus.
-
-The agent routes' error responses (the middleware's refusals and an agent operation's errors)
-are documented here, from the one table; the other modules document their own.
-"""
+Prometheus. The agent and context routes are generated from a registry of agent specs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import APIRouter
 
-from app.api.errors import AGENT_ERRORS, REFUSALS, error_responses
-from app.api.v1 import agents, archive, context, health, metrics, tokens
+from app.agents.spec import AgentSpec
+from app.api.v1 import archive, health, metrics, tokens
+from app.api.v1.agents import agents_router
+from app.api.v1.context import context_router
 
 API_PREFIX = "/api/v1"
 
-router = APIRouter()
-router.include_router(agents.router, prefix=API_PREFIX,
-                      responses=error_responses(*REFUSALS, *AGENT_ERRORS))
-router.include_router(tokens.router, prefix=API_PREFIX)
-router.include_router(context.router, prefix=API_PREFIX)
-router.include_router(archive.router, prefix=API_PREFIX)
-router.include_router(health.router, prefix=API_PREFIX)
-router.include_router(health.router)
-router.include_router(metrics.router)
+
+def build_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
+    """Every route of the service, the agent operations of ``registry`` included."""
+    router = APIRouter()
+    router.include_router(agents_router(registry), prefix=API_PREFIX)
+    router.include_router(tokens.router, prefix=API_PREFIX)
+    router.include_router(context_router(registry), prefix=API_PREFIX)
+    router.include_router(archive.router, prefix=API_PREFIX)
+    router.include_router(health.router, prefix=API_PREFIX)
+    router.include_router(health.router)
+    router.include_router(metrics.router)
+    return router
