@@ -9,15 +9,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api import errors
 from app.api.middleware import ApiKeys, BodySizeLimit, UserLimits
 from app.api.v1 import router as v1_router
+from app.bootstrap import build_services
 from app.config import Settings
 from app.lifespan import lifespan
 from app.llm.protocol import TextGenerator
 from app.observability.logging import configure_logging
-from app.state import Services
 
 
 def create_app(settings: Settings | None = None, generator: TextGenerator | None = None) -> FastAPI:
-    """Build the app. With ``generator`` (tests), skip loading the model and use it."""
+    """Build the app on :func:`app.bootstrap.build_services`. With ``generator`` (tests), skip
+    loading the model and use it: the runner and its summary cache are built now, and the
+    lifespan's end closes them but leaves ``generator`` open (it is the caller's)."""
     settings = settings or Settings()
     configure_logging(settings.observability)
     app = FastAPI(
@@ -26,10 +28,7 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
         description="Multi-agent story writing on a local GGUF model with layered token budgets.",
         lifespan=lifespan,
     )
-    services = Services(settings=settings)
-    if generator is not None:
-        services.set_ready(generator)
-    app.state.services = services
+    app.state.services = build_services(settings, generator)
     errors.install(app)
     app.include_router(v1_router.router)
     # Added innermost first: request id, then CORS (preflights need no key), body size, API
