@@ -15,8 +15,9 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from tqdm import tqdm
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
     from app.agents.runner import AgentRunner
     from app.agents.spec import AgentSpec
     from app.context.report import AssemblyReport
-    from app.llm.protocol import TextGenerator
     from app.schemas.requests import AgentRequest
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Writer Assistant: command-line tools.", no_args_is_help=True,
                   add_completion=False)
@@ -66,10 +68,11 @@ def _archive(ctx: typer.Context, threads: int | None = None) -> Any:
 
     overrides = ctx.obj | ({"embedding_threads": threads} if threads else {})
     try:
-        return Archive.open(Settings(**overrides).archive, Metrics()).for_tenant(
-            current_tenant.get())
+        archive = Archive.open(Settings(**overrides).archive, Metrics())
     except WriterAssistantError as error:
         _fail(error)
+    ctx.call_on_close(archive.close)  # when the command ends, whatever way
+    return archive.for_tenant(current_tenant.get())
 
 
 def _fail(error: WriterAssistantError) -> None:
@@ -266,33 +269,26 @@ def _read_context(path: Path, operation: str | None,
     return REGISTRY[operation], request
 
 
-def _open_generator(settings: Settings) -> TextGenerator:
-    """The model ``LLM_BACKEND`` names (blocking): the GGUF whose weights load on the first
-    generation, or the remote server, reached and checked once."""
-    if settings.model.backend == "openai":
-        from app.llm.remote import RemoteGenerator
-
-        return RemoteGenerator.connect(settings.model)
-    from app.llm.lazy import LazyModel
-
-    return LazyModel.open(settings.model)
-
-
-async def _runner(settings: Settings, archive: bool | None) -> AgentRunner:
-    """The runner the service would build (summary cache, distiller and, when on, archive
-    retrieval), on :func:`_open_generator`'s model."""
-    from app.archive.service import load_archive
-    from app.state import Services
+def _with_runner(settings: Settings, archive: bool | None,
+                 work: Callable[[AgentRunner], Awaitable[T]]) -> T:
+    """Run ``work`` on the runner the service would build (summary cache, distiller and, when
+    on, archive retrieval) over the model :func:`app.bootstrap.open_generator` opens once,
+    weights loading on the first generation (:func:`app.bootstrap.services_for_cli`).
+    Everything opened is closed when ``work`` ends or fails; a domain error is printed with
+    its code (exit 1)."""
+    from app import bootstrap
 
     if archive is not None:
         settings = settings.replace(archive_enabled=archive)
-    services = Services(settings=settings)
-    await load_archive(services.archive, settings.archive)
-    if services.archive.status == "error":
-        typer.echo(f"warning: archive unavailable ({services.archive.error}); going on "
-                   "without archive passages", err=True)
-    services.set_ready(await asyncio.to_thread(_open_generator, settings))
-    return services.require_runner()
+
+    async def run() -> T:
+        async with bootstrap.services_for_cli(settings) as services:
+            if services.archive.status == "error":
+                typer.echo(f"warning: archive unavailable ({services.archive.error}); going on "
+                           "without archive passages", err=True)
+            return await work(services.require_runner())
+
+    return _run_async(run())
 
 
 def _run_async(work: Any) -> Any:
@@ -407,12 +403,11 @@ def preview(
     overflows and must be distilled (summaries come from, and go to, SUMMARY_CACHE_DIR)."""
     spec, request = _read_context(context_file, operation)
 
-    async def work() -> tuple[str, Any]:
-        runner = await _runner(Settings(**ctx.obj), archive)
+    async def work(runner: AgentRunner) -> tuple[str, Any]:
         prepared = await runner.preview(spec, request, progress=_progress)
         return runner.generator.render_prompt(prepared.prompt.messages), prepared
 
-    rendered, prepared = _run_async(work())
+    rendered, prepared = _with_runner(Settings(**ctx.obj), archive, work)
     report = prepared.prompt.report
     if as_json:
         typer.echo(json.dumps({
@@ -445,10 +440,9 @@ def generate(
                                    "seed": seed}.items() if v is not None}
     spec, request = _read_context(context_file, operation, overrides)
 
-    async def work() -> dict[str, Any]:
+    async def work(runner: AgentRunner) -> dict[str, Any]:
         from app.agents.events import DONE, META, PROGRESS, TOKEN, done_fields, stream_events
 
-        runner = await _runner(Settings(**ctx.obj), archive)
         if not spec.streams:
             result = await runner.run(spec, request)
             output = result.output.model_dump() if result.output is not None else result.text
@@ -470,4 +464,4 @@ def generate(
                 typer.echo()
         return done
 
-    typer.echo(_usage_line(_run_async(work())), err=True)
+    typer.echo(_usage_line(_with_runner(Settings(**ctx.obj), archive, work)), err=True)

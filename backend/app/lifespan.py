@@ -1,4 +1,5 @@
-"""Startup and shutdown: build the services, load the model in the background."""
+"""Startup and shutdown: load the archive and the model in the background, drain on SIGTERM,
+close the services at the end (building, opening and closing are :mod:`app.bootstrap`'s)."""
 
 from __future__ import annotations
 
@@ -10,30 +11,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import bootstrap
 from app.archive.service import load_archive
-from app.config import Settings
 from app.errors import ModelUnavailable
-from app.llm.protocol import TextGenerator
 from app.llm.retry import is_retryable, startup_retrying
 from app.state import Services
 
 logger = logging.getLogger(__name__)
 
 
-async def _open_generator(settings: Settings) -> TextGenerator:
-    """One attempt at the generator ``LLM_BACKEND`` names: the in-process model, loaded in a
-    worker thread, or a remote server, reached and checked in one."""
-    if settings.model.backend == "openai":
-        from app.llm.remote import RemoteGenerator
-
-        return await asyncio.to_thread(RemoteGenerator.connect, settings.model)
-    from app.llm.llama import LlamaRuntime  # imported here: tests with a fake never load it
-
-    return await asyncio.to_thread(LlamaRuntime.load, settings.model)
-
-
 async def load_model(services: Services) -> None:
-    """Load or reach the model off the event loop and publish it.
+    """Load or reach the model off the event loop and publish it with its runner
+    (:func:`app.bootstrap.open_model`: ``LLM_BACKEND``'s generator, weights loaded eagerly,
+    owned by the services so that :func:`app.bootstrap.close_services` closes it).
 
     A failure (file missing, not GGUF, server down or loading...) is published on ``/health``
     and ``/ready`` and retried by the startup policy (:func:`app.llm.retry.startup_retrying`:
@@ -55,7 +45,7 @@ async def load_model(services: Services) -> None:
         services.model.error = f"{reason} (retrying in {wait_s:g} s)"
 
     retrying = startup_retrying(services.settings, on_retry=failed)
-    services.set_ready(await retrying(_open_generator, services.settings))
+    await retrying(bootstrap.open_model, services)
 
 
 async def drain(services: Services, then: Callable[[], None]) -> None:
@@ -108,13 +98,14 @@ def install_sigterm(services: Services) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start loading the model unless a generator was injected (tests), and the archive, then
-    serve."""
+    """Start loading the archive and, unless a generator was injected (tests), the model, then
+    serve; at the end cancel the loads still running and close the services
+    (:func:`app.bootstrap.close_services`: runner threads, summary cache, the model when the
+    services opened it, the archive's Chroma clients)."""
     services: Services = app.state.services
     install_sigterm(services)
     tasks = [asyncio.create_task(load_archive(services.archive, services.settings.archive))]
-    loads_model = services.runner is None
-    if loads_model:
+    if services.runner is None:
         tasks.append(asyncio.create_task(load_model(services)))
     try:
         yield
@@ -122,21 +113,4 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             if not task.done():
                 task.cancel()
-        await close(services, close_generator=loads_model)
-
-
-async def close(services: Services, close_generator: bool = True) -> None:
-    """Release what the services hold: the runner's threads, the summary cache and, when
-    ``close_generator`` (the lifespan loaded it), the generator's own (model thread and the
-    prefix cache's disk writes, or HTTP clients)."""
-    runner = services.runner
-    if runner is not None:
-        runner.close()
-        if runner.distiller is not None:
-            runner.distiller.cache.close()
-    aclose = getattr(services.model.generator, "aclose", None)
-    if close_generator and aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # noqa: BLE001 - shutdown goes on
-            logger.exception("closing the model failed")
+        await bootstrap.close_services(services)

@@ -8,21 +8,23 @@ from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api import errors
-from app.api.middleware import ApiKeys, BodySizeLimit, UserLimits
 from app.agents.registry import REGISTRY
 from app.agents.spec import AgentSpec
+from app.api import errors
+from app.api.middleware import ApiKeys, BodySizeLimit, UserLimits
 from app.api.v1.router import build_router
+from app.bootstrap import build_services
 from app.config import Settings
 from app.lifespan import lifespan
 from app.llm.protocol import TextGenerator
 from app.observability.logging import configure_logging
-from app.state import Services
 
 
 def create_app(settings: Settings | None = None, generator: TextGenerator | None = None,
                agents: Mapping[str, AgentSpec] | None = None) -> FastAPI:
-    """Build the app. With ``generator`` (tests), skip loading the model and use it; with
+    """Build the app on :func:`app.bootstrap.build_services`. With ``generator`` (tests), skip
+    loading the model and use it: the runner and its summary cache are built now, and the
+    lifespan's end closes them but leaves ``generator`` open (it is the caller's). With
     ``agents``, serve those agent operations instead of the registry's."""
     settings = settings or Settings()
     configure_logging(settings.observability)
@@ -32,10 +34,7 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
         description="Multi-agent story writing on a local GGUF model with layered token budgets.",
         lifespan=lifespan,
     )
-    services = Services(settings=settings)
-    if generator is not None:
-        services.set_ready(generator)
-    app.state.services = services
+    app.state.services = build_services(settings, generator)
     errors.install(app)
     app.include_router(build_router(REGISTRY if agents is None else agents))
     # Added innermost first: request id, then CORS (preflights need no key), body size, API

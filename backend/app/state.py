@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import Request
 
-from app.agents.runner import AgentRunner, RunnerSettings
+from app.agents.runner import AgentRunner
 from app.api.sse import OpenStreams
-from app.archive.retrieval import archive_context, archive_search
 from app.archive.service import Archive, ArchiveState
 from app.config import Settings
-from app.context.summaries import SummaryCache
 from app.errors import ModelUnavailable
 from app.llm.prefix_cache import CacheStats, PrefixCache
 from app.llm.protocol import TextGenerator
@@ -25,49 +23,37 @@ ModelStatus = Literal["loading", "ready", "error"]
 
 @dataclass
 class ModelState:
-    """Where the model load stands; ``error`` holds the reason when it failed."""
+    """Where the model load stands; ``error`` holds the reason when it failed. ``owned``: the
+    services opened ``generator`` (and close it); an injected one (tests) is not theirs."""
 
     status: ModelStatus = "loading"
     error: str | None = None
     generator: TextGenerator | None = None
+    owned: bool = False
 
 
 @dataclass
 class Services:
-    """Everything the routes need, built once at startup."""
+    """Everything the routes need. Only holds them: :func:`app.bootstrap.build_services`
+    creates every collaborator, :func:`app.bootstrap.attach_generator` publishes the model and
+    the runner, :func:`app.bootstrap.close_services` releases them."""
 
     settings: Settings
-    model: ModelState = field(default_factory=ModelState)
+    model: ModelState
+    archive: ArchiveState
+    scheduler: Scheduler
+    streams: OpenStreams
+    metrics: Metrics
     runner: AgentRunner | None = None
-    archive: ArchiveState = field(default_factory=ArchiveState)
-    scheduler: Scheduler = field(init=False)
-    streams: OpenStreams = field(default_factory=OpenStreams)
-    metrics: Metrics = field(default_factory=Metrics)
 
-    def __post_init__(self) -> None:
-        settings = self.settings
-        limits = settings.limits
-        self.scheduler = Scheduler(limits.queue_max_waiting, limits.queue_max_wait_s,
-                                   limits.promote_after_s)
-        self.metrics.track_queue(lambda: self.scheduler.running, lambda: self.scheduler.waiting)
-        self.metrics.track_prefix_cache(self._prefix_cache_stats)
-        self.archive.metrics = self.metrics
-        if not self.settings.archive.enabled:
-            self.archive.status = "disabled"
+    def set_ready(self, generator: TextGenerator, runner: AgentRunner, *, owned: bool) -> None:
+        """Publish a loaded generator and the runner built on it; ``owned`` as in
+        :class:`ModelState`."""
+        self.model = ModelState(status="ready", generator=generator, owned=owned)
+        self.runner = runner
 
-    def set_ready(self, generator: TextGenerator) -> None:
-        """Publish a loaded generator and the runner on top of it (with archive retrieval and
-        the summary cache)."""
-        settings = self.settings
-        cache = SummaryCache(settings.distillation.cache_dir,
-                             settings.distillation.cache_max_bytes, generator.model_name)
-        self.model = ModelState(status="ready", generator=generator)
-        self.runner = AgentRunner(RunnerSettings.of(settings), generator, self.scheduler, self.metrics,
-                                  extra_elements=archive_context(self.tenant_archive),
-                                  retrieve=archive_search(self.require_archive),
-                                  summary_cache=cache)
-
-    def _prefix_cache_stats(self) -> CacheStats | None:
+    def prefix_cache_stats(self) -> CacheStats | None:
+        """The in-process model's prefix cache figures (``None`` without one)."""
         cache = getattr(self.model.generator, "prefix_cache", None)
         return cache.stats if isinstance(cache, PrefixCache) else None
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app import cli
+from app import bootstrap, cli
 from app.llm.fake import FakeGenerator
 from app.llm.llama import GgufTokenizer, LlamaRuntime, default_model_path
 from tests.conftest import seed_example
@@ -116,7 +116,7 @@ def test_unusable_context_files_exit_2_with_the_reason(env, tmp_path, content, a
 
 def test_generate_streams_tokens_then_usage(env, tmp_path, monkeypatch):
     fake = FakeGenerator(replies=["Aria stepped under the dark pines and listened."])
-    monkeypatch.setattr(cli, "_open_generator", lambda _settings: fake)
+    monkeypatch.setattr(bootstrap, "open_generator", lambda _settings, **_: fake)
     path = tmp_path / "seed.json"
     path.write_text(json.dumps(seed_example()))
     result = invoke(env, "generate", str(path), "--max-tokens", "5", "--seed", "3")
@@ -129,7 +129,7 @@ def test_generate_streams_tokens_then_usage(env, tmp_path, monkeypatch):
 def test_generate_prints_a_json_agents_output(env, tmp_path, monkeypatch):
     reply = json.dumps({"suggestions": [{"issue": "Pacing", "suggestion": "Cut the opening.",
                                          "priority": "high"}]})
-    monkeypatch.setattr(cli, "_open_generator", lambda _settings: FakeGenerator([reply]))
+    monkeypatch.setattr(bootstrap, "open_generator", lambda _settings, **_: FakeGenerator([reply]))
     body = seed_example()
     body["structured_context"]["chapters"] = [{"number": 1, "title": "One",
                                                "content": "Aria walked."}]
@@ -141,8 +141,8 @@ def test_generate_prints_a_json_agents_output(env, tmp_path, monkeypatch):
 
 
 def test_generate_reports_a_domain_error_with_its_code(env, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_open_generator",
-                        lambda _settings: FakeGenerator(["word " * 50], fail_after=2))
+    monkeypatch.setattr(bootstrap, "open_generator",
+                        lambda _settings, **_: FakeGenerator(["word " * 50], fail_after=2))
     path = tmp_path / "seed.json"
     path.write_text(json.dumps(seed_example()))
     result = invoke(env, "generate", str(path))
@@ -159,3 +159,61 @@ def test_generate_on_the_real_model(env, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip()
     assert "completion 8 tokens" in result.stderr or "finish_reason stop" in result.stderr
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_model_command_closes_what_it_opened(env, tmp_path, monkeypatch, fails):
+    from app.context.summaries import SummaryCache
+    from tests.lifecycle.test_bootstrap import ClosingFake, is_shut_down
+
+    generator = ClosingFake(["word " * 50], fail_after=2 if fails else None)
+    opened, built, closed_caches = [], [], []
+
+    def open_generator(_settings, **options):
+        opened.append(options)
+        return generator
+
+    def build_services(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    def close_cache(cache):
+        closed_caches.append(cache)
+        close(cache)
+
+    build, close = bootstrap.build_services, SummaryCache.close
+    monkeypatch.setattr(bootstrap, "open_generator", open_generator)
+    monkeypatch.setattr(bootstrap, "build_services", build_services)
+    monkeypatch.setattr(SummaryCache, "close", close_cache)
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps(seed_example()))
+    result = invoke(env, "generate", str(path), "--max-tokens", "5")
+    assert result.exit_code == (1 if fails else 0), result.output
+    assert opened == [{"lazy": True}]  # the weights load on the first generation
+    [services] = built
+    assert is_shut_down(services.runner.executor)
+    assert closed_caches == [services.runner.distiller.cache]
+    assert generator.closed == 1
+
+
+def test_an_archive_command_closes_the_archive(env, monkeypatch):
+    from app.archive.service import Archive
+
+    class StubArchive:
+        closed = 0
+
+        def for_tenant(self, _tenant: str) -> StubArchive:
+            return self
+
+        def stats(self):
+            return type("Stats", (), {"model_dump": lambda _self: {"files": 0}})()
+
+        def close(self) -> None:
+            self.closed += 1
+
+    archive = StubArchive()
+    monkeypatch.setattr(Archive, "open", lambda _settings, _metrics: archive)
+    result = invoke(env, "stats")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"files": 0}
+    assert archive.closed == 1

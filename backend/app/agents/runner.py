@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from app.agents.registry import TEAM_PREAMBLE, default_completion_reserve
 from app.agents.archivist import source_elements
+from app.agents.registry import TEAM_PREAMBLE, default_completion_reserve
 from app.agents.spec import AgentResult, AgentSpec, TaskInput
 from app.config import ContextSettings, DistillationSettings, SamplingSettings, Settings
 from app.context.assembly import AgentTask, AssembledPrompt, assemble

@@ -64,7 +64,7 @@ class Archive:
         self._tenants: dict[str, Archive] = {}
         self._tenants_lock = threading.Lock()
 
-    def for_tenant(self, tenant: str) -> "Archive":
+    def for_tenant(self, tenant: str) -> Archive:
         """The archive of ``tenant``: its own Chroma collection (``t-<tenant>-<collection>``),
         sharing this archive's embedding model and settings. The local tenant (API keys off)
         uses the collection itself. One tenant's calls can never reach another's files.
@@ -82,7 +82,7 @@ class Archive:
 
     @classmethod
     def open(cls, settings: ArchiveSettings, metrics: Metrics,
-             embedder: Embedder | None = None) -> "Archive":
+             embedder: Embedder | None = None) -> Archive:
         """Load the embedding model (unless given), set its threads (``EMBEDDING_THREADS``)
         and connect the store.
 
@@ -108,6 +108,16 @@ class Archive:
         except (ArchiveUnavailable, EmbeddingModelMismatch) as error:
             logger.warning("archive store not usable yet: %s", error.message)
         return archive
+
+    def close(self) -> None:
+        """Close this archive's store and those of the tenants it opened
+        (:meth:`app.archive.store.ChromaStore.close`); the embedding model holds nothing to
+        close. A later call reconnects. Never raises."""
+        with self._tenants_lock:
+            tenants = list(self._tenants.values())
+        for archive in tenants:
+            archive.store.close()
+        self.store.close()
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -275,7 +285,7 @@ async def load_archive(state: ArchiveState, settings: ArchiveSettings) -> None:
         logger.error("archive load failed: %s", error.message)
         state.status, state.error = "error", error.message
         return
-    except Exception as error:  # noqa: BLE001 - reported by archive calls, never crashes startup
+    except Exception as error:
         logger.exception("archive load failed")
         state.status, state.error = "error", f"unexpected {type(error).__name__}"
         return

@@ -87,7 +87,7 @@ class ChromaStore:
             yield
         except WriterAssistantError:
             raise
-        except Exception as error:  # noqa: BLE001 - chromadb raises many types; one meaning
+        except Exception as error:
             logger.warning("archive store failed to %s at %s: %s: %s", action, self.location,
                            type(error).__name__, error)
             with self._lock:
@@ -155,6 +155,20 @@ class ChromaStore:
         """
         with self._guard("open the collection"):
             self._open()
+
+    def close(self) -> None:
+        """Drop the Chroma client: an embedded store releases its SQLite files (once no other
+        store in the process uses the same directory), a server's its HTTP connections. A
+        later call connects again. Never raises: a failure to close is logged."""
+        with self._lock:
+            client, self._client, self._collection = self._client, None, None
+        if client is None:
+            return
+        try:
+            client.close()
+        except Exception as error:  # noqa: BLE001 - chromadb raises many types; shutdown goes on
+            logger.warning("closing the archive store at %s failed: %s: %s", self.location,
+                           type(error).__name__, error)
 
     def max_batch_size(self) -> int:
         """Most records one write may carry (Chroma's limit)."""

@@ -75,6 +75,14 @@ class LazyModel:
                 self._model = await asyncio.to_thread(LlamaRuntime.load, self._settings)
         return self._model
 
+    async def aclose(self) -> None:
+        """Close the model if its weights were loaded (its thread and the prefix cache's disk
+        writes, :meth:`LlamaRuntime.aclose`); the vocabulary holds nothing to close."""
+        async with self._loading:
+            model = self._model
+        if model is not None:
+            await model.aclose()
+
     async def generate(self, messages: Sequence[ChatMessage], params: SamplingParams,
                        prefix: SharedPrefix | None = None) -> Completion:
         return await (await self.model()).generate(messages, params, prefix)

@@ -17,10 +17,10 @@ from pydantic import BaseModel
 
 from app.agents.outputs import EditorReview
 from app.agents.registry import REGISTRY
-from app.agents.runner import AgentRunner, Meta, Progress, RunnerSettings
-from app.schemas.archive import Passage, RagChatRequest, RagQueryRequest
+from app.agents.runner import AgentRunner, Meta, Progress
+from app.bootstrap import build_runner, close_runner
 from app.config import Settings
-from app.context.summaries import SUMMARIZER_ROLE, SummaryCache
+from app.context.summaries import SUMMARIZER_ROLE
 from app.errors import (
     AgentOutputInvalid,
     ArchiveUnavailable,
@@ -41,6 +41,7 @@ from app.llm.protocol import (
 )
 from app.llm.scheduler import Scheduler
 from app.observability.metrics import Metrics
+from app.schemas.archive import Passage, RagChatRequest, RagQueryRequest
 from app.schemas.requests import (
     ChapterOutlinesRequest,
     CharacterDetailsRequest,
@@ -94,16 +95,13 @@ def build(state: Path) -> Iterator:
 
     def make(generator, **overrides: object) -> AgentRunner:
         settings = make_settings(state, **overrides)
-        cache = SummaryCache(settings.distillation.cache_dir, settings.distillation.cache_max_bytes,
-                             generator.model_name)
-        runner = AgentRunner(RunnerSettings.of(settings), generator, Scheduler(8, 60), Metrics(),
-                             summary_cache=cache)
+        runner = build_runner(settings, generator, Scheduler(8, 60), Metrics())
         runners.append(runner)
         return runner
 
     yield make
     for runner in runners:
-        runner.close()
+        close_runner(runner)
 
 
 def review_request(**fields: object) -> EditorReviewRequest:

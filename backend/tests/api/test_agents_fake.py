@@ -6,7 +6,6 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
-from app.config import Settings
 from app.llm.fake import FakeGenerator
 from app.main import create_app
 from tests.conftest import seed_example

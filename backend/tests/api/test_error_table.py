@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 import app.errors
+from app.agents.registry import REGISTRY
 from app.api.errors import ARCHIVE_ERRORS, STATUS, error_body, error_response, status_of
 from app.api.middleware import OPEN_PATHS
-from app.agents.registry import REGISTRY
 from app.errors import QueueFull, Unauthenticated, WriterAssistantError
 from app.llm.fake import FakeGenerator
 from app.llm.remote import unreachable, upstream_error

@@ -3,8 +3,8 @@
 import logging
 
 import pytest
-from pydantic import SecretStr
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from app.llm.fake import FakeGenerator
 from app.main import create_app

@@ -23,10 +23,10 @@ from fastapi.testclient import TestClient
 
 from app.archive.embeddings import Embedder
 from app.archive.service import Archive
-from app.observability.metrics import Metrics
 from app.config import Settings
 from app.llm.fake import FakeGenerator
 from app.main import create_app
+from app.observability.metrics import Metrics
 
 BACKEND = Path(__file__).resolve().parents[2]
 CORPUS = BACKEND.parent.parent / "shared" / "corpus"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from app.archive.service import Archive
-from app.observability.metrics import Metrics
 from app.config import Settings
 from app.errors import ArchiveFileNotFound, ArchiveUnavailable, EmbeddingModelMismatch
+from app.observability.metrics import Metrics
 from app.schemas.archive import ArchiveFilters
 
 from .conftest import CachingEmbedder

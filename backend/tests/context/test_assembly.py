@@ -1,5 +1,6 @@
 import pytest
-from hypothesis import given, settings as hsettings
+from hypothesis import given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from app.agents.registry import REGISTRY

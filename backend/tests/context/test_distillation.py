@@ -6,7 +6,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from app.agents.registry import REGISTRY
-from app.agents.runner import AgentRunner, Meta, Progress, RunnerSettings
+from app.agents.runner import AgentRunner, Meta, Progress
+from app.bootstrap import build_runner, close_runner
 from app.config import Settings
 from app.context.assembly import AgentTask, assemble
 from app.context.distill import Strategy, SummaryJob, strategy_for
@@ -46,15 +47,14 @@ def story(chapters: int, sentences: int) -> dict:
 def make_runner(settings: Settings) -> AgentRunner:
     """A runner on a fresh fake model over the summary cache in ``SUMMARY_CACHE_DIR``."""
     generator = FakeGenerator(replies=[summarizer], context_window=4096)
-    cache = SummaryCache(settings.distillation.cache_dir, settings.distillation.cache_max_bytes,
-                         "fake")
-    return AgentRunner(RunnerSettings.of(settings), generator, Scheduler(8, 60), Metrics(),
-                       summary_cache=cache)
+    return build_runner(settings, generator, Scheduler(8, 60), Metrics())
 
 
 @pytest.fixture
 def runner(tmp_path):
-    return make_runner(Settings(summary_cache_dir=tmp_path / "cache"))
+    runner = make_runner(Settings(summary_cache_dir=tmp_path / "cache"))
+    yield runner
+    close_runner(runner)
 
 
 async def test_older_chapters_are_distilled_newest_kept_and_cached(runner):

@@ -10,8 +10,8 @@ import re
 
 import httpx
 import pytest
-
 from alice_context import build_request
+
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import serve
