@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -34,7 +43,7 @@ def setting(env: str, **field: Any) -> Any:
 class _Group(BaseModel):
     """A group of settings: immutable, unknown names refused."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 class SamplingSettings(_Group):
@@ -771,7 +780,8 @@ class Settings(BaseSettings):
     (``Settings(model={"n_ctx": 2048})``), or changed with :meth:`replace`.
     """
 
-    model_config = SettingsConfigDict(env_file=".env", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_file=".env", extra="forbid", frozen=True,
+                                      hide_input_in_errors=True)
 
     model: ModelSettings = ModelSettings()
     context: ContextSettings = ContextSettings()
@@ -789,6 +799,23 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, _FlatEnvironment(settings_cls)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_the_variables(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
+                            ) -> Settings:
+        """Errors name the environment variable at fault (``LLM_N_CTX: ...``), not the
+        field's path, and never quote the value (it may be a key)."""
+        try:
+            return handler(data)
+        except ValidationError as error:
+            paths = {path: env for env, (path, _info) in _ENV.items()}
+            problems = []
+            for problem in error.errors():
+                path = tuple(str(part) for part in problem["loc"])
+                problems.append(f"{paths.get(path, '.'.join(path) or 'settings')}: "
+                                f"{problem['msg']}")
+            raise ValueError("; ".join(problems)) from None
 
     @model_validator(mode="before")
     @classmethod

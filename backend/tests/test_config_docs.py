@@ -100,3 +100,14 @@ def test_bad_values_and_unknown_names_are_refused():
         Settings(llm_n_ctxx=2048)
     with pytest.raises(ValidationError):
         Settings().replace(context_system_tokens=40000)
+
+
+def test_errors_name_the_variable_and_never_quote_a_key(monkeypatch):
+    monkeypatch.setenv("LLM_N_CTX", "12")
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    assert "LLM_N_CTX: Input should be greater than or equal to 256" in str(raised.value)
+    monkeypatch.delenv("LLM_N_CTX")
+    with pytest.raises(ValidationError) as raised:
+        Settings(api_keys="alice:tooshort-key")
+    assert "API_KEYS" in str(raised.value) and "tooshort-key" not in str(raised.value)
