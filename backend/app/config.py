@@ -51,8 +51,10 @@ class SamplingSettings(_Group):
         env="LLM_TEMPERATURE",
         default=0.7, ge=0.0, le=2.0, description="Default sampling temperature."
     )
-    top_p: float = setting(env="LLM_TOP_P", default=0.9, gt=0.0, le=1.0, description="Default nucleus (top-p).")
-    top_k: int = setting(env="LLM_TOP_K", default=40, ge=0, description="Default top-k (0: disabled).")
+    top_p: float = setting(env="LLM_TOP_P", default=0.9, gt=0.0, le=1.0,
+                           description="Default nucleus (top-p).")
+    top_k: int = setting(env="LLM_TOP_K", default=40, ge=0,
+                         description="Default top-k (0: disabled).")
     repeat_penalty: float = setting(
         env="LLM_REPEAT_PENALTY",
         default=1.1, ge=0.0, le=5.0, description="Default repetition penalty."
@@ -657,7 +659,8 @@ class ObservabilitySettings(_Group):
 
     title: ClassVar[str] = "Observability"
 
-    log_level: str = setting(env="LOG_LEVEL", default="INFO", description="Python logging level for the service.")
+    log_level: str = setting(env="LOG_LEVEL", default="INFO",
+                             description="Python logging level for the service.")
     log_format: Literal["json", "text"] = setting(
         env="LOG_FORMAT",
         default="json",

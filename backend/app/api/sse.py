@@ -59,7 +59,7 @@ async def _frames(events: StreamEvents) -> AsyncIterator[ServerSentEvent]:
     except WriterAssistantError as error:
         yield _frame(ERROR, error_body(error)["error"])
         terminal_sent = True
-    except Exception:  # noqa: BLE001 - after the first byte an error event is all we can send
+    except Exception:  # after the first byte an error event is all we can send
         logger.exception("stream failed")
         yield _frame(ERROR, {"code": "internal_error", "message": "The stream failed.",
                              "param": None})

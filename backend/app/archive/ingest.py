@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ def prepare(document: Document, embedder: Embedder, settings: ArchiveSettings) -
     ]))[:12]
     file_key = _sha(document.file)[:16]
     ids = [f"{file_key}-{version}-{c.index:05d}" for c in chunks]
-    ingested_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
     metadatas: list[Metadata] = []
     for chunk in chunks:
         # Few fields per chunk (each one costs every query a little); file-level facts live on
@@ -111,7 +111,7 @@ def _rollback(store: ChromaStore, ids: Sequence[str], collection: str | None) ->
         return
     try:
         store.delete(ids=ids, collection=collection)
-    except Exception:  # noqa: BLE001 - the first failure is the one to report
+    except Exception:  # the first failure is the one to report
         logger.exception("could not roll back %d chunks after a failed ingest", len(ids))
 
 
@@ -132,9 +132,9 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSet
     started = time.perf_counter()
     prepared = prepared or prepare(document, embedder, settings)
     existing = store.ids({"file": document.file})
-    result = dict(file=document.file, title=document.title, format=document.format,
-                  chars=len(document.text), chunks=len(prepared.ids),
-                  chapters=len(document.chapters))
+    result = {"file": document.file, "title": document.title, "format": document.format,
+              "chars": len(document.text), "chunks": len(prepared.ids),
+              "chapters": len(document.chapters)}
     if set(existing) == set(prepared.ids):
         if progress is not None:
             progress(len(prepared.ids))
@@ -225,7 +225,7 @@ def rebuild(store: ChromaStore, embedder: Embedder, settings: ArchiveSettings,
     except BaseException:
         try:
             store.drop(staging)
-        except Exception:  # noqa: BLE001 - report the first failure
+        except Exception:  # report the first failure
             logger.exception("could not delete the staging collection %s", staging)
         raise
     chunks = sum(len(p.ids) for p in prepared)

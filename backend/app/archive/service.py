@@ -179,7 +179,8 @@ class Archive:
         with self.metrics.archive_operation("stats"):
             files = self._files().files
             return ArchiveStats(
-                mode=self.store.mode, location=self.store.public_location, collection=self.store.name,
+                mode=self.store.mode, location=self.store.public_location,
+                collection=self.store.name,
                 embedding_model=self.embedder.name, embedding_dimension=self.embedder.dimension,
                 files=len(files), chunks=self.store.count(), chars=sum(f.chars for f in files),
                 chunk_tokens=self.settings.chunk_tokens,

@@ -543,7 +543,7 @@ class LlamaRuntime(GgufTokenizer):
                 if cancel.is_set():
                     final_check = 0
                     break
-        except Exception as error:  # noqa: BLE001 - crosses the thread boundary as an event
+        except Exception as error:  # crosses the thread boundary as an event
             logger.exception("generation failed")
             self._llama.n_tokens, self._live = 0, _Schedule(0, 0)  # it may be half-written
             emit(("error", error))

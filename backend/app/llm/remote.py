@@ -382,7 +382,7 @@ class RemoteGenerator:
                         yield TokenDelta(content)
                     if choice.finish_reason:
                         finish = choice.finish_reason
-            except Exception as error:  # noqa: BLE001 - any break after the first byte
+            except Exception as error:  # any break after the first byte
                 # The openai client wraps transport failures (a dropped connection, a read
                 # timeout) in APIError subclasses; anything else is unexpected, so log it whole.
                 logger.warning("model server stream failed after %d pieces: %s", pieces,
