@@ -797,11 +797,7 @@ class Settings(BaseSettings):
     @classmethod
     def _flat_names(cls, data: Any) -> Any:
         """Values given by environment name (``llm_n_ctx=...``) go to their group."""
-        if not isinstance(data, Mapping):
-            return data
-        flat = {k: v for k, v in data.items() if k.upper() in _ENV}
-        rest = {k: v for k, v in data.items() if k not in flat}
-        return _merge(rest, _nest(flat))
+        return _grouped(data)
 
     def replace(self, **changes: Any) -> Settings:
         """These settings with ``changes`` (by environment name in lower case, e.g.
@@ -810,7 +806,17 @@ class Settings(BaseSettings):
         Raises:
             pydantic.ValidationError: a changed value is refused.
         """
-        return type(self).model_validate(_merge(self.model_dump(), self._flat_names(changes)))
+        return type(self).model_validate(_merge(self.model_dump(), _grouped(changes)))
+
+
+def _grouped(data: Any) -> Any:
+    """``data`` with the values given by environment name (``llm_n_ctx=...``) moved to their
+    group; anything but a mapping as it is."""
+    if not isinstance(data, Mapping):
+        return data
+    flat = {k: v for k, v in data.items() if k.upper() in _ENV}
+    rest = {k: v for k, v in data.items() if k not in flat}
+    return _merge(rest, _nest(flat))
 
 
 def _parse_api_keys(raw: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -22,7 +22,7 @@ from app.errors import WriterAssistantError
 logger = logging.getLogger(__name__)
 
 
-StreamEvents = AsyncIterator[tuple[str, dict[str, Any]]]
+StreamEvents = AsyncGenerator[tuple[str, dict[str, Any]], None]
 
 
 class OpenStreams:

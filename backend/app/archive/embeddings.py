@@ -130,8 +130,9 @@ def set_threads(threads: int) -> None:
 
 
 def _dimension(model: object) -> int:
+    # sentence-transformers renamed get_sentence_embedding_dimension; either may be there.
     getter = (getattr(model, "get_embedding_dimension", None)
-              or model.get_sentence_embedding_dimension)
+              or getattr(model, "get_sentence_embedding_dimension"))  # noqa: B009 - model: object
     return getter()
 
 

@@ -132,14 +132,17 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSet
     started = time.perf_counter()
     prepared = prepared or prepare(document, embedder, settings)
     existing = store.ids({"file": document.file})
-    result = {"file": document.file, "title": document.title, "format": document.format,
-              "chars": len(document.text), "chunks": len(prepared.ids),
-              "chapters": len(document.chapters)}
+
+    def result(replaced_chunks: int, unchanged: bool) -> IngestResult:
+        return IngestResult(file=document.file, title=document.title, format=document.format,
+                            chars=len(document.text), chunks=len(prepared.ids),
+                            chapters=len(document.chapters), replaced_chunks=replaced_chunks,
+                            unchanged=unchanged, seconds=time.perf_counter() - started)
+
     if set(existing) == set(prepared.ids):
         if progress is not None:
             progress(len(prepared.ids))
-        return IngestResult(**result, replaced_chunks=0, unchanged=True,
-                            seconds=time.perf_counter() - started)
+        return result(replaced_chunks=0, unchanged=True)
     embeddings = embedder.embed([c.text for c in prepared.chunks],
                                 batch_size=settings.embed_batch_size,
                                 progress=progress)
@@ -153,8 +156,7 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSet
         raise
     logger.info("archived %s: %d chunks (%d replaced) in %.1f s", document.file,
                 len(prepared.ids), len(stale), time.perf_counter() - started)
-    return IngestResult(**result, replaced_chunks=len(stale), unchanged=False,
-                        seconds=time.perf_counter() - started)
+    return result(replaced_chunks=len(stale), unchanged=False)
 
 
 def collect_paths(paths: Iterable[Path]) -> list[Path]:

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from app.archive.chunking import reconstruct
@@ -252,7 +252,8 @@ class ArchiveState:
     status: ArchiveStatus = "loading"
     error: str | None = None
     archive: Archive | None = None
-    metrics: Metrics | None = None
+    #: The archive's latency metrics (the services pass theirs; else a registry of its own).
+    metrics: Metrics = field(default_factory=Metrics)
 
     def require(self) -> Archive:
         """The archive, once ready.

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class ChromaStore:
         return self.location if self.settings.chroma_host else "embedded"
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Literal["server", "embedded"]:
         """``server`` or ``embedded``."""
         return "server" if self.settings.chroma_host else "embedded"
 

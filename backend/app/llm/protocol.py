@@ -8,7 +8,7 @@ later, a remote OpenAI-compatible client all implement :class:`TextGenerator`. N
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -182,7 +182,7 @@ class TextGenerator(Protocol):
     def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams,
         prefix: SharedPrefix | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """Yield :class:`TokenDelta` items as the model produces them, then one :class:`Completion`.
 
         Closing the iterator early (``aclose``) cancels the generation between tokens and frees
