@@ -1,4 +1,5 @@
-# Set-up, serving and testing. `make serve` and `make test` each install what they need first.
+# Set-up, serving and testing. `make serve`, `make lint` and `make test` each install what they
+# need first; `make test` (what CI runs) lints and type-checks before the tests.
 #
 # llama-cpp-python builds from source. The default native build emits Intel AMX instructions
 # that these CPUs advertise but cannot execute ("Illegal instruction" at the first
@@ -19,7 +20,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench bench-generation bench-kv ingest
+.PHONY: install serve lint test bench bench-generation bench-kv ingest
 
 install: $(STAMP)
 
@@ -34,7 +35,11 @@ $(STAMP): backend/pyproject.toml Makefile
 serve: install
 	cd backend && ../$(BIN)/writer-assistant serve --host $(HOST) --port $(PORT)
 
-test: install
+# ruff and mypy (pinned in the test extras) with their settings in backend/pyproject.toml.
+lint: install
+	cd backend && ../$(BIN)/ruff check app tests bench examples && ../$(BIN)/mypy
+
+test: lint
 	cd backend && ../$(BIN)/python -m pytest
 
 # An author's sequence of agents on one story, two stories interleaved, cold then warm, with

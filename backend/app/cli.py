@@ -27,10 +27,12 @@ from app.errors import WriterAssistantError
 from app.tenancy import LOCAL_TENANT, current_tenant
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from app.agents.runner import AgentRunner
     from app.agents.spec import AgentSpec
     from app.context.report import AssemblyReport
-    from app.schemas.requests import AgentRequest
+
 
 T = TypeVar("T")
 
@@ -236,7 +238,7 @@ ArchiveOption = Annotated[bool | None, typer.Option(
 
 
 def _read_context(path: Path, operation: str | None,
-                  overrides: dict[str, Any] | None = None) -> tuple[AgentSpec, AgentRequest]:
+                  overrides: dict[str, Any] | None = None) -> tuple[AgentSpec, BaseModel]:
     """The agent spec and validated request of a context file (exit 2 when unusable)."""
     from pydantic import ValidationError
 

@@ -60,8 +60,10 @@ class SamplingSettings(_Group):
         env="LLM_TEMPERATURE",
         default=0.7, ge=0.0, le=2.0, description="Default sampling temperature."
     )
-    top_p: float = setting(env="LLM_TOP_P", default=0.9, gt=0.0, le=1.0, description="Default nucleus (top-p).")
-    top_k: int = setting(env="LLM_TOP_K", default=40, ge=0, description="Default top-k (0: disabled).")
+    top_p: float = setting(env="LLM_TOP_P", default=0.9, gt=0.0, le=1.0,
+                           description="Default nucleus (top-p).")
+    top_k: int = setting(env="LLM_TOP_K", default=40, ge=0,
+                         description="Default top-k (0: disabled).")
     repeat_penalty: float = setting(
         env="LLM_REPEAT_PENALTY",
         default=1.1, ge=0.0, le=5.0, description="Default repetition penalty."
@@ -666,7 +668,8 @@ class ObservabilitySettings(_Group):
 
     title: ClassVar[str] = "Observability"
 
-    log_level: str = setting(env="LOG_LEVEL", default="INFO", description="Python logging level for the service.")
+    log_level: str = setting(env="LOG_LEVEL", default="INFO",
+                             description="Python logging level for the service.")
     log_format: Literal["json", "text"] = setting(
         env="LOG_FORMAT",
         default="json",
@@ -821,11 +824,7 @@ class Settings(BaseSettings):
     @classmethod
     def _flat_names(cls, data: Any) -> Any:
         """Values given by environment name (``llm_n_ctx=...``) go to their group."""
-        if not isinstance(data, Mapping):
-            return data
-        flat = {k: v for k, v in data.items() if k.upper() in _ENV}
-        rest = {k: v for k, v in data.items() if k not in flat}
-        return _merge(rest, _nest(flat))
+        return _grouped(data)
 
     def replace(self, **changes: Any) -> Settings:
         """These settings with ``changes`` (by environment name in lower case, e.g.
@@ -834,7 +833,17 @@ class Settings(BaseSettings):
         Raises:
             pydantic.ValidationError: a changed value is refused.
         """
-        return type(self).model_validate(_merge(self.model_dump(), self._flat_names(changes)))
+        return type(self).model_validate(_merge(self.model_dump(), _grouped(changes)))
+
+
+def _grouped(data: Any) -> Any:
+    """``data`` with the values given by environment name (``llm_n_ctx=...``) moved to their
+    group; anything but a mapping as it is."""
+    if not isinstance(data, Mapping):
+        return data
+    flat = {k: v for k, v in data.items() if k.upper() in _ENV}
+    rest = {k: v for k, v in data.items() if k not in flat}
+    return _merge(rest, _nest(flat))
 
 
 def _parse_api_keys(raw: str) -> dict[str, str]:

@@ -59,7 +59,8 @@ async def drain(services: Services, then: Callable[[], None]) -> None:
     def busy() -> bool:
         return scheduler.busy or services.streams.count > 0
 
-    while busy() and loop.time() < deadline:
+    # Polls two counters (the scheduler's turns and the open streams) against a deadline.
+    while busy() and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     if busy():
         logger.warning("drain grace period over: ending %d stream(s)", services.streams.count)

@@ -98,10 +98,10 @@ from httpx_sse import connect_sse
 BACKEND = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BACKEND / "examples"))
 
-from alice_context import build_request as alice_request
-from holmes_context import build_request as holmes_request
+from alice_context import build_request as alice_request  # noqa: E402 - after the path insert
+from holmes_context import build_request as holmes_request  # noqa: E402
 
-from app.config import Settings, environment_names
+from app.config import Settings, environment_names  # noqa: E402
 
 #: Server environment per configuration (on top of the common one in :func:`server_env`).
 CONFIGS: dict[str, dict[str, str]] = {
@@ -458,7 +458,8 @@ def raw_decode(llama: Any, tokens: list[int], max_tokens: int, settings: Setting
 
     for chunk in llama.create_completion(
         tokens, max_tokens=max_tokens, temperature=0.0, top_p=settings.model.sampling.top_p,
-        top_k=settings.model.sampling.top_k, repeat_penalty=settings.model.sampling.repeat_penalty, seed=1,
+        top_k=settings.model.sampling.top_k,
+        repeat_penalty=settings.model.sampling.repeat_penalty, seed=1,
         stream=True, stopping_criteria=StoppingCriteriaList([count]),
     ):
         if chunk["choices"][0]["text"]:
@@ -882,8 +883,8 @@ def parse_args() -> argparse.Namespace:
                         help="interleaved raw/server decode rounds (0: skip)")
     args = parser.parse_args()
     names = []
-    for name in args.configs:
-        name = ALIASES.get(name, name)
+    for given in args.configs:
+        name = ALIASES.get(given, given)
         if name not in CONFIGS:
             parser.error(f"unknown configuration {name!r}; choose from {list(CONFIGS)} "
                          f"or {list(ALIASES)}")

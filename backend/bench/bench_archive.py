@@ -3,14 +3,14 @@ sentence-transformers, measured in the same run on the same model object.
 
     python bench/bench_archive.py [--corpus DIR] [--queries N] [--top-k K]
 
-Ingest (``--rounds`` times, alternating which side goes first): the whole corpus (every .txt/.md/.docx/.html under --corpus, default
-``../shared/corpus`` from the repository root) into a fresh embedded store. "Ours" is
-``Archive.ingest_bytes`` per file: parsing, chunking, ids, embedding, writing, replacement
-bookkeeping. "Direct" is ``SentenceTransformer.encode`` on the same chunk texts plus
-``collection.add`` with the same ids: the least any archive on these libraries must do.
-Throughput is chunks/s and MB/s of file bytes (wall clock); the ratio is ours/direct in
-seconds (1.0: no overhead; the goal is <= 1.1), in wall-clock and in CPU seconds of this
-process (the steadier figure when other processes share the cores).
+Ingest (``--rounds`` times, alternating which side goes first): the whole corpus (every
+.txt/.md/.docx/.html under --corpus, default ``../shared/corpus`` from the repository root) into a
+fresh embedded store. "Ours" is ``Archive.ingest_bytes`` per file: parsing, chunking, ids,
+embedding, writing, replacement bookkeeping. "Direct" is ``SentenceTransformer.encode`` on the same
+chunk texts plus ``collection.add`` with the same ids: the least any archive on these libraries must
+do. Throughput is chunks/s and MB/s of file bytes (wall clock); the ratio is ours/direct in seconds
+(1.0: no overhead; the goal is <= 1.1), in wall-clock and in CPU seconds of this process (the
+steadier figure when other processes share the cores).
 
 Search: --queries questions at that size, ours (``Archive.search``) and direct (encode the
 query + ``collection.query``) alternating query by query so machine noise hits both alike;
@@ -74,7 +74,7 @@ def percentile(values: list[float], q: float) -> float:
 class Clock:
     """Wall-clock and CPU seconds (this process, all threads) of a block."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
         return self
 
@@ -126,12 +126,13 @@ def search_both(archive: Archive, collection: object, embedder: Embedder, querie
     for i in range(queries):
         question = QUESTIONS[i % len(QUESTIONS)]
 
-        def run_ours() -> None:
+        # Both closures run below, in this iteration.
+        def run_ours(question: str = question) -> None:
             started = time.perf_counter()
             archive.search(question, top_k)
             ours.append((time.perf_counter() - started) * 1000)
 
-        def run_direct() -> None:
+        def run_direct(question: str = question) -> None:
             started = time.perf_counter()
             vector = model.encode([question], normalize_embeddings=True, convert_to_numpy=True,
                                   show_progress_bar=False)
@@ -182,7 +183,8 @@ def main() -> None:
 
     print(f"corpus: {len(files)} files, {megabytes:.2f} MB, {ours_chunks} chunks of <= "
           f"{settings.archive.chunk_tokens} tokens ({settings.archive.chunk_overlap_tokens} "
-          f"overlap), model {embedder.name}, {settings.archive.embedding_threads} embedding thread(s)")
+          f"overlap), model {embedder.name}, "
+          f"{settings.archive.embedding_threads} embedding thread(s)")
     rows = [
         (f"ingest wall seconds (mean of {args.rounds})", ours_s, direct_s, ours_s / direct_s),
         ("ingest CPU seconds (all threads)", ours_cpu, direct_cpu, ours_cpu / direct_cpu),

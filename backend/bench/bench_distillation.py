@@ -101,8 +101,8 @@ async def measure(runtime: LlamaRuntime, sizes: list[int], warm_only: bool) -> N
             generator = StandInSummarizer(runtime) if warm_only else runtime
             cache = SummaryCache(settings.distillation.cache_dir,
                                  settings.distillation.cache_max_bytes, runtime.model_name)
-            runner = AgentRunner(RunnerSettings.of(settings), generator, Scheduler(8, 3600), Metrics(),
-                                 summary_cache=cache)
+            runner = AgentRunner(RunnerSettings.of(settings), generator, Scheduler(8, 3600),
+                                 Metrics(), summary_cache=cache)
             start = time.perf_counter()
             cold = await runner.preview(spec, request)
             cold_s = time.perf_counter() - start
@@ -120,7 +120,7 @@ async def measure(runtime: LlamaRuntime, sizes: list[int], warm_only: bool) -> N
           f"{'stand-in summarizer (warm timing only)' if warm_only else 'real summaries'}")
     print(f"{'story tokens':>12} {'chapters':>8} {'cold calls':>10} {'cold s':>8} "
           f"{'warm calls':>10} {'warm ms':>8} {'warm/cold':>9} {'summaries':>9} {'prompt':>7}")
-    for size, tokens, n, calls, cold_s, warm_calls, warm_s, summaries, prompt in rows:
+    for _size, tokens, n, calls, cold_s, warm_calls, warm_s, summaries, prompt in rows:
         print(f"{tokens:>12} {n:>8} {calls:>10} {cold_s:>8.1f} {warm_calls:>10} "
               f"{warm_s * 1000:>8.0f} {warm_s / cold_s:>9.4f} {summaries:>9} {prompt:>7}")
     if len(rows) > 1:

@@ -97,7 +97,8 @@ def raw_decode(llama, tokens: list[int], max_tokens: int, settings: Settings) ->
 
     for chunk in llama.create_completion(
         tokens, max_tokens=max_tokens, temperature=0.0, top_p=settings.model.sampling.top_p,
-        top_k=settings.model.sampling.top_k, repeat_penalty=settings.model.sampling.repeat_penalty, seed=1,
+        top_k=settings.model.sampling.top_k,
+        repeat_penalty=settings.model.sampling.repeat_penalty, seed=1,
         stream=True, stopping_criteria=StoppingCriteriaList([count]),
     ):
         if chunk["choices"][0]["text"]:

@@ -208,7 +208,7 @@ async def soak(base: str, key: str, count: int, pid: int) -> None:
     tail = samples[len(samples) // 2:]
     xs, ys = [s[0] for s in tail], [s[1] for s in tail]
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / max(
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / max(
         sum((x - mean_x) ** 2 for x in xs), 1e-9)
     print(f"soak: {count} short generations, {failures} failed")
     print("  RSS MB: " + ", ".join(f"{n}:{mb:.0f}" for n, mb in samples))

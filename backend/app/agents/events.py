@@ -9,7 +9,7 @@ transport adds when the stream raises).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict
 from typing import Any
 
@@ -24,7 +24,7 @@ from app.schemas.usage import Usage
 META, TOKEN, PROGRESS, DONE, ERROR = "meta", "token", "progress", "done", "error"
 
 #: (event name, JSON-ready payload) pairs.
-Events = AsyncIterator[tuple[str, dict[str, Any]]]
+Events = AsyncGenerator[tuple[str, dict[str, Any]], None]
 
 
 def generation_fields(result: AgentResult) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def done_fields(spec: AgentSpec, completion: Completion,
             **extra}
 
 
-async def stream_events(spec: AgentSpec, items: AsyncIterator[Any]) -> Events:
+async def stream_events(spec: AgentSpec, items: AsyncGenerator[Any, None]) -> Events:
     """The runner's stream items for ``spec`` as events; closing this closes ``items``.
 
     Raises what the stream raises (the transport turns it into an ``error`` event), and
@@ -78,4 +78,4 @@ async def stream_events(spec: AgentSpec, items: AsyncIterator[Any]) -> Events:
                 return
         raise GenerationFailed("the model stream ended without a completion")
     finally:
-        await items.aclose()  # type: ignore[attr-defined]
+        await items.aclose()

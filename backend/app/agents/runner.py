@@ -15,7 +15,7 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -225,7 +225,7 @@ class AgentRunner:
     async def _generation(
         self, label: tuple[str, str], messages: Sequence[ChatMessage], params: SamplingParams,
         prefix: SharedPrefix, *, streamed: bool, attempt: int = 1, queue_s: float = 0.0,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """The generator's stream for one model call, observed: gaps between token deltas,
         and on completion the metrics and the ``generation`` log event (the prompt and text
         only with ``LOG_PROMPTS``). Call it inside a turn."""
@@ -551,7 +551,7 @@ class AgentRunner:
 
     async def stream(
         self, spec: AgentSpec, request: Any
-    ) -> AsyncIterator[Progress | Meta | StreamItem]:
+    ) -> AsyncGenerator[Progress | Meta | StreamItem, None]:
         """Yield :class:`Progress` while distilling, then :class:`Meta`, then the generator's
         token deltas and final completion.
 
@@ -573,7 +573,7 @@ class AgentRunner:
     async def _stream(
         self, spec: AgentSpec, plan: _Plan, prompt: AssembledPrompt,
         lookup: _CountingLookup | None, turn: Turn, started: float, loop_started: float,
-    ) -> AsyncIterator[Progress | Meta | StreamItem]:
+    ) -> AsyncGenerator[Progress | Meta | StreamItem, None]:
         """The stream in its turn. An error raised here reaches the client as a stream
         ``error`` event, not an HTTP error answer, so it is counted here."""
         agent, operation = spec.agent, spec.operation
@@ -606,7 +606,7 @@ class AgentRunner:
     async def _stream_in_turn(
         self, spec: AgentSpec, plan: _Plan, prompt: AssembledPrompt,
         lookup: _CountingLookup | None, turn: Turn, deadline: float,
-    ) -> AsyncIterator[Progress | Meta | StreamItem]:
+    ) -> AsyncGenerator[Progress | Meta | StreamItem, None]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict[str, object]] = asyncio.Queue()
         distilling = asyncio.create_task(self._distill(plan, prompt, lookup, events.put))
@@ -637,7 +637,8 @@ class AgentRunner:
         finally:
             await stream.aclose()
 
-    async def _by_deadline(self, stream: AsyncIterator[T], deadline: float) -> AsyncIterator[T]:
+    async def _by_deadline(self, stream: AsyncGenerator[T, None],
+                           deadline: float) -> AsyncGenerator[T, None]:
         """``stream``'s items, each awaited under ``deadline`` (loop time); closing this
         closes ``stream``.
 
@@ -655,7 +656,7 @@ class AgentRunner:
                     raise self._timeout() from None
                 yield item
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
 
 def _shared(prompt: AssembledPrompt) -> SharedPrefix:

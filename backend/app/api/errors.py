@@ -234,7 +234,7 @@ async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONR
 
 
 async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
-    logger.exception("unhandled error", exc_info=error)
+    logger.error("unhandled error", exc_info=error)  # not in an except block: pass the error
     # This answer comes from the outermost middleware, past the request-id middleware.
     request_id = correlation_id.get()
     return envelope(500, "internal_error", "The server failed to handle this request.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -22,7 +22,7 @@ from app.errors import WriterAssistantError
 logger = logging.getLogger(__name__)
 
 
-StreamEvents = AsyncIterator[tuple[str, dict[str, Any]]]
+StreamEvents = AsyncGenerator[tuple[str, dict[str, Any]], None]
 
 
 class OpenStreams:
@@ -59,7 +59,7 @@ async def _frames(events: StreamEvents) -> AsyncIterator[ServerSentEvent]:
     except WriterAssistantError as error:
         yield _frame(ERROR, error_body(error)["error"])
         terminal_sent = True
-    except Exception:  # noqa: BLE001 - after the first byte an error event is all we can send
+    except Exception:  # after the first byte an error event is all we can send
         logger.exception("stream failed")
         yield _frame(ERROR, {"code": "internal_error", "message": "The stream failed.",
                              "param": None})

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 import pysbd
 
@@ -103,16 +104,15 @@ def _paragraph_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """Spans that tile ``[start, end)``, one per paragraph with its trailing blank lines."""
     starts = [start] + [m.end() for m in _PARAGRAPH_START.finditer(text, start, end)
                         if m.end() < end]
-    spans = [(a, b) for a, b in zip(starts, starts[1:] + [end]) if b > a]
+    spans = [(a, b) for a, b in pairwise([*starts, end]) if b > a]
     return spans
 
 
 def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """Spans that tile ``[start, end)`` at pysbd's sentence boundaries."""
     cuts = {start + seg.start for seg in _segmenter().segment(text[start:end])}
-    cuts = sorted(c for c in cuts if start < c < end)
-    points = [start, *cuts, end]
-    return [(a, b) for a, b in zip(points, points[1:]) if b > a]
+    points = [start, *sorted(c for c in cuts if start < c < end), end]
+    return [(a, b) for a, b in pairwise(points) if b > a]
 
 
 def _word_spans(text: str, start: int, end: int, limit: int,
@@ -127,7 +127,8 @@ def _word_spans(text: str, start: int, end: int, limit: int,
     while i < len(words):
         a = words[i]
         # The furthest word boundary j with count(text[a:boundary j]) <= limit.
-        j = _furthest(lambda k: count(text[a:words[k] if k < len(words) else end]) <= limit,
+        # The lambda runs inside _furthest, in this iteration.
+        j = _furthest(lambda k: count(text[a:words[k] if k < len(words) else end]) <= limit,  # noqa: B023
                       i + 1, len(words))
         if j is None:
             b = words[i + 1] if i + 1 < len(words) else end
@@ -158,7 +159,8 @@ def _char_spans(text: str, start: int, end: int, limit: int,
     least one character)."""
     spans, p = [], start
     while p < end:
-        q = _furthest(lambda k: count(text[p:k]) <= limit, p + 1, end) or p + 1
+        # The lambda runs inside _furthest, in this iteration.
+        q = _furthest(lambda k: count(text[p:k]) <= limit, p + 1, end) or p + 1  # noqa: B023
         spans.append((p, q))
         p = q
     return spans
@@ -188,19 +190,19 @@ def _overlap_start(text: str, start: int, end: int, limit: int, count: CountToke
     there is one; ``end`` (no overlap) when not even the last word fits."""
     if limit <= 0:
         return end
-    words = {m.start() for m in _WORD_START.finditer(text, start, end)}
+    starts = {m.start() for m in _WORD_START.finditer(text, start, end)}
     if start < end and not text[start].isspace():
-        words.add(start)
-    words = sorted(words)
+        starts.add(start)
+    words = sorted(starts)
     # Suffix tokens shrink as the start moves right: find the leftmost start that fits.
     first = _furthest(lambda k: count(text[words[-1 - k]:end]) <= limit, 0, len(words) - 1)
     best = end if first is None else words[-1 - first]
     if best == end:
         return end
     sentence = _SENTENCE_START.search(text, best, end)
-    if best > start and not _SENTENCE_START.match(text, best) and sentence is not None:
-        if text[sentence.start():end].strip():
-            return sentence.start()
+    if (best > start and not _SENTENCE_START.match(text, best) and sentence is not None
+            and text[sentence.start():end].strip()):
+        return sentence.start()
     return best
 
 

@@ -40,14 +40,21 @@ _CHAPTER_WORD = re.compile(
 )
 #: "I. A SCANDAL IN BOHEMIA": a Roman numeral, a dot and an upper-case title, flush left.
 _NUMERAL_CAPS = re.compile(rf"^{_ROMAN}\.\s+(?P<title>[^a-z]*[A-Z][^a-z]*)$")
-_STANDALONE = re.compile(r"^(?:prologue|epilogue|introduction|preface|afterword)\.?$", re.I)
+_STANDALONE = re.compile(
+    r"^(?:prologue|epilogue|introduction|preface|afterword)\.?$", re.IGNORECASE
+)
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _GUTENBERG_START = re.compile(
-    r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^\n]*\n", re.I | re.M
+    r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^\n]*\n",
+    re.IGNORECASE | re.MULTILINE,
 )
-_GUTENBERG_END = re.compile(r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M)
-_GUTENBERG_END_LINE = re.compile(r"^End of (?:the )?Project Gutenberg", re.I | re.M)
-_GUTENBERG_TITLE = re.compile(r"^Title:[ \t]*(?P<title>.+?)\s*$", re.M)
+_GUTENBERG_END = re.compile(
+    r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.IGNORECASE | re.MULTILINE
+)
+_GUTENBERG_END_LINE = re.compile(
+    r"^End of (?:the )?Project Gutenberg", re.IGNORECASE | re.MULTILINE
+)
+_GUTENBERG_TITLE = re.compile(r"^Title:[ \t]*(?P<title>.+?)\s*$", re.MULTILINE)
 #: "[Alice's Adventures in Wonderland by Lewis Carroll 1865]" (NLTK's Gutenberg selection).
 _BRACKET_TITLE = re.compile(r"^\[(?P<title>.+?)(?: by [^\]]+)?\]$")
 
@@ -395,8 +402,8 @@ def chapter_key(title: str) -> str:
     plain = _collapse(plain)
     stripped = _KEY_PREFIX.sub("", plain, count=1)
     # A bare Roman "I" is also the pronoun: only strip it when a dot or colon followed it.
-    if re.match(rf"^{_ROMAN}\b(?![.:])", plain, re.I) and not re.match(
-            r"^(?:chapter|book|part)\b", plain, re.I):
+    if re.match(rf"^{_ROMAN}\b(?![.:])", plain, re.IGNORECASE) and not re.match(
+            r"^(?:chapter|book|part)\b", plain, re.IGNORECASE):
         stripped = plain
     key = re.sub(r"[^\w']+", " ", (stripped or plain).casefold()).strip()
     return key

@@ -71,7 +71,7 @@ class Embedder:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str | None = None) -> "Embedder":
+    def load(cls, model: str | None = None) -> Embedder:
         """Load ``model`` (a local directory or a cached model name; ``None``: the packaged
         all-MiniLM-L6-v2). Loads are cached per process: the same name returns the same object.
 
@@ -130,9 +130,9 @@ def set_threads(threads: int) -> None:
 
 
 def _dimension(model: object) -> int:
-    getter = getattr(model, "get_embedding_dimension", None) or getattr(
-        model, "get_sentence_embedding_dimension"
-    )
+    # sentence-transformers renamed get_sentence_embedding_dimension; either may be there.
+    getter = (getattr(model, "get_embedding_dimension", None)
+              or getattr(model, "get_sentence_embedding_dimension"))  # noqa: B009 - model: object
     return getter()
 
 
@@ -165,7 +165,7 @@ def _load_cached(model: str | None) -> Embedder:
         # Its "Loading weights" bar would land in server logs and CLI output.
         transformers_logging.disable_progress_bar()
         loaded = SentenceTransformer(source, device="cpu", local_files_only=True)
-    except Exception as error:  # noqa: BLE001 - any load failure has one meaning for callers
+    except Exception as error:  # any load failure has one meaning for callers
         raise ArchiveUnavailable(
             f"The embedding model {model or name!r} could not be loaded offline "
             f"({type(error).__name__}: {str(error)[:200]}). Set EMBEDDING_MODEL to a local "

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ def prepare(document: Document, embedder: Embedder, settings: ArchiveSettings) -
     ]))[:12]
     file_key = _sha(document.file)[:16]
     ids = [f"{file_key}-{version}-{c.index:05d}" for c in chunks]
-    ingested_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
     metadatas: list[Metadata] = []
     for chunk in chunks:
         # Few fields per chunk (each one costs every query a little); file-level facts live on
@@ -111,7 +111,7 @@ def _rollback(store: ChromaStore, ids: Sequence[str], collection: str | None) ->
         return
     try:
         store.delete(ids=ids, collection=collection)
-    except Exception:  # noqa: BLE001 - the first failure is the one to report
+    except Exception:  # the first failure is the one to report
         logger.exception("could not roll back %d chunks after a failed ingest", len(ids))
 
 
@@ -132,14 +132,17 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSet
     started = time.perf_counter()
     prepared = prepared or prepare(document, embedder, settings)
     existing = store.ids({"file": document.file})
-    result = dict(file=document.file, title=document.title, format=document.format,
-                  chars=len(document.text), chunks=len(prepared.ids),
-                  chapters=len(document.chapters))
+
+    def result(replaced_chunks: int, unchanged: bool) -> IngestResult:
+        return IngestResult(file=document.file, title=document.title, format=document.format,
+                            chars=len(document.text), chunks=len(prepared.ids),
+                            chapters=len(document.chapters), replaced_chunks=replaced_chunks,
+                            unchanged=unchanged, seconds=time.perf_counter() - started)
+
     if set(existing) == set(prepared.ids):
         if progress is not None:
             progress(len(prepared.ids))
-        return IngestResult(**result, replaced_chunks=0, unchanged=True,
-                            seconds=time.perf_counter() - started)
+        return result(replaced_chunks=0, unchanged=True)
     embeddings = embedder.embed([c.text for c in prepared.chunks],
                                 batch_size=settings.embed_batch_size,
                                 progress=progress)
@@ -153,8 +156,7 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSet
         raise
     logger.info("archived %s: %d chunks (%d replaced) in %.1f s", document.file,
                 len(prepared.ids), len(stale), time.perf_counter() - started)
-    return IngestResult(**result, replaced_chunks=len(stale), unchanged=False,
-                        seconds=time.perf_counter() - started)
+    return result(replaced_chunks=len(stale), unchanged=False)
 
 
 def collect_paths(paths: Iterable[Path]) -> list[Path]:
@@ -225,7 +227,7 @@ def rebuild(store: ChromaStore, embedder: Embedder, settings: ArchiveSettings,
     except BaseException:
         try:
             store.drop(staging)
-        except Exception:  # noqa: BLE001 - report the first failure
+        except Exception:  # report the first failure
             logger.exception("could not delete the staging collection %s", staging)
         raise
     chunks = sum(len(p.ids) for p in prepared)

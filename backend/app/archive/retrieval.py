@@ -3,8 +3,9 @@
 Agents get passages through :func:`archive_context`, the runner's ``extra_elements`` hook: a
 query built from the request's own text fields, its user requests and plot elements retrieves
 the top-k passages. They differ from request to request, so they go after the story's shared
-block (in the request's own message, at low priority) and get the room it leaves. Retrieval never fails a request: when the archive is off,
-loading or down, the request runs without archive passages (and the failure is logged).
+block (in the request's own message, at low priority) and get the room it leaves. Retrieval
+never fails a request: when the archive is off, loading or down, the request runs without
+archive passages (and the failure is logged).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def archive_context(get_archive: Callable[[], Archive | None]) -> ExtraElements:
             logger.warning("archive retrieval failed (%s); request runs without archive "
                            "passages: %s", error.code, error.message)
             return []
-        except Exception:  # noqa: BLE001 - retrieval must never fail the agent request
+        except Exception:  # retrieval must never fail the agent request
             logger.exception("archive retrieval failed; request runs without archive passages")
             return []
         return context_elements(passages)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from app.archive.chunking import reconstruct
@@ -179,7 +179,8 @@ class Archive:
         with self.metrics.archive_operation("stats"):
             files = self._files().files
             return ArchiveStats(
-                mode=self.store.mode, location=self.store.public_location, collection=self.store.name,
+                mode=self.store.mode, location=self.store.public_location,
+                collection=self.store.name,
                 embedding_model=self.embedder.name, embedding_dimension=self.embedder.dimension,
                 files=len(files), chunks=self.store.count(), chars=sum(f.chars for f in files),
                 chunk_tokens=self.settings.chunk_tokens,
@@ -251,7 +252,8 @@ class ArchiveState:
     status: ArchiveStatus = "loading"
     error: str | None = None
     archive: Archive | None = None
-    metrics: Metrics | None = None
+    #: The archive's latency metrics (the services pass theirs; else a registry of its own).
+    metrics: Metrics = field(default_factory=Metrics)
 
     def require(self) -> Archive:
         """The archive, once ready.

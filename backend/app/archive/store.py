@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class ChromaStore:
         return self.location if self.settings.chroma_host else "embedded"
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Literal["server", "embedded"]:
         """``server`` or ``embedded``."""
         return "server" if self.settings.chroma_host else "embedded"
 
@@ -215,7 +215,7 @@ class ChromaStore:
             result = self._open().get(where=where, include=include, limit=limit)
         documents = result.get("documents") or [""] * len(result["ids"])
         return [Record(i, d or "", dict(m or {}))
-                for i, d, m in zip(result["ids"], documents, result["metadatas"])]
+                for i, d, m in zip(result["ids"], documents, result["metadatas"], strict=True)]
 
     def query(self, embedding: np.ndarray, top_k: int, where: Where | None = None) -> list[Record]:
         """The ``top_k`` chunks most similar to ``embedding`` (shape ``(dimension,)``), best
@@ -228,7 +228,7 @@ class ChromaStore:
         return [
             Record(i, d or "", dict(m or {}), 1.0 - float(dist))
             for i, d, m, dist in zip(result["ids"][0], result["documents"][0],
-                                     result["metadatas"][0], result["distances"][0])
+                                     result["metadatas"][0], result["distances"][0], strict=True)
         ]
 
     def collection_metadata(self) -> Mapping[str, Any]:
@@ -285,5 +285,6 @@ class ChromaStore:
             model = (collection.metadata or {}).get(MODEL_KEY)
             result = collection.get(include=["metadatas", "documents"])
         records = [Record(i, d or "", dict(m or {}))
-                   for i, d, m in zip(result["ids"], result["documents"], result["metadatas"])]
+                   for i, d, m in zip(result["ids"], result["documents"], result["metadatas"],
+                                      strict=True)]
         return model, records

@@ -141,15 +141,14 @@ def assemble(
 ) -> AssembledPrompt:
     """Fit ``elements`` and ``task`` into the window and report each element's fate.
 
-    Story elements go into the shared block, planned against ``completion_reserve`` (tokens)
-    and the task reserve (``context.task_reserve_tokens``) so that it is the same for every agent; elements
-    marked ``per_request`` (archive passages) go after it and get the room that is left. In
-    each layer over its budget the lowest-priority elements give way first; high-priority
-    elements never do. Without ``summaries`` they are trimmed (at paragraph or sentence
-    boundaries) or dropped. With it, story, character and world content is distilled instead
-    (see ``app.context.overflow``); summaries the lookup lacks come back in ``missing``. The
-    returned prompt satisfies ``prompt_tokens + max_tokens <= window <= n_ctx`` exactly
-    (counted after rendering).
+    Story elements go into the shared block, planned against ``completion_reserve`` (tokens) and the
+    task reserve (``context.task_reserve_tokens``) so that it is the same for every agent; elements
+    marked ``per_request`` (archive passages) go after it and get the room that is left. In each
+    layer over its budget the lowest-priority elements give way first; high-priority elements never
+    do. Without ``summaries`` they are trimmed (at paragraph or sentence boundaries) or dropped.
+    With it, story, character and world content is distilled instead (see ``app.context.overflow``);
+    summaries the lookup lacks come back in ``missing``. The returned prompt satisfies
+    ``prompt_tokens + max_tokens <= window <= n_ctx`` exactly (counted after rendering).
 
     Raises:
         ContextLengthExceeded: the task plus the high-priority elements do not fit, with

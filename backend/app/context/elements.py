@@ -128,14 +128,14 @@ def flatten(context: StructuredContext) -> list[ContextElement]:
             label=f"system instruction ({item.type})",
             content_type="feedback",
         )
-    for i, item in enumerate(context.user_requests):
+    for i, request in enumerate(context.user_requests):
         add(
-            id=item.id or f"user_requests[{i}]",
+            id=request.id or f"user_requests[{i}]",
             kind="user_request",
             layer=Layer.system,
-            priority=item.priority,
-            text=f"- Request ({item.type}): {item.content}",
-            label=f"user request ({item.type})",
+            priority=request.priority,
+            text=f"- Request ({request.type}): {request.content}",
+            label=f"user request ({request.type})",
             content_type="feedback",
         )
     if context.metadata:
@@ -148,15 +148,15 @@ def flatten(context: StructuredContext) -> list[ContextElement]:
             label="story metadata",
             content_type="world",
         )
-    for i, item in enumerate(context.plot_elements):
+    for i, element in enumerate(context.plot_elements):
         add(
-            id=item.id or f"plot_elements[{i}]",
+            id=element.id or f"plot_elements[{i}]",
             kind="plot_element",
-            layer=Layer.characters if item.type in _SCENE_TYPES else Layer.plot_world,
-            priority=item.priority,
-            text=f"- {item.type.value.replace('_', ' ').capitalize()}: {item.content}",
-            label=f"plot element ({item.type.value})",
-            content_type=item.type.value,
+            layer=Layer.characters if element.type in _SCENE_TYPES else Layer.plot_world,
+            priority=element.priority,
+            text=f"- {element.type.value.replace('_', ' ').capitalize()}: {element.content}",
+            label=f"plot element ({element.type.value})",
+            content_type=element.type.value,
         )
     for i, character in enumerate(context.character_contexts):
         add(

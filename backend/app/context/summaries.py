@@ -17,7 +17,7 @@ import diskcache
 
 from app.config import DistillationSettings, SamplingSettings
 from app.context.distill import GUIDANCE, Strategy, SummaryJob
-from app.context.trim import split_to_budget, trim_to_budget
+from app.context.trim import CountTokens, split_to_budget, trim_to_budget
 from app.llm.protocol import ChatMessage, Completion, SamplingParams, TextGenerator
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class Distiller:
                                                                            count)
 
 
-def clip(text: str, target_tokens: int, count) -> str:  # noqa: ANN001 - a token counter
+def clip(text: str, target_tokens: int, count: CountTokens) -> str:
     """``text`` cut to at most ``target_tokens`` tokens at a sentence boundary, else by words."""
     if count(text) <= target_tokens:
         return text

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from app.errors import GenerationFailed
 from app.llm.protocol import (
     ChatMessage,
     Completion,
+    FinishReason,
     SamplingParams,
     SharedPrefix,
     StreamItem,
@@ -90,7 +91,7 @@ class FakeGenerator:
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams,
         prefix: SharedPrefix | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         prompt_tokens = self._check(messages, params)
         self.prefixes.append(prefix)
         pieces = re.findall(r"\S+\s*|\s+", self._reply(messages, params))
@@ -107,5 +108,5 @@ class FakeGenerator:
             produced += 1
             self.produced[call] = produced
             yield TokenDelta(piece)
-        finish = "length" if produced < len(pieces) else "stop"
+        finish: FinishReason = "length" if produced < len(pieces) else "stop"
         yield Completion(text, prompt_tokens, produced, finish)

@@ -9,7 +9,7 @@ generation is asked for (``generate``, or a preview whose context must be distil
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from app.config import ModelSettings
 from app.llm.llama import GgufTokenizer, LlamaRuntime, default_model_path
@@ -90,7 +90,7 @@ class LazyModel:
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams,
         prefix: SharedPrefix | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         model = await self.model()
         stream = model.stream(messages, params, prefix)
         try:

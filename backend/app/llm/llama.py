@@ -18,14 +18,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import llama_cpp
-from llama_cpp import Llama, LlamaGrammar, StoppingCriteriaList
+from llama_cpp import Llama, LlamaGrammar, StoppingCriteriaList, llama_types
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.config import ModelSettings
@@ -184,9 +184,11 @@ class GgufTokenizer:
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
         """The prompt text with the chat template applied and the generation prompt added."""
-        return self._formatter(
-            messages=[{"role": m.role, "content": m.content} for m in messages]
-        ).prompt
+        # llama-cpp types each role's message as its own TypedDict; ours (system, user,
+        # assistant) all take just these two keys.
+        chat = cast("list[llama_types.ChatCompletionRequestMessage]",
+                    [{"role": m.role, "content": m.content} for m in messages])
+        return self._formatter(messages=chat).prompt
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt tokens of ``messages``: the rendered template tokenized with special tokens
@@ -259,8 +261,9 @@ class LlamaRuntime(GgufTokenizer):
         self._live = _Schedule(0, 0)  # the schedule the live KV cache was computed on
         self._rates = _Rates()
 
+    # The runtime loads from settings, the bare tokenizer from a path: callers name the class.
     @classmethod
-    def load(cls, settings: ModelSettings) -> LlamaRuntime:
+    def load(cls, settings: ModelSettings) -> LlamaRuntime:  # type: ignore[override]
         """Load the model named by the settings (blocking; seconds for small models) and
         hash its file (the prefix cache keys on it).
 
@@ -330,7 +333,7 @@ class LlamaRuntime(GgufTokenizer):
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams,
         prefix: SharedPrefix | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         loop = asyncio.get_running_loop()
         tokens, shared = await loop.run_in_executor(self._executor, self._tokens, messages,
                                                     prefix)
@@ -521,7 +524,7 @@ class LlamaRuntime(GgufTokenizer):
         finish_reason = "length"
         try:
             cached = self._prepare_kv(tokens, shared, owner)
-            chunks = self._llama.create_completion(
+            streamed = self._llama.create_completion(
                 tokens,
                 max_tokens=params.max_tokens,
                 temperature=params.temperature,
@@ -533,17 +536,19 @@ class LlamaRuntime(GgufTokenizer):
                 stream=True,
                 stopping_criteria=StoppingCriteriaList([cancelled]),
             )
+            # stream=True: an iterator of chunks (the signature is not overloaded on stream).
+            chunks = cast(Iterator[llama_types.CreateCompletionStreamResponse], streamed)
             final_check = 1  # the check after the last token, unless we leave early
             for chunk in chunks:
                 choice = chunk["choices"][0]
                 if choice["text"]:
                     emit(("token", choice["text"]))
-                if choice.get("finish_reason"):
-                    finish_reason = choice["finish_reason"]
+                if reason := choice.get("finish_reason"):
+                    finish_reason = reason
                 if cancel.is_set():
                     final_check = 0
                     break
-        except Exception as error:  # noqa: BLE001 - crosses the thread boundary as an event
+        except Exception as error:  # crosses the thread boundary as an event
             logger.exception("generation failed")
             self._llama.n_tokens, self._live = 0, _Schedule(0, 0)  # it may be half-written
             emit(("error", error))

@@ -245,7 +245,7 @@ class PrefixCache:
             self._disk.set(f"{namespace}/{key}/tokens", snapshot.tokens.tobytes())
             with self._lock:
                 self.stats.disk_writes += 1
-        except Exception:  # noqa: BLE001 - a full or broken disk only loses the disk tier
+        except Exception:  # a full or broken disk only loses the disk tier
             logger.exception("prefix cache: writing a snapshot to disk failed")
             with self._lock:
                 self.stats.disk_errors += 1

@@ -8,7 +8,7 @@ later, a remote OpenAI-compatible client all implement :class:`TextGenerator`. N
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -78,9 +78,9 @@ class SharedPrefix:
 class Timings:
     """Wall-clock timings of one generation, in milliseconds.
 
-    ``queue_ms``: waiting for a turn in the model's queue. ``time_to_first_token_ms``: from holding the lock
-    to the first completion token (prompt processing included). ``total_ms``: from holding the
-    lock to the end. ``decode_tokens_per_s``: completion tokens after the first, per second of
+    ``queue_ms``: waiting for a turn in the model's queue. ``time_to_first_token_ms``: from holding
+    the lock to the first completion token (prompt processing included). ``total_ms``: from holding
+    the lock to the end. ``decode_tokens_per_s``: completion tokens after the first, per second of
     decoding (0 when fewer than two tokens were produced).
     """
 
@@ -182,7 +182,7 @@ class TextGenerator(Protocol):
     def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams,
         prefix: SharedPrefix | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """Yield :class:`TokenDelta` items as the model produces them, then one :class:`Completion`.
 
         Closing the iterator early (``aclose``) cancels the generation between tokens and frees
@@ -228,13 +228,13 @@ def rendered_prefix(render: Callable[[Sequence[ChatMessage]], str],
     """
     head = list(messages[:shared])
     probes = [render([*head, ChatMessage("user", probe)]) for probe in ("A", "B")]
-    return os.path.commonprefix([render(messages), *probes])
+    return os.path.commonprefix([render(messages), *probes])  # noqa: RUF071 - strings, not paths
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two token sequences."""
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1

@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,7 @@ from typing import Any
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionChunk
 
 from app.config import ModelSettings
 from app.errors import (
@@ -351,7 +352,7 @@ class RemoteGenerator:
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams,
         prefix: SharedPrefix | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         prompt_tokens = await asyncio.get_running_loop().run_in_executor(
             self._counting, functools.partial(self.count_prompt_tokens, messages))
         check_window(prompt_tokens, params.max_tokens, self.n_ctx)
@@ -360,7 +361,8 @@ class RemoteGenerator:
         async with self._lock:
             start = time.perf_counter()
             # Retried only here, before the first token: nothing below is ever retried.
-            upstream = await self.retry.retrying("generating")(self._open_stream, request)
+            upstream: openai.AsyncStream[ChatCompletionChunk] = await self.retry.retrying(
+                "generating")(self._open_stream, request)
             first_token_at: float | None = None
             text: list[str] = []
             pieces = 0
@@ -373,6 +375,7 @@ class RemoteGenerator:
                     if not chunk.choices:
                         continue
                     choice = chunk.choices[0]
+                    # A server may leave the delta out, whatever the type says.
                     content = choice.delta.content if choice.delta else None
                     if content:
                         if first_token_at is None:
@@ -382,7 +385,7 @@ class RemoteGenerator:
                         yield TokenDelta(content)
                     if choice.finish_reason:
                         finish = choice.finish_reason
-            except Exception as error:  # noqa: BLE001 - any break after the first byte
+            except Exception as error:  # any break after the first byte
                 # The openai client wraps transport failures (a dropped connection, a read
                 # timeout) in APIError subclasses; anything else is unexpected, so log it whole.
                 logger.warning("model server stream failed after %d pieces: %s", pieces,
@@ -418,7 +421,9 @@ class RemoteGenerator:
                 cached_tokens=_cached_tokens(usage),
             )
 
-    async def _open_stream(self, request: dict[str, Any]) -> Any:
+    async def _open_stream(
+        self, request: dict[str, Any]
+    ) -> openai.AsyncStream[ChatCompletionChunk]:
         """One attempt at opening a generation's stream (nothing read from it yet).
 
         Raises:
@@ -581,7 +586,7 @@ def upstream_error(status: int, headers: Any, body: str, *,
     the server's ``Retry-After``; anything else -> :class:`GenerationFailed`.
     """
     retry_after = retry_after_seconds(headers)
-    details = {"upstream_status": status}
+    details: dict[str, Any] = {"upstream_status": status}
     if retry_after is not None:
         details["retry_after_s"] = round(retry_after, 1)
     if status == 429:
@@ -607,7 +612,7 @@ def _map_openai_error(error: openai.APIError, base: str) -> WriterAssistantError
     return GenerationFailed(f"The model server failed: {_describe(error)}")
 
 
-def _describe(error: openai.APIError) -> str:
+def _describe(error: BaseException) -> str:
     message = getattr(error, "message", "") or type(error).__name__
     return " ".join(str(message).split())[:_UPSTREAM_MESSAGE_CHARS]
 

@@ -55,14 +55,16 @@ def _formatter(log_format: str) -> logging.Formatter:
                          reserved_attrs=_RESERVED, json_ensure_ascii=False)
 
 
-def configure_logging(settings: ObservabilitySettings, stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(settings: ObservabilitySettings,
+                      stream: TextIO | None = None) -> logging.Handler:
     """Send every log record to ``stream`` (default stderr) as ``LOG_FORMAT`` lines at
     ``LOG_LEVEL``, with the request id; returns the handler.
 
     Idempotent: a handler installed by an earlier call is replaced, other handlers (pytest's
     capture, say) are left alone. Loggers that would log content at DEBUG
-    (:data:`CONTENT_LOGGERS`) are held at INFO unless ``LOG_PROMPTS`` is on. Uvicorn's loggers propagate here when it runs with
-    ``log_config=None`` (``app.server``); otherwise uvicorn keeps its own format.
+    (:data:`CONTENT_LOGGERS`) are held at INFO unless ``LOG_PROMPTS`` is on. Uvicorn's loggers
+    propagate here when it runs with ``log_config=None`` (``app.server``); otherwise uvicorn
+    keeps its own format.
     """
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -137,7 +137,7 @@ class StructuredContext(_Strict):
     )
 
     @model_validator(mode="after")
-    def _unique_references(self) -> "StructuredContext":
+    def _unique_references(self) -> StructuredContext:
         numbers = [c.number for c in self.chapters]
         if len(numbers) != len(set(numbers)):
             raise ValueError("chapters: chapter numbers must be unique")

@@ -16,7 +16,8 @@ from app.schemas.context import (
     _Strict,
 )
 
-RequiredShort = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+RequiredShort = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                                 max_length=200)]
 #: Most chat messages in one /llm-chat request.
 MAX_CHAT_MESSAGES = 100
 
@@ -53,7 +54,7 @@ class ModifyChapterRequest(AgentRequest):
     current_chapter: ElementText | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModifyChapterRequest":
+    def _one_source(self) -> ModifyChapterRequest:
         if (self.chapter_number is None) == (self.current_chapter is None):
             raise ValueError("give exactly one of chapter_number or current_chapter")
         return self
@@ -73,7 +74,7 @@ class EditorReviewRequest(AgentRequest):
     chapter_number: int | None = Field(default=None, ge=1, le=10_000)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "EditorReviewRequest":
+    def _one_source(self) -> EditorReviewRequest:
         if (self.chapter_number is None) == (self.chapter_to_review is None):
             raise ValueError("give exactly one of chapter_number or chapter_to_review")
         return self
@@ -134,7 +135,7 @@ class LlmChatRequest(AgentRequest):
     messages: list[ChatTurn] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
 
     @model_validator(mode="after")
-    def _ends_with_user(self) -> "LlmChatRequest":
+    def _ends_with_user(self) -> LlmChatRequest:
         if self.messages[-1].role != "user":
             raise ValueError("messages: the last message must have role 'user'")
         return self

@@ -152,7 +152,7 @@ def test_health_reports_loading_and_generation_waits(settings):
 def test_health_reports_load_error(tmp_path, settings):
     bogus = tmp_path / "model.gguf"
     bogus.write_bytes(b"not a model at all, just text" * 10)
-    with TestClient(create_app(settings.replace(**{"model_path": bogus}))) as client:
+    with TestClient(create_app(settings.replace(model_path=bogus))) as client:
         import time
         for _ in range(100):
             health = client.get("/health").json()

@@ -28,7 +28,8 @@ def test_malformed_json_is_400(client):
      "structured_context.plot_elements[0].priority"),
     (lambda b: b["structured_context"]["plot_elements"][0].update(content=""),
      "structured_context.plot_elements[0].content"),
-    (lambda b: b["structured_context"]["plot_elements"][0].update(content="x" * (MAX_ELEMENT_CHARS + 1)),
+    (lambda b: b["structured_context"]["plot_elements"][0].update(
+        content="x" * (MAX_ELEMENT_CHARS + 1)),
      "structured_context.plot_elements[0].content"),
     (lambda b: b["structured_context"]["plot_elements"][0].update(type="spaceship"),
      "structured_context.plot_elements[0].type"),

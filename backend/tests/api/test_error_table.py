@@ -197,8 +197,8 @@ def test_every_route_documents_the_errors_it_can_answer_from_the_table(app_):
 def test_the_documented_refusals_are_the_ones_the_middleware_answers(settings):
     """Keys on, a small body limit and one request a minute: every route but the probes
     answers 401, 413 and 429 as documented; the probes answer none of them."""
-    keyed = settings.replace(**{"api_keys": SecretStr("alice:alice-key-0123456789")})
-    limited = settings.replace(**{"max_request_bytes": 1024, "rate_limit_per_minute": 1})
+    keyed = settings.replace(api_keys=SecretStr("alice:alice-key-0123456789"))
+    limited = settings.replace(max_request_bytes=1024, rate_limit_per_minute=1)
     apps = {401: create_app(keyed, generator=FakeGenerator()),
             429: create_app(limited, generator=FakeGenerator())}
     with TestClient(apps[401]) as keys, TestClient(apps[429]) as limits:

@@ -71,7 +71,7 @@ def test_max_tokens_per_agent(client, operation, fields, limit):
 
 def test_request_body_size_limit(settings):
     limit = 64 * 1024
-    app = create_app(settings.replace(**{"max_request_bytes": limit}),
+    app = create_app(settings.replace(max_request_bytes=limit),
                      generator=FakeGenerator())
     body = b'{"text": "' + b"a" * (limit - 12) + b'"}'
     assert len(body) == limit
@@ -94,7 +94,7 @@ def test_request_body_size_limit(settings):
 
 
 def test_requests_per_minute_limit(settings):
-    app = create_app(settings.replace(**{"rate_limit_per_minute": 3}),
+    app = create_app(settings.replace(rate_limit_per_minute=3),
                      generator=FakeGenerator())
     with TestClient(app) as client:
         codes = [status(client, "tokens/count", {"text": "x"}) for _ in range(4)]
@@ -107,7 +107,7 @@ def test_requests_per_minute_limit(settings):
 
 async def test_concurrent_requests_limit(settings):
     generator = FakeGenerator(replies=[" ".join(["w"] * 200)], token_delay_s=0.02)
-    app = create_app(settings.replace(**{"rate_limit_concurrent": 1}),
+    app = create_app(settings.replace(rate_limit_concurrent=1),
                      generator=generator)
     with serve(app) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:

@@ -18,8 +18,8 @@ LONG_REPLY = " ".join(f"word{i}" for i in range(400))
 def slow(settings):
     """A server whose fake model takes 20 ms a token; yields (base URL, generator)."""
     generator = FakeGenerator(replies=[LONG_REPLY], token_delay_s=0.02)
-    app = create_app(settings.replace(**{"queue_max_waiting": 1,
-                                                 "queue_max_wait_s": 30}), generator=generator)
+    app = create_app(settings.replace(queue_max_waiting=1, queue_max_wait_s=30),
+                     generator=generator)
     with serve(app) as base:
         yield base, generator
 
@@ -38,7 +38,7 @@ async def read_tokens(client, path, body, count):
 
 
 async def test_full_queue_is_a_fast_503_and_a_stream_is_never_interrupted(slow):
-    base, generator = slow
+    base, _generator = slow
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         running = asyncio.create_task(client.post("/api/v1/generate-chapter/stream",
                                                   json={**seed_example(), "max_tokens": 60}))
@@ -93,7 +93,7 @@ async def test_client_that_leaves_while_queued_never_starts(slow):
 
 async def test_queue_timeout_is_503_for_json_and_an_error_event_for_streams(settings):
     generator = FakeGenerator(replies=[LONG_REPLY], token_delay_s=0.02)
-    app = create_app(settings.replace(**{"queue_max_wait_s": 0.2}), generator=generator)
+    app = create_app(settings.replace(queue_max_wait_s=0.2), generator=generator)
     with serve(app) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             running = asyncio.create_task(client.post("/api/v1/generate-chapter",
@@ -111,7 +111,7 @@ async def test_queue_timeout_is_503_for_json_and_an_error_event_for_streams(sett
 
 async def test_generation_cap_ends_with_504_or_an_error_event(settings):
     generator = FakeGenerator(replies=[LONG_REPLY], token_delay_s=0.02)
-    app = create_app(settings.replace(**{"generation_timeout_s": 0.3}),
+    app = create_app(settings.replace(generation_timeout_s=0.3),
                      generator=generator)
     with serve(app) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -145,14 +145,14 @@ async def test_json_client_that_leaves_while_queued_never_starts(slow):
 
 async def test_streams_send_keep_alive_comments_unbuffered(settings):
     generator = FakeGenerator(replies=["slow words " * 20], token_delay_s=0.05)
-    app = create_app(settings.replace(**{"sse_ping_seconds": 0.2}), generator=generator)
+    app = create_app(settings.replace(sse_ping_seconds=0.2), generator=generator)
     with serve(app) as base:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            async with client.stream("POST", "/api/v1/generate-chapter/stream",
-                                     json={**seed_example(), "max_tokens": 30}) as response:
-                assert response.headers["x-accel-buffering"] == "no"
-                assert "content-encoding" not in response.headers  # nothing buffers/compresses
-                lines = [line async for line in response.aiter_lines()]
+        async with (httpx.AsyncClient(base_url=base, timeout=30) as client,
+                    client.stream("POST", "/api/v1/generate-chapter/stream",
+                                  json={**seed_example(), "max_tokens": 30}) as response):
+            assert response.headers["x-accel-buffering"] == "no"
+            assert "content-encoding" not in response.headers  # nothing buffers/compresses
+            lines = [line async for line in response.aiter_lines()]
     assert any(line.startswith(":") for line in lines)  # keep-alive comments
     assert lines.count("event: done") == 1
 

@@ -37,7 +37,7 @@ def test_the_deadline_covers_distillation(settings):
     JSON, an error event for a stream, and the agent's own generation never runs."""
     generator = FakeGenerator(replies=[summarizer_or("The chapter.")], context_window=2048,
                               token_delay_s=0.05)
-    app = create_app(settings.replace(**{"generation_timeout_s": 0.5}),
+    app = create_app(settings.replace(generation_timeout_s=0.5),
                      generator=generator)
     from fastapi.testclient import TestClient
 
@@ -89,8 +89,8 @@ def test_a_stalled_stream_reader_releases_the_model(settings):
     times out (SSE_SEND_TIMEOUT_S), the generation stops and the next request runs."""
     piece = "x" * 16_384
     generator = FakeGenerator(replies=[" ".join([piece] * 4_000)])  # ~64 MB of tokens
-    app = create_app(settings.replace(**{"sse_send_timeout_s": 0.5,
-                                                 "queue_max_wait_s": 60}), generator=generator)
+    app = create_app(settings.replace(sse_send_timeout_s=0.5, queue_max_wait_s=60),
+                     generator=generator)
     with serve(app) as base:
         port = int(base.rsplit(":", 1)[1])
         body = json.dumps({**seed_example(), "max_tokens": 4_000}).encode()
@@ -122,15 +122,15 @@ async def test_model_work_does_not_wait_for_a_full_default_thread_pool(settings)
     blockers = [loop.run_in_executor(None, release.wait, 30) for _ in range(executor_size * 2)]
     try:
         transport = httpx.ASGITransport(app=app)
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-                answer = await asyncio.wait_for(
-                    client.post("/api/v1/generate-chapter", json=seed_example()), timeout=10)
-                assert answer.status_code == 200, answer.text
-                counted = await asyncio.wait_for(
-                    client.post("/api/v1/tokens/count", json={"text": "Hello there"}), 10)
-                assert counted.json()["tokens"] == 2
-                assert (await asyncio.wait_for(client.get("/ready"), 10)).status_code == 200
+        async with (app.router.lifespan_context(app),
+                    httpx.AsyncClient(transport=transport, base_url="http://app") as client):
+            answer = await asyncio.wait_for(
+                client.post("/api/v1/generate-chapter", json=seed_example()), timeout=10)
+            assert answer.status_code == 200, answer.text
+            counted = await asyncio.wait_for(
+                client.post("/api/v1/tokens/count", json={"text": "Hello there"}), 10)
+            assert counted.json()["tokens"] == 2
+            assert (await asyncio.wait_for(client.get("/ready"), 10)).status_code == 200
         assert not any(b.done() for b in blockers)  # the pool really was full throughout
     finally:
         release.set()

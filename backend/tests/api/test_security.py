@@ -16,8 +16,8 @@ BOB_KEY = "bob-key-abcdefghijkl"
 
 @pytest.fixture
 def keyed(settings):
-    app = create_app(settings.replace(**{
-        "api_keys": SecretStr(f"alice:{ALICE_KEY},bob:{BOB_KEY}")}), generator=FakeGenerator())
+    app = create_app(settings.replace(api_keys=SecretStr(f"alice:{ALICE_KEY},bob:{BOB_KEY}")),
+                     generator=FakeGenerator())
     with TestClient(app) as client:
         yield client
 
@@ -102,7 +102,7 @@ def test_unexpected_errors_are_500_envelopes_without_internals(settings):
 ])
 def test_cors_follows_the_allowlist_and_never_pairs_star_with_credentials(
         settings, origins, origin, allowed, credentials):
-    app = create_app(settings.replace(**{"cors_origins": origins.split(",")}),
+    app = create_app(settings.replace(cors_origins=origins.split(",")),
                      generator=FakeGenerator())
     with TestClient(app) as client:
         preflight = client.options("/api/v1/generate-chapter", headers={

@@ -54,7 +54,7 @@ class CachingEmbedder(Embedder):
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
             vectors = self._inner.embed(missing, batch_size=batch_size)
-            self._cache.update(zip(missing, vectors))
+            self._cache.update(zip(missing, vectors, strict=True))
             self.embedded += len(missing)
         if progress is not None:
             progress(len(texts))
@@ -79,7 +79,7 @@ class ChromaServer:
         self.path, self.port = path, port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "ChromaServer":
+    def start(self) -> ChromaServer:
         chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
         self.log = open(self.path.parent / f"chroma-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(

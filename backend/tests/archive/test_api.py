@@ -155,7 +155,8 @@ def test_rag_chat_streams_meta_tokens_done(app_client: TestClient) -> None:
 def corpus_client(corpus_archive: Archive) -> Iterator[tuple[TestClient, FakeGenerator]]:
     """The app on the fake generator over the archived corpus."""
     fake = FakeGenerator(replies=["Holmes read the letter twice."])
-    with TestClient(create_app(Settings(archive=corpus_archive.settings), generator=fake)) as client:
+    app = create_app(Settings(archive=corpus_archive.settings), generator=fake)
+    with TestClient(app) as client:
         assert wait_archive(client) == "ready"
         yield client, fake
 

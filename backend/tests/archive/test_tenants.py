@@ -22,9 +22,9 @@ BOB = {"Authorization": "Bearer bob-key-abcdefghijkl"}
 
 @pytest.fixture
 def tenants(tmp_path: Path, embedder) -> Iterator[TestClient]:
-    settings = settings_for("embedded", tmp_path, None).replace(**{
-        "api_keys": SecretStr("alice:alice-key-0123456789,bob:bob-key-abcdefghijkl"),
-        "rate_limit_per_minute": 0, "rate_limit_concurrent": 0})
+    settings = settings_for("embedded", tmp_path, None).replace(
+        api_keys=SecretStr("alice:alice-key-0123456789,bob:bob-key-abcdefghijkl"),
+        rate_limit_per_minute=0, rate_limit_concurrent=0)
     app = create_app(settings, generator=FakeGenerator(replies=["Fine."]))
     with TestClient(app) as client:
         assert wait_archive(client) == "ready"

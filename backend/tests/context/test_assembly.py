@@ -27,7 +27,8 @@ def run(context: StructuredContext, *, window=8192, max_tokens=256, agent_task=N
         completion_reserve=None, extra=()):
     """Assemble; the completion reserve defaults to ``max_tokens`` (the request's own)."""
     return assemble([*flatten(context), *extra], agent_task or task(), counter=FAKE,
-                    context=Settings().context, distillation=Settings().distillation, n_ctx=window, model="fake", max_tokens=max_tokens,
+                    context=Settings().context, distillation=Settings().distillation, n_ctx=window,
+                    model="fake", max_tokens=max_tokens,
                     completion_reserve=completion_reserve or max_tokens)
 
 
@@ -95,7 +96,8 @@ def test_high_priority_overflow_is_a_4xx_with_numbers():
 def test_request_cap_is_respected():
     chapters = [{"number": 1, "content": sentences(500)}]
     result = assemble(flatten(StructuredContext.model_validate({"chapters": chapters})), task(),
-                      counter=FAKE, context=Settings().context, distillation=Settings().distillation, n_ctx=8192, model="fake",
+                      counter=FAKE, context=Settings().context,
+                      distillation=Settings().distillation, n_ctx=8192, model="fake",
                       max_tokens=300, completion_reserve=300, max_context_tokens=1500)
     assert result.report.window_tokens == 1500
     assert result.report.prompt_tokens + 300 <= 1500
@@ -209,7 +211,8 @@ def test_assembly_properties(elements, window, max_tokens, reserve, chapter_sent
         for i, n in enumerate(chapter_sentences)
     ]
     try:
-        result = assemble(items, task(), counter=FAKE, context=Settings().context, distillation=Settings().distillation, n_ctx=window,
+        result = assemble(items, task(), counter=FAKE, context=Settings().context,
+                          distillation=Settings().distillation, n_ctx=window,
                           model="fake", max_tokens=max_tokens, completion_reserve=reserve)
     except ContextLengthExceeded as error:
         high = sum(FAKE.count_tokens(e.render()) for e in items if e.priority is Priority.high)
@@ -228,14 +231,16 @@ def test_assembly_properties(elements, window, max_tokens, reserve, chapter_sent
     # lower priority is never kept whole while higher priority of the same layer is cut
     for a in items:
         for b in items:
-            if a.layer == b.layer and a.priority.value == "low" and b.priority.value != "low":
-                if fates[b.id].fate is not Fate.kept:
-                    assert fates[a.id].fate is Fate.dropped
+            if (a.layer == b.layer and a.priority.value == "low" and b.priority.value != "low"
+                    and fates[b.id].fate is not Fate.kept):
+                assert fates[a.id].fate is Fate.dropped
     # deterministic, and the shared block does not depend on the agent's own max_tokens
-    again = assemble(items, task(), counter=FAKE, context=Settings().context, distillation=Settings().distillation, n_ctx=window,
+    again = assemble(items, task(), counter=FAKE, context=Settings().context,
+                     distillation=Settings().distillation, n_ctx=window,
                      model="fake", max_tokens=max_tokens, completion_reserve=reserve)
     assert again.messages == result.messages
     if report.shared_block_note is None and max_tokens > 16:
-        other = assemble(items, task("rater", "Rate it."), counter=FAKE, context=Settings().context, distillation=Settings().distillation,
+        other = assemble(items, task("rater", "Rate it."), counter=FAKE, context=Settings().context,
+                         distillation=Settings().distillation,
                          n_ctx=window, model="fake", max_tokens=16, completion_reserve=reserve)
         assert other.messages[0] == result.messages[0]

@@ -23,10 +23,10 @@ def test_defaults_scale_to_the_embedded_models_window():
 
 def test_request_cap_and_context_max_bound_the_window():
     assert plan_window(Settings().context, n_ctx=8192, max_tokens=100, cap=2000).total == 2000
-    assert plan_window(Settings(context_max_tokens=4000, context_buffer_tokens=100,
-                                context_system_tokens=100, context_recent_story_tokens=100,
-                                context_characters_tokens=100, context_plot_world_tokens=100).context,
-                       n_ctx=8192, max_tokens=100, cap=None).total == 4000
+    small = Settings(context_max_tokens=4000, context_buffer_tokens=100,
+                     context_system_tokens=100, context_recent_story_tokens=100,
+                     context_characters_tokens=100, context_plot_world_tokens=100).context
+    assert plan_window(small, n_ctx=8192, max_tokens=100, cap=None).total == 4000
 
 
 def test_max_tokens_larger_than_window_is_refused_with_numbers():
@@ -52,9 +52,10 @@ def test_surplus_flows_to_the_layer_that_needs_it():
     required_fraction=st.lists(st.floats(0, 1), min_size=4, max_size=4),
 )
 def test_allocation_invariants(capacity, shares, wanted, required_fraction):
-    share = dict(zip(LAYERS, shares))
-    want = dict(zip(LAYERS, wanted))
-    required = {layer: int(want[layer] * f) for layer, f in zip(LAYERS, required_fraction)}
+    share = dict(zip(LAYERS, shares, strict=True))
+    want = dict(zip(LAYERS, wanted, strict=True))
+    required = {layer: int(want[layer] * f)
+                for layer, f in zip(LAYERS, required_fraction, strict=True)}
     if sum(required.values()) > capacity:
         with pytest.raises(ValueError):
             allocate(capacity, share, required, want)

@@ -137,7 +137,8 @@ async def test_long_input_is_split_so_no_summary_prompt_exceeds_the_window(tmp_p
     generator = FakeGenerator(replies=[summarizer], context_window=600)
     distiller = Distiller(generator, SummaryCache(tmp_path, 2**24, "fake"), settings.distillation,
                           settings.model.sampling)
-    text = "\n\n".join(f"Paragraph {i} tells of the hatter and the hare at tea." for i in range(200))
+    text = "\n\n".join(f"Paragraph {i} tells of the hatter and the hare at tea."
+                       for i in range(200))
     job = SummaryJob(Layer.recent_story, Strategy.plot, 1, text, 100, (), "x")
     from app.context.summaries import DistillStats
     stats = DistillStats()
@@ -177,7 +178,8 @@ class DictLookup:
 def assemble_fully(items, window, max_tokens, lookup):
     task = AgentTask(agent="writer", role="You are the writer.", task="Write on.")
     for _ in range(8):
-        result = assemble(items, task, counter=FAKE, context=Settings().context, distillation=Settings().distillation, n_ctx=window,
+        result = assemble(items, task, counter=FAKE, context=Settings().context,
+                          distillation=Settings().distillation, n_ctx=window,
                           model="fake", max_tokens=max_tokens, completion_reserve=max_tokens,
                           summaries=lookup)
         if not result.missing:
@@ -233,8 +235,8 @@ def test_distillation_properties(elements, window, max_tokens, chapters):
     rank = {Priority.high: 0, Priority.medium: 1, Priority.low: 2}
     for a in items:
         for b in items:
-            if a.layer == b.layer and rank[a.priority] > rank[b.priority]:
-                if fates[b.id].fate is not Fate.kept:  # higher priority gave way...
-                    assert fates[a.id].fate is not Fate.kept  # ...so the lower did too
+            if (a.layer == b.layer and rank[a.priority] > rank[b.priority]
+                    and fates[b.id].fate is not Fate.kept):  # higher priority gave way...
+                assert fates[a.id].fate is not Fate.kept  # ...so the lower did too
     again = assemble_fully(items, window, max_tokens, lookup)
     assert again.messages == result.messages

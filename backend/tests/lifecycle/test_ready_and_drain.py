@@ -45,7 +45,7 @@ def wait_for(predicate, seconds=30.0):
 @pytest.mark.model
 def test_missing_model_is_reported_and_recovers_when_the_file_appears(settings, tmp_path):
     path = tmp_path / "models" / "model.gguf"
-    app = create_app(settings.replace(**{"model_path": path, "model_load_retry_s": 0.2}))
+    app = create_app(settings.replace(model_path=path, model_load_retry_s=0.2))
     with TestClient(app) as client:
         assert wait_for(lambda: client.get("/health").json()["model_status"] == "error")
         ready = client.get("/ready")
@@ -64,7 +64,7 @@ def test_missing_model_is_reported_and_recovers_when_the_file_appears(settings, 
 
 async def test_drain_refuses_new_work_and_ends_streams_past_the_grace_period(settings):
     generator = FakeGenerator(replies=[" ".join(["word"] * 500)], token_delay_s=0.02)
-    app = create_app(settings.replace(**{"drain_grace_s": 0.3}), generator=generator)
+    app = create_app(settings.replace(drain_grace_s=0.3), generator=generator)
     services = app.state.services
     exited = []
     with serve(app) as base:

@@ -67,7 +67,7 @@ def test_one_json_line_per_event_with_request_id_and_no_story_text(settings, cap
 
 
 def test_log_prompts_adds_the_prompt_and_the_text(settings, caplog):
-    lines, everything, _ = run_requests(settings.replace(**{"log_prompts": True}),
+    lines, everything, _ = run_requests(settings.replace(log_prompts=True),
                                         caplog)
     generations = [line for line in lines if line["message"] == "generation"]
     assert len(generations) == 2

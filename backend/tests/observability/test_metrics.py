@@ -49,9 +49,8 @@ def done_event(body: str) -> dict:
 def slowish(settings):
     """A server whose fake model takes 30 ms a token and whose queue holds no waiter."""
     generator = FakeGenerator(replies=[REPLY], token_delay_s=0.03)
-    app = create_app(settings.replace(**{"queue_max_waiting": 0,
-                                                 "rate_limit_per_minute": 0,
-                                                 "rate_limit_concurrent": 0}),
+    app = create_app(settings.replace(queue_max_waiting=0, rate_limit_per_minute=0,
+                                      rate_limit_concurrent=0),
                      generator=generator)
     with serve(app) as base:
         yield base, generator
@@ -165,9 +164,8 @@ def test_refusals_by_the_middleware_are_counted(settings):
     from pydantic import SecretStr
 
     key = "k" * 20
-    app = create_app(settings.replace(**{
-        "api_keys": SecretStr(f"alice:{key}"), "rate_limit_per_minute": 2,
-        "rate_limit_concurrent": 0}), generator=FakeGenerator())
+    app = create_app(settings.replace(api_keys=SecretStr(f"alice:{key}"), rate_limit_per_minute=2,
+                                      rate_limit_concurrent=0), generator=FakeGenerator())
     auth = {"Authorization": f"Bearer {key}"}
     with TestClient(app) as client:
         assert client.post("/api/v1/tokens/count", json={"text": "x"}).status_code == 401

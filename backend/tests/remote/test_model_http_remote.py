@@ -2,4 +2,4 @@
 remote backend (``LLM_BACKEND=openai``) talking to a real llama-cpp-python server that serves the
 embedded GGUF on loopback. ``tests/remote/conftest.py`` points the ``http`` fixture there."""
 
-from tests.e2e.test_model_http import *  # noqa: F401,F403 - the same tests, collected here
+from tests.e2e.test_model_http import *  # noqa: F403 - the same tests, collected here

@@ -22,10 +22,10 @@ CHAPTER = "/api/v1/generate-chapter"
 
 
 def events_of(base: str, path: str, body: dict) -> list[tuple[str, dict]]:
-    with httpx.Client(base_url=base, timeout=60) as client:
-        with connect_sse(client, "POST", path, json=body) as source:
-            assert source.response.status_code == 200
-            return [(event.event, json.loads(event.data)) for event in source.iter_sse()]
+    with (httpx.Client(base_url=base, timeout=60) as client,
+          connect_sse(client, "POST", path, json=body) as source):
+        assert source.response.status_code == 200
+        return [(event.event, json.loads(event.data)) for event in source.iter_sse()]
 
 
 def test_generates_through_the_upstream(fake_app, script):
@@ -112,13 +112,13 @@ def test_client_disconnect_closes_the_upstream_stream(fake_app, script):
     script.mode = "slow"
     closed_before = script.streams_closed
     body = {**seed_example(), "max_tokens": 2000}
-    with httpx.Client(base_url=fake_app, timeout=60) as client:
-        with connect_sse(client, "POST", f"{CHAPTER}/stream", json=body) as source:
-            tokens = 0
-            for event in source.iter_sse():
-                tokens += event.event == "token"
-                if tokens == 3:
-                    break
+    with (httpx.Client(base_url=fake_app, timeout=60) as client,
+          connect_sse(client, "POST", f"{CHAPTER}/stream", json=body) as source):
+        tokens = 0
+        for event in source.iter_sse():
+            tokens += event.event == "token"
+            if tokens == 3:
+                break
     deadline = time.monotonic() + 10
     while script.streams_closed == closed_before and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -228,7 +228,8 @@ def test_closing_the_stream_between_tokens_closes_the_upstream(upstream, script)
                 break
         await stream.aclose()
         deadline = time.monotonic() + 10
-        while script.streams_closed == closed_before and time.monotonic() < deadline:
+        # The fake upstream's counter, set from its own thread: polled.
+        while script.streams_closed == closed_before and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         assert script.streams_closed == closed_before + 1  # before this loop ends
         assert not generator._lock.locked()  # the next generation can run

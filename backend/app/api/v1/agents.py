@@ -11,8 +11,11 @@ models, summaries, tags and documented errors all come from the spec and the err
 # which are closure variables, at registration time.
 
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
 
 from app.agents.events import response_body, stream_events
 from app.agents.spec import AgentSpec
@@ -22,11 +25,11 @@ from app.api.sse import sse_response
 from app.state import Services, get_services
 
 #: What a Server-Sent Events route answers with a 200.
-STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}},
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}},
                          "description": "progress..., meta, token..., then done or error"}}
 
 
-def _errors(spec: AgentSpec) -> dict[int | str, dict]:
+def _errors(spec: AgentSpec) -> dict[int | str, dict[str, Any]]:
     archive = ARCHIVE_ERRORS if spec.retrieval_query is not None else ()
     return error_responses(*REFUSALS, *AGENT_ERRORS, *archive)
 
@@ -38,7 +41,7 @@ def add_agent_routes(router: APIRouter, spec: AgentSpec) -> None:
 
     if spec.json_route:
         async def run(body: request_model, request: Request,  # type: ignore[valid-type]
-                      services: Services = Depends(get_services)):
+                      services: Services = Depends(get_services)) -> BaseModel | Response:
             result = await unless_disconnected(request,
                                                services.require_runner().run(spec, body))
             if isinstance(result, Response):  # the client left
@@ -54,7 +57,7 @@ def add_agent_routes(router: APIRouter, spec: AgentSpec) -> None:
         return
 
     async def stream(body: request_model,  # type: ignore[valid-type]
-                     services: Services = Depends(get_services)):
+                     services: Services = Depends(get_services)) -> EventSourceResponse:
         items = await services.require_runner().stream(spec, body)
         return sse_response(stream_events(spec, items), services.settings.http,
                             services.streams)

@@ -17,7 +17,7 @@ from pydantic import ValidationError, create_model
 from app.agents.spec import AgentSpec
 from app.api.errors import AGENT_ERRORS, ARCHIVE_ERRORS, REFUSALS, error_responses
 from app.schemas.context import _Strict
-from app.schemas.responses import ContextPreviewResponse, ContextWarmResponse
+from app.schemas.responses import ContextPreviewResponse, ContextWarmResponse, TimingsOut
 from app.schemas.usage import Usage
 from app.state import Services, get_services
 
@@ -49,7 +49,7 @@ def context_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
             ) from None
 
     @router.post("/preview", response_model=ContextPreviewResponse)
-    async def preview(body: request_model,  # type: ignore[valid-type]
+    async def preview(body: request_model,
                       services: Services = Depends(get_services)) -> ContextPreviewResponse:
         """Assemble the prompt ``operation`` would send for ``request`` and report it."""
         spec, request = parsed(body)
@@ -64,7 +64,7 @@ def context_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
         )
 
     @router.post("/warm", response_model=ContextWarmResponse)
-    async def warm(body: request_model,  # type: ignore[valid-type]
+    async def warm(body: request_model,
                    services: Services = Depends(get_services)) -> ContextWarmResponse:
         """Get a story ready before the author asks: distill its context and process its
         prompt for ``operation`` once (one completion token, discarded), at background
@@ -76,7 +76,7 @@ def context_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
         return ContextWarmResponse(
             operation=spec.operation, model=report.model,
             shared_prefix_tokens=report.shared_prefix_tokens, usage=Usage.of(completion),
-            timings=asdict(completion.timings), context_metadata=report,
+            timings=TimingsOut(**asdict(completion.timings)), context_metadata=report,
         )
 
     return router

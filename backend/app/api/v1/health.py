@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Depends
 
-from app.api.errors import error_response, error_responses
+from app.api.errors import ErrorResponse, error_response, error_responses
 from app.errors import NotReady, WriterAssistantError
 from app.schemas.responses import HealthResponse, ReadyResponse
 from app.state import Services, get_services
@@ -48,7 +48,7 @@ async def _not_ready_reasons(services: Services) -> list[str]:
 
 
 @router.get("/ready", response_model=ReadyResponse, responses=error_responses(NotReady))
-async def ready(services: Services = Depends(get_services)):
+async def ready(services: Services = Depends(get_services)) -> ReadyResponse | ErrorResponse:
     """Readiness: 200 when the model is loaded, the archive (if enabled) reachable and the
     server not draining; otherwise 503 ``not_ready`` with reason codes in
     ``error.details.reasons`` (``draining``, ``model_loading``, ``model_error``,

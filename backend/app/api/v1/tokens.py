@@ -41,7 +41,8 @@ class TokenValidateRequest(TokenCountRequest):
 
 
 @router.post("/count", response_model=TokenCountResponse)
-async def count_tokens(body: TokenCountRequest, services: Services = Depends(get_services)):
+async def count_tokens(body: TokenCountRequest,
+                       services: Services = Depends(get_services)) -> TokenCountResponse:
     """Count tokens of one text or of each of several texts (no special tokens)."""
     runner = services.require_runner()
     generator = runner.generator
@@ -56,7 +57,8 @@ async def count_tokens(body: TokenCountRequest, services: Services = Depends(get
 
 
 @router.post("/validate", response_model=TokenValidateResponse)
-async def validate_tokens(body: TokenValidateRequest, services: Services = Depends(get_services)):
+async def validate_tokens(body: TokenValidateRequest,
+                          services: Services = Depends(get_services)) -> TokenValidateResponse:
     """Whether the texts together fit ``budget_tokens`` tokens."""
     runner = services.require_runner()
     generator = runner.generator
