@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from app.archive.chunking import reconstruct
@@ -247,13 +247,13 @@ class Archive:
 
 @dataclass
 class ArchiveState:
-    """Where the archive's startup stands; ``archive`` is set once it is ready."""
+    """Where the archive's startup stands; ``archive`` is set once it is ready; ``metrics``
+    receive its latencies (the services' registry)."""
 
+    metrics: Metrics
     status: ArchiveStatus = "loading"
     error: str | None = None
     archive: Archive | None = None
-    #: The archive's latency metrics (the services pass theirs; else a registry of its own).
-    metrics: Metrics = field(default_factory=Metrics)
 
     def require(self) -> Archive:
         """The archive, once ready.

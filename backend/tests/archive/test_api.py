@@ -16,6 +16,7 @@ from app.config import Settings
 from app.errors import ArchiveUnavailable
 from app.llm.fake import FakeGenerator
 from app.main import create_app
+from app.observability.metrics import Metrics
 
 from .conftest import SHERLOCK, ChromaServer, free_port, settings_for, wait_archive
 from .test_store import RECIPES, STORY
@@ -279,9 +280,9 @@ def test_disabled_archive_is_503_and_chapters_still_work(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("state", "words"), [
-    (ArchiveState(), "still loading"),
-    (ArchiveState(status="error", error="no model"), "failed to load: no model"),
-    (ArchiveState(status="disabled"), "disabled"),
+    (ArchiveState(Metrics()), "still loading"),
+    (ArchiveState(Metrics(), status="error", error="no model"), "failed to load: no model"),
+    (ArchiveState(Metrics(), status="disabled"), "disabled"),
 ])
 def test_archive_state_says_why_it_is_unavailable(state: ArchiveState, words: str) -> None:
     with pytest.raises(ArchiveUnavailable) as raised:
