@@ -445,14 +445,14 @@ def generate(
     async def work(runner: AgentRunner) -> dict[str, Any]:
         from app.agents.events import DONE, META, PROGRESS, TOKEN, done_fields, stream_events
 
-        if not spec.streams:
+        if spec.output_model is not None:  # JSON agents print their validated JSON
             result = await runner.run(spec, request)
             output = result.output.model_dump() if result.output is not None else result.text
             typer.echo(output if isinstance(output, str) else
                        json.dumps(output, ensure_ascii=False, indent=1))
-            return done_fields(spec, result.completion, result.report)
+            return done_fields(result)
         done: dict[str, Any] = {}
-        async for event, data in stream_events(spec, await runner.stream(spec, request)):
+        async for event, data in stream_events(await runner.stream(spec, request)):
             if event == PROGRESS:
                 await _progress(data)
             elif event == META:

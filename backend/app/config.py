@@ -703,6 +703,27 @@ class LifecycleSettings(_Group):
     )
 
 
+class QualitySettings(_Group):
+    """Answers worth reading.
+
+    Every answer passes a content check after schema validation (`app/agents/quality.py`):
+    JSON fields with no letters, digit runs, copies of the prompt's own field names, the same
+    text everywhere or too little text; prose that loops or opens with an assistant's
+    preamble instead of the chapter. A failing answer is tried again with another seed, up
+    to `QUALITY_MAX_RETRIES` times; the response reports the attempts and any problems left.
+    """
+
+    title: ClassVar[str] = "Answer quality"
+
+    max_retries: int = setting(
+        env="QUALITY_MAX_RETRIES",
+        default=2, ge=0, le=10,
+        description="Further attempts, each with another seed, for an answer that fails the "
+        "content check (0: judge and report only). The best attempt is returned, with the "
+        "problems it still has.",
+    )
+
+
 #: The groups of :class:`Settings`, in the order the docs list them.
 GROUPS: dict[str, type[_Group]] = {
     "model": ModelSettings,
@@ -713,6 +734,7 @@ GROUPS: dict[str, type[_Group]] = {
     "http": HttpSettings,
     "observability": ObservabilitySettings,
     "lifecycle": LifecycleSettings,
+    "quality": QualitySettings,
 }
 
 
@@ -794,6 +816,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    quality: QualitySettings = QualitySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -103,13 +103,15 @@ def _done(text: str, report: AssemblyReport) -> dict[str, Any]:
 SPECS = [
     AgentSpec("rag-query", "archive", ROLE, query_task, RagQueryRequest, RagAnswer, _answer,
               summary="Answer a question from the archive's passages, citing them as [n]",
-              temperature=RAG_TEMPERATURE, path="/archive/rag/query", tag="archive",
+              temperature=RAG_TEMPERATURE, path="/archive/rag/query",
+              stream_path="/archive/rag/query/stream", tag="archive",
               retrieval_query=lambda request: request.question, preamble=PREAMBLE,
-              distills=False),
+              distills=False, prose=False),
     AgentSpec("rag-chat", "archive", ROLE, chat_task, RagChatRequest, RagAnswer, _answer,
               summary="A conversation answered from the archive, streamed as Server-Sent "
               "Events: meta (the numbered sources), token..., then done (with cited) or error",
-              temperature=RAG_TEMPERATURE, json_route=False, streams=True,
+              temperature=RAG_TEMPERATURE, json_route=False,
               stream_path="/archive/rag/chat", tag="archive", echo=_meta, done_fields=_done,
-              retrieval_query=chat_query, preamble=PREAMBLE, distills=False),
+              retrieval_query=chat_query, preamble=PREAMBLE, distills=False,
+              prose=False),
 ]

@@ -26,5 +26,5 @@ def _reply(result: AgentResult) -> dict[str, Any]:
 
 SPECS = [
     AgentSpec("llm-chat", "assistant", ROLE, llm_chat_task, LlmChatRequest, LlmChatResponse,
-              _reply, summary="Assistant agent: llm chat"),
+              _reply, summary="Assistant agent: llm chat", prose=False),
 ]

@@ -14,10 +14,9 @@ from dataclasses import asdict
 from typing import Any
 
 from app.agents.runner import Meta, Progress
-from app.agents.spec import AgentResult, AgentSpec
-from app.context.report import AssemblyReport
+from app.agents.spec import AgentResult
 from app.errors import GenerationFailed
-from app.llm.protocol import Completion, TokenDelta
+from app.llm.protocol import TokenDelta
 from app.schemas.usage import Usage
 
 #: Event names; ``done`` and ``error`` are terminal.
@@ -37,8 +36,15 @@ def generation_fields(result: AgentResult) -> dict[str, Any]:
         "usage": Usage.of(completion),
         "timings": asdict(completion.timings),
         "attempts": result.attempts,
+        "quality": quality(result),
         "context_metadata": result.report,
     }
+
+
+def quality(result: AgentResult) -> dict[str, Any]:
+    """The content check's verdict on a result (the ``quality`` field)."""
+    return {"useful": not result.problems, "problems": list(result.problems),
+            "repairs": list(result.repairs)}
 
 
 def response_body(result: AgentResult) -> dict[str, Any]:
@@ -47,34 +53,39 @@ def response_body(result: AgentResult) -> dict[str, Any]:
     return {**generation_fields(result), **result.spec.respond(result)}
 
 
-def done_fields(spec: AgentSpec, completion: Completion,
-                report: AssemblyReport | None) -> dict[str, Any]:
-    """The payload of a stream's ``done`` event."""
-    text = completion.text.strip()
-    extra = spec.done_fields(text, report) if report is not None else {}
-    return {"text": text, "finish_reason": completion.finish_reason,
-            "usage": Usage.of(completion).model_dump(), "timings": asdict(completion.timings),
-            **extra}
+def done_fields(result: AgentResult) -> dict[str, Any]:
+    """The payload of a stream's ``done`` event: the answer's text (authoritative: an
+    answer tried again or repaired differs from the tokens streamed before it), the validated
+    ``output`` of JSON agents, finish reason, usage (tokens), timings (milliseconds),
+    attempts, the content check's verdict and the spec's own fields."""
+    completion, spec = result.completion, result.spec
+    fields: dict[str, Any] = {
+        "text": result.text.strip(), "finish_reason": completion.finish_reason,
+        "usage": Usage.of(completion).model_dump(), "timings": asdict(completion.timings),
+        "attempts": result.attempts, "quality": quality(result),
+    }
+    if result.output is not None:
+        fields["output"] = result.output.model_dump(mode="json")
+    return {**fields, **spec.done_fields(result.text.strip(), result.report)}
 
 
-async def stream_events(spec: AgentSpec, items: AsyncGenerator[Any, None]) -> Events:
-    """The runner's stream items for ``spec`` as events; closing this closes ``items``.
+async def stream_events(items: AsyncGenerator[Any, None]) -> Events:
+    \"\"\"The runner's stream items as events; closing this closes ``items``.
 
     Raises what the stream raises (the transport turns it into an ``error`` event), and
     ``GenerationFailed`` when the stream ends without a completion.
     """
-    report: AssemblyReport | None = None
     try:
         async for item in items:
             if isinstance(item, Progress):
                 yield PROGRESS, item.data
             elif isinstance(item, Meta):
-                report = item.report
-                yield META, {**item.echo, "context_metadata": report.model_dump(mode="json")}
+                yield META, {**item.echo,
+                             "context_metadata": item.report.model_dump(mode="json")}
             elif isinstance(item, TokenDelta):
                 yield TOKEN, {"text": item.text}
-            elif isinstance(item, Completion):
-                yield DONE, done_fields(spec, item, report)
+            elif isinstance(item, AgentResult):
+                yield DONE, done_fields(item)
                 return
         raise GenerationFailed("the model stream ended without a completion")
     finally:

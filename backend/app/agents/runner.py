@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from app.agents.archivist import source_elements
+from app.agents.quality import MIN_PROSE_WORDS, Rule, check_output, check_prose, repair_prose
 from app.agents.registry import TEAM_PREAMBLE, default_completion_reserve
 from app.agents.spec import AgentResult, AgentSpec, TaskInput
 from app.config import ContextSettings, DistillationSettings, SamplingSettings, Settings
@@ -88,6 +90,7 @@ class RunnerSettings:
     distillation: DistillationSettings
     generation_timeout_s: float
     log_prompts: bool
+    quality_max_retries: int = 0
 
     @classmethod
     def of(cls, settings: Settings) -> RunnerSettings:
@@ -95,7 +98,8 @@ class RunnerSettings:
         return cls(sampling=settings.model.sampling, context=settings.context,
                    distillation=settings.distillation,
                    generation_timeout_s=settings.limits.generation_timeout_s,
-                   log_prompts=settings.observability.log_prompts)
+                   log_prompts=settings.observability.log_prompts,
+                   quality_max_retries=settings.quality.max_retries)
 
 
 @dataclass(frozen=True)
@@ -476,8 +480,8 @@ class AgentRunner:
 
     # --- agents ---------------------------------------------------------------------------
     async def run(self, spec: AgentSpec, request: Any) -> AgentResult:
-        """Assemble, take a turn at the model, then distill and generate (see
-        :meth:`_run_in_turn`).
+        """Assemble, take a turn at the model, then distill and generate until an answer is
+        accepted (see :meth:`_answer`).
 
         Raises:
             UnknownReference, InvalidRequest, ContextLengthExceeded: bad input (before any
@@ -490,70 +494,154 @@ class AgentRunner:
         plan = await self._plan(spec, request)
         lookup = self._lookup(spec)
         prompt = await self._assemble(plan, lookup)
-        result = await self._in_turn(
-            (spec.agent, spec.operation),
-            lambda turn: self._run_in_turn(spec, request, plan, prompt, lookup, turn),
-            loop_started)
+
+        async def work(turn: Turn) -> AgentResult:
+            items = self._answer(spec, request, plan, prompt, lookup, turn, streamed=False)
+            try:
+                async for item in items:
+                    if isinstance(item, AgentResult):
+                        return item
+            finally:
+                await items.aclose()
+            raise GenerationFailed("the answer ended without a result")
+
+        result = await self._in_turn((spec.agent, spec.operation), work, loop_started)
         self.metrics.observe_request(spec.agent, spec.operation, time.perf_counter() - started)
         return result
 
-    async def _run_in_turn(self, spec: AgentSpec, request: Any, plan: _Plan,
-                           prompt: AssembledPrompt, lookup: _CountingLookup | None,
-                           turn: Turn) -> AgentResult:
-        """Distill, generate, and for JSON agents validate.
+    async def _answer(
+        self, spec: AgentSpec, request: Any, plan: _Plan, prompt: AssembledPrompt,
+        lookup: _CountingLookup | None, turn: Turn, *, streamed: bool,
+        deadline: float | None = None,
+    ) -> AsyncGenerator[Progress | Meta | TokenDelta | AgentResult, None]:
+        """Distill, then generate attempts until one is accepted; yield :class:`Progress`
+        (distillation steps when ``streamed``, and one before each further attempt),
+        :class:`Meta`, the token deltas of every attempt when ``streamed``, and last the
+        :class:`AgentResult`. Call it inside a turn.
 
-        JSON agents decode under a grammar from their output model; output that does not parse
-        or validate, or that ran out of ``max_tokens``, gets one repair attempt.
+        Attempts: JSON agents decode under a grammar from their output model; output that does
+        not parse or validate, or that ran out of ``max_tokens``, gets one repair attempt (a
+        note after the shared block, so it reuses the KV state). Then every answer passes the
+        content check (``app.agents.quality``); one that fails is tried again with another
+        seed, up to ``QUALITY_MAX_RETRIES`` times, and the best attempt is returned with the
+        problems it still has (``AgentResult.problems``).
 
         Raises:
             AgentOutputInvalid: the repair attempt failed too.
             OutputTruncated: both attempts ran out of the ``max_tokens`` the caller set.
+            GenerationTimeout: ``deadline`` (loop time; streamed only) passed while
+                distilling.
             plus what distilling and the generator raise.
         """
         label = (spec.agent, spec.operation)
-        prompt = await self._distill(plan, prompt, lookup, None)
-        completion = await self._complete(label, prompt.messages, plan.params, _shared(prompt),
-                                          queue_s=turn.queue_s)
+        if streamed and deadline is not None:
+            distilled: AssembledPrompt | None = None
+            async for step in self._distill_with_progress(plan, prompt, lookup, deadline):
+                if isinstance(step, Progress):
+                    yield step
+                else:
+                    distilled = step
+            assert distilled is not None
+            prompt = distilled
+        else:
+            prompt = await self._distill(plan, prompt, lookup, None)
+        yield Meta(prompt.report, spec.echo(plan.task, prompt.report), tuple(prompt.messages))
         output_model = spec.output_model_for(request)
-        if output_model is None:
-            return AgentResult(spec, plan.task, completion.text.strip(), None, completion,
-                               prompt.report, 1)
+        stop = getattr(spec, "stop", ())  # TODO(issue 11): spec.stop once merged
+        params = replace(plan.params, stop=stop) if stop else plan.params
+        retries = self.settings.quality_max_retries
+        repaired = False
+        best: AgentResult | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            completion: Completion | None = None
+            stream = self._generation(label, prompt.messages, params, _shared(prompt),
+                                      streamed=streamed, attempt=attempt, queue_s=turn.queue_s)
+            try:
+                async for item in stream:
+                    if isinstance(item, TokenDelta):
+                        if streamed:
+                            if self.scheduler.streams_stopped:
+                                raise ServiceDraining(
+                                    "The server is shutting down; this stream was ended "
+                                    "before it finished. Retry after the restart.")
+                            yield item
+                    elif isinstance(item, Completion):
+                        completion = item
+            finally:
+                await stream.aclose()
+            if completion is None:
+                raise GenerationFailed("the model stream ended without a completion")
+            output: BaseModel | None = None
+            if output_model is not None:
+                try:
+                    output = _parse(output_model, completion)
+                except ValueError as error:
+                    problem = str(error)[:_REPAIR_ERROR_CHARS]
+                    if repaired:
+                        raise _invalid(spec, request, completion, problem) from error
+                    repaired = True
+                    plan = plan.with_note(
+                        f"Your previous answer was rejected: {problem}. Answer again with "
+                        "valid JSON, keep every field short, and close every bracket.")
+                    prompt = await self._distill(plan, await self._assemble(plan, lookup),
+                                                 lookup, None)
+                    yield Progress({"stage": "repair", "attempt": attempt + 1,
+                                    "reason": problem})
+                    continue
+                text = completion.text
+                problems = [str(p) for p in check_output(output, _prompt_text(prompt.messages))]
+                repairs: list[str] = []
+            else:
+                text, problems, repairs = _judge_prose(spec, completion.text, params.max_tokens)
+            result = AgentResult(spec, plan.task, text, output, completion, prompt.report,
+                                 attempt, problems=tuple(problems), repairs=tuple(repairs))
+            if best is None or len(result.problems) < len(best.problems):
+                best = result
+            if not problems or retries <= 0:
+                break
+            retries -= 1
+            params = replace(params, seed=_next_seed(params.seed, attempt))
+            self.metrics.count_retry(spec.agent, spec.operation)
+            yield Progress({"stage": "retry", "attempt": attempt + 1,
+                            "reason": "; ".join(problems)[:_REPAIR_ERROR_CHARS]})
+        yield replace(best, attempts=attempt)
+
+    async def _distill_with_progress(
+        self, plan: _Plan, prompt: AssembledPrompt, lookup: _CountingLookup | None,
+        deadline: float,
+    ) -> AsyncGenerator[Progress | AssembledPrompt, None]:
+        """:meth:`_distill` as a task, yielding a :class:`Progress` per step as it happens
+        and the distilled prompt last.
+
+        Raises:
+            GenerationTimeout: ``deadline`` (loop time) passed while distilling.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        distilling = asyncio.create_task(self._distill(plan, prompt, lookup, events.put))
         try:
-            output = _parse(output_model, completion)
-            return AgentResult(spec, plan.task, completion.text, output, completion,
-                               prompt.report, 1)
-        except ValueError as first_error:
-            problem = str(first_error)[:_REPAIR_ERROR_CHARS]
-        repair = plan.with_note(
-            f"Your previous answer was rejected: {problem}. Answer again with valid JSON, keep "
-            "every field short, and close every bracket."
-        )
-        prompt = await self._distill(repair, await self._assemble(repair, lookup), lookup, None)
-        completion = await self._complete(label, prompt.messages, plan.params, _shared(prompt),
-                                          attempt=2, queue_s=turn.queue_s)
-        try:
-            output = _parse(output_model, completion)
-        except ValueError as second_error:
-            if completion.finish_reason == "length" and request.max_tokens is not None:
-                raise OutputTruncated(
-                    f"The {spec.agent} agent's answer did not fit max_tokens "
-                    f"{request.max_tokens} (twice); raise max_tokens or leave it unset for the "
-                    f"agent's default.",
-                    param="max_tokens",
-                ) from second_error
-            raise AgentOutputInvalid(
-                f"The {spec.agent} agent's output was not valid after a repair attempt "
-                f"({str(second_error)[:_REPAIR_ERROR_CHARS]}). Try again, raise max_tokens or "
-                "lower temperature.",
-                param="max_tokens" if completion.finish_reason == "length" else None,
-            ) from second_error
-        return AgentResult(spec, plan.task, completion.text, output, completion, prompt.report, 2)
+            while not distilling.done() or not events.empty():
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({distilling, getter}, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=max(0.0, deadline - loop.time()))
+                if getter.done():
+                    yield Progress(getter.result())
+                else:
+                    getter.cancel()
+                    if not distilling.done() and loop.time() >= deadline:
+                        raise self._timeout()
+            yield distilling.result()
+        finally:
+            distilling.cancel()
 
     async def stream(
         self, spec: AgentSpec, request: Any
-    ) -> AsyncGenerator[Progress | Meta | StreamItem, None]:
-        """Yield :class:`Progress` while distilling, then :class:`Meta`, then the generator's
-        token deltas and final completion.
+    ) -> AsyncGenerator[Progress | Meta | TokenDelta | AgentResult, None]:
+        """Yield :class:`Progress` while distilling, then :class:`Meta`, then the token deltas
+        as the model writes them, a :class:`Progress` before any further attempt (and its
+        tokens), and last the :class:`AgentResult` (checked as :meth:`run` checks it).
 
         The request is validated and assembled once, and its place in the model's queue taken,
         before anything is yielded, so the HTTP layer can still answer bad input with a plain
@@ -568,12 +656,12 @@ class AgentRunner:
         lookup = self._lookup(spec)
         prompt = await self._assemble(plan, lookup)
         turn = self.scheduler.reserve()
-        return self._stream(spec, plan, prompt, lookup, turn, started, loop_started)
+        return self._stream(spec, request, plan, prompt, lookup, turn, started, loop_started)
 
     async def _stream(
-        self, spec: AgentSpec, plan: _Plan, prompt: AssembledPrompt,
+        self, spec: AgentSpec, request: Any, plan: _Plan, prompt: AssembledPrompt,
         lookup: _CountingLookup | None, turn: Turn, started: float, loop_started: float,
-    ) -> AsyncGenerator[Progress | Meta | StreamItem, None]:
+    ) -> AsyncGenerator[Progress | Meta | TokenDelta | AgentResult, None]:
         """The stream in its turn. An error raised here reaches the client as a stream
         ``error`` event, not an HTTP error answer, so it is counted here."""
         agent, operation = spec.agent, spec.operation
@@ -581,10 +669,12 @@ class AgentRunner:
             async with turn:
                 self.metrics.observe_queue(agent, operation, turn.queue_s)
                 deadline = self._deadline(loop_started, turn)
-                items = self._stream_in_turn(spec, plan, prompt, lookup, turn, deadline)
+                items = self._by_deadline(self._answer(
+                    spec, request, plan, prompt, lookup, turn, streamed=True,
+                    deadline=deadline), deadline)
                 try:
                     async for item in items:
-                        if isinstance(item, Completion):
+                        if isinstance(item, AgentResult):
                             self.metrics.observe_request(agent, operation,
                                                          time.perf_counter() - started)
                         yield item
@@ -602,40 +692,6 @@ class AgentRunner:
     def _stream_failed(self, code: str) -> None:
         self.metrics.count_error(code)
         log_error_answer(code, None)
-
-    async def _stream_in_turn(
-        self, spec: AgentSpec, plan: _Plan, prompt: AssembledPrompt,
-        lookup: _CountingLookup | None, turn: Turn, deadline: float,
-    ) -> AsyncGenerator[Progress | Meta | StreamItem, None]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict[str, object]] = asyncio.Queue()
-        distilling = asyncio.create_task(self._distill(plan, prompt, lookup, events.put))
-        try:
-            while not distilling.done() or not events.empty():
-                getter = asyncio.ensure_future(events.get())
-                await asyncio.wait({distilling, getter}, return_when=asyncio.FIRST_COMPLETED,
-                                   timeout=max(0.0, deadline - loop.time()))
-                if getter.done():
-                    yield Progress(getter.result())
-                else:
-                    getter.cancel()
-                    if not distilling.done() and loop.time() >= deadline:
-                        raise self._timeout()
-            prompt = distilling.result()
-        finally:
-            distilling.cancel()
-        yield Meta(prompt.report, spec.echo(plan.task, prompt.report), tuple(prompt.messages))
-        stream = self._by_deadline(self._generation(
-            (spec.agent, spec.operation), prompt.messages, plan.params, _shared(prompt),
-            streamed=True, queue_s=turn.queue_s), deadline)
-        try:
-            async for item in stream:
-                if self.scheduler.streams_stopped:
-                    raise ServiceDraining("The server is shutting down; this stream was ended "
-                                          "before it finished. Retry after the restart.")
-                yield item
-        finally:
-            await stream.aclose()
 
     async def _by_deadline(self, stream: AsyncGenerator[T, None],
                            deadline: float) -> AsyncGenerator[T, None]:
@@ -667,6 +723,62 @@ def _shared(prompt: AssembledPrompt) -> SharedPrefix:
 def _owner_only() -> SharedPrefix:
     """No shared block (nothing worth a snapshot), but the tenant's own KV state only."""
     return SharedPrefix(messages=0, owner=current_tenant.get())
+
+
+def _invalid(spec: AgentSpec, request: Any, completion: Completion,
+             problem: str) -> AgentOutputInvalid:
+    """The error for JSON output that failed its repair attempt too: ``OutputTruncated``
+    when it ran out of the ``max_tokens`` the caller set, else ``AgentOutputInvalid``."""
+    max_tokens = getattr(request, "max_tokens", None)
+    if completion.finish_reason == "length" and max_tokens is not None:
+        return OutputTruncated(
+            f"The {spec.agent} agent's answer did not fit max_tokens {max_tokens} (twice); "
+            "raise max_tokens or leave it unset for the agent's default.",
+            param="max_tokens",
+        )
+    return AgentOutputInvalid(
+        f"The {spec.agent} agent's output was not valid after a repair attempt ({problem}). "
+        "Try again, raise max_tokens or lower temperature.",
+        param="max_tokens" if completion.finish_reason == "length" else None,
+    )
+
+
+def _judge_prose(spec: AgentSpec, text: str,
+                 max_tokens: int) -> tuple[str, list[str], list[str]]:
+    """Free text repaired and judged: (the text, its problems, what was cut).
+
+    A loop is cut after its first copy. Chapter-like prose (``spec.prose``) also loses an
+    assistant's preamble and must keep at least ``MIN_PROSE_WORDS`` words, or half of what
+    ``max_tokens`` allows (0.75 words a token, the figure ``app.context.summaries`` uses) when
+    that is less; chat and archive answers are short by nature, so only no text and loops
+    count against them.
+    """
+    if not spec.prose:
+        verdict = check_prose(text, min_words=1)
+        if verdict.loop_start is not None:
+            repaired = repair_prose(text, min_words=1)
+            cut = [str(p) for p in check_prose(repaired.text, 1).problems
+                   if p.rule is not Rule.preamble]
+            return repaired.text.strip(), cut, [n for n in repaired.notes if "loop" in n]
+        kept = [str(p) for p in verdict.problems if p.rule is not Rule.preamble]
+        return text.strip(), kept, []
+    floor = max(1, min(MIN_PROSE_WORDS, int(max_tokens * 0.75 / 2)))
+    repaired = repair_prose(text, min_words=floor)
+    problems = [] if repaired.useful else [
+        str(p) for p in check_prose(repaired.text, floor).problems]
+    return repaired.text.strip(), problems, list(repaired.notes)
+
+
+def _next_seed(seed: int | None, attempt: int) -> int:
+    """The seed of the attempt after ``attempt``: the caller's seed moved on by one per
+    attempt (reproducible), else a random one."""
+    if seed is None:
+        return random.randrange(2**31)
+    return (seed + attempt) % 2**31
+
+
+def _prompt_text(messages: Sequence[ChatMessage]) -> str:
+    return "\n".join(message.content for message in messages)
 
 
 def _parse(model: type[BaseModel], completion: Completion) -> BaseModel:

@@ -43,9 +43,11 @@ class TaskInput:
 class AgentResult:
     """The outcome of one agent call.
 
-    ``text`` is the model's text (stripped for free-text agents); ``output`` the validated
-    JSON output of JSON agents (else ``None``); ``attempts`` is 2 when the repair attempt was
-    needed.
+    ``text`` is the model's text (stripped and repaired for free-text agents); ``output``
+    the validated JSON output of JSON agents (else ``None``); ``attempts`` counts the
+    generations made (a repair attempt and content-check retries included); ``problems``
+    are what the content check still finds in the returned answer (empty: useful);
+    ``repairs`` what was cut from the text (an assistant's preamble, a loop).
     """
 
     spec: AgentSpec
@@ -55,6 +57,8 @@ class AgentResult:
     completion: Completion
     report: AssemblyReport
     attempts: int
+    problems: tuple[str, ...] = ()
+    repairs: tuple[str, ...] = ()
 
 
 #: The response's own fields from an agent's result (besides the shared generation fields).
@@ -125,7 +129,7 @@ class AgentSpec:
             builds it from the request (for sizes that depend on it).
         max_tokens_limit: the most completion tokens a request may ask of this agent (on top
             of ``LLM_MAX_TOKENS_LIMIT``); ``None``: only the server's limit.
-        streams: whether the operation has a Server-Sent Events route.
+        streams: whether the operation has a Server-Sent Events route (every one has).
         json_route: whether it has a JSON route.
         path / stream_path: the routes under ``/api/v1`` (default ``/<operation>`` and
             ``/<operation>/stream``).
@@ -138,6 +142,9 @@ class AgentSpec:
         preamble: opens the shared block (``None``: the team's preamble, so that every agent
             of a story shares it).
         distills: whether overflowing context may be summarized (else trimmed and dropped).
+        prose: for free-text agents, whether the answer is prose the author asked for (a
+            chapter, a biography), held to the prose checks (no assistant's preamble, a
+            floor of words); chat and archive answers are not.
     """
 
     operation: str
@@ -153,7 +160,7 @@ class AgentSpec:
     temperature: float | None = None
     output_model: type[BaseModel] | Callable[[Any], type[BaseModel]] | None = None
     max_tokens_limit: int | None = None
-    streams: bool = False
+    streams: bool = True
     json_route: bool = True
     path: str | None = None
     stream_path: str | None = None
@@ -163,6 +170,7 @@ class AgentSpec:
     retrieval_query: Callable[[Any], str] | None = None
     preamble: str | None = None
     distills: bool = True
+    prose: bool = True
 
     @property
     def route(self) -> str:

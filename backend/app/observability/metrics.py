@@ -111,6 +111,9 @@ class Metrics:
         self.generations = Counter(
             f"{PREFIX}_generations", "Generations completed, by finish reason.",
             [*per_request, "finish_reason"], registry=r)
+        self.answer_retries = Counter(
+            f"{PREFIX}_answer_retries", "Further attempts made because an answer failed the "
+            "content check (QUALITY_MAX_RETRIES).", per_request, registry=r)
         self.prompt_tokens = Counter(
             f"{PREFIX}_prompt_tokens", "Prompt tokens of completed generations (model tokens).",
             ["agent"], registry=r)
@@ -155,6 +158,10 @@ class Metrics:
     def observe_token_gap(self, agent: str, operation: str, seconds: float) -> None:
         """``seconds`` passed between two token deltas of one generation."""
         self.inter_token_latency.labels(agent=agent, operation=operation).observe(seconds)
+
+    def count_retry(self, agent: str, operation: str) -> None:
+        """Count one further attempt made because an answer failed the content check."""
+        self.answer_retries.labels(agent=agent, operation=operation).inc()
 
     def observe_completion(self, agent: str, operation: str, completion: Completion) -> None:
         """One generation finished: its time to first token, tokens and finish reason."""

@@ -20,6 +20,16 @@ class TimingsOut(BaseModel):
     decode_tokens_per_s: float
 
 
+class Quality(BaseModel):
+    """What the content check made of the answer (``app/agents/quality.py``)."""
+
+    useful: bool = Field(description="The answer passed the content check.")
+    problems: list[str] = Field(default_factory=list, description="What the check still finds "
+                                "in this answer, by field (empty when useful).")
+    repairs: list[str] = Field(default_factory=list, description="What was cut from the text "
+                               "(an assistant's preamble, a repetition loop).")
+
+
 class GenerationInfo(BaseModel):
     """What every agent response carries besides its payload."""
 
@@ -27,7 +37,11 @@ class GenerationInfo(BaseModel):
     finish_reason: Literal["stop", "length", "cancelled"]
     usage: Usage
     timings: TimingsOut
-    attempts: int = Field(description="2 when a JSON agent needed its repair attempt.")
+    attempts: int = Field(description="Generations made: more than 1 when a JSON answer "
+                          "needed its repair attempt or an answer failed the content check "
+                          "and was tried again with another seed (QUALITY_MAX_RETRIES).")
+    quality: Quality = Field(default_factory=lambda: Quality(useful=True),
+                             description="The content check's verdict on the answer.")
     context_metadata: AssemblyReport = Field(description="The assembly report of the prompt.")
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from app.agents.outputs import EditorReview
 from app.agents.registry import REGISTRY
 from app.agents.runner import AgentRunner, Meta, Progress
+from app.agents.spec import AgentResult
 from app.bootstrap import build_runner, close_runner
 from app.config import Settings
 from app.context.summaries import SUMMARIZER_ROLE
@@ -82,9 +83,12 @@ def state(tmp_path: Path) -> Path:
 
 
 def make_settings(state: Path, **overrides: object) -> Settings:
-    return Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive",
-                    archive_enabled=False, rate_limit_per_minute=0, rate_limit_concurrent=0,
-                    **overrides)
+    """Test settings; the content check judges but does not retry unless a test asks
+    (``quality_max_retries``), so the repair tests count their own attempts."""
+    return Settings(**{"summary_cache_dir": state / "summaries",
+                       "archive_db_path": state / "archive", "archive_enabled": False,
+                       "rate_limit_per_minute": 0, "rate_limit_concurrent": 0,
+                       "quality_max_retries": 0, **overrides})
 
 
 @pytest.fixture
@@ -576,7 +580,7 @@ async def collect(stream: AsyncIterator) -> list:
     return [item async for item in stream]
 
 
-async def test_stream_yields_meta_then_tokens_then_one_completion(build):
+async def test_stream_yields_meta_then_tokens_then_one_result(build):
     fake = FakeGenerator(replies=["The forest was quiet. Aria listened."])
     runner = build(fake)
 
@@ -584,8 +588,8 @@ async def test_stream_yields_meta_then_tokens_then_one_completion(build):
 
     kinds = [type(item) for item in items if not isinstance(item, Progress)]
     assert kinds[0] is Meta
-    assert kinds[-1] is Completion
-    assert kinds.count(Meta) == 1 and kinds.count(Completion) == 1
+    assert kinds[-1] is AgentResult
+    assert kinds.count(Meta) == 1 and kinds.count(AgentResult) == 1
     assert set(kinds[1:-1]) == {TokenDelta}
     meta = next(item for item in items if isinstance(item, Meta))
     assert list(meta.messages) == fake.calls[0][0]  # the prompt it announced is the one used
@@ -606,7 +610,7 @@ async def test_stream_failure_after_tokens_raises_and_is_counted(build):
 
     assert isinstance(items[0], Meta)
     assert [type(item) for item in items[1:]] == [TokenDelta, TokenDelta]
-    assert not any(isinstance(item, Completion) for item in items)
+    assert not any(isinstance(item, AgentResult) for item in items)
     assert backend_errors(runner, "generation_failed") == 1
 
 
@@ -677,3 +681,77 @@ async def test_rag_passages_that_do_not_fit_are_left_out_from_the_end(build):
     assert result.report.prompt_tokens + 100 <= result.report.window_tokens
     assert len(numbers) < 5  # five long passages do not fit 1,024 tokens
     assert fates["sources[4]"] in ("dropped", "trimmed") and fates["sources[0]"] == "kept"
+
+
+# --- answers worth reading: the content check and its retries ------------------------------
+
+#: Valid JSON that says nothing (seen on the embedded model).
+EMPTY_REVIEW = json.dumps({"suggestions": [
+    {"issue": "1234567890", "suggestion": "1234567890", "priority": "high"}]})
+
+
+async def test_a_json_answer_that_says_nothing_is_tried_again_with_another_seed(build):
+    fake = FakeGenerator(replies=[EMPTY_REVIEW, GOOD_REVIEW])
+    runner = build(fake, quality_max_retries=2)
+    result = await runner.run(EDITOR, review_request(seed=7))
+    assert result.attempts == 2 and not result.problems
+    assert result.output == EditorReview.model_validate_json(GOOD_REVIEW)
+    (first, first_params), (second, second_params) = fake.calls
+    assert first == second  # the same prompt: the shared block's KV state is reused
+    assert (first_params.seed, second_params.seed) == (7, 8)
+    retries = runner.metrics.registry.get_sample_value(
+        "writer_assistant_answer_retries_total",
+        {"agent": "editor", "operation": "editor-review"})
+    assert retries == 1
+
+
+async def test_retries_are_capped_and_the_problems_reported(build):
+    fake = FakeGenerator(replies=[EMPTY_REVIEW])
+    runner = build(fake, quality_max_retries=2)
+    result = await runner.run(EDITOR, review_request())
+    assert result.attempts == 3 and len(fake.calls) == 3
+    assert result.problems and any("issue" in problem for problem in result.problems)
+
+
+async def test_without_retries_the_answer_is_judged_only(build):
+    fake = FakeGenerator(replies=[EMPTY_REVIEW, GOOD_REVIEW])
+    runner = build(fake, quality_max_retries=0)
+    result = await runner.run(EDITOR, review_request())
+    assert result.attempts == 1 and result.problems and len(fake.calls) == 1
+
+
+async def test_a_chapter_that_opens_with_an_assistants_preamble_is_cut_to_the_prose(build):
+    prose = ("Alice stepped under the dark pines and listened to the wind move through the "
+             "needles, and the forest answered her with the hush of falling snow.")
+    fake = FakeGenerator(replies=[f"I'm here to help with the chapter's prose, and I'll guide "
+                                  f"you through the story.\n\n{prose}"])
+    runner = build(fake, quality_max_retries=2)
+    result = await runner.run(WRITER, chapter_request())
+    assert result.text == prose and result.repairs and not result.problems
+    assert result.attempts == 1
+
+
+async def test_a_looping_chapter_is_retried_when_little_prose_is_left(build):
+    loop = "the rabbit ran. " * 40
+    good = ("Alice followed the rabbit down the hole, past cupboards and shelves, wondering "
+            "aloud whether she would fall right through the earth.")
+    fake = FakeGenerator(replies=[loop, good])
+    runner = build(fake, quality_max_retries=2)
+    result = await runner.run(WRITER, chapter_request())
+    assert result.attempts == 2 and result.text == good
+
+
+async def test_a_json_agent_streams_its_json_then_the_validated_object(build):
+    fake = FakeGenerator(replies=[EMPTY_REVIEW, GOOD_REVIEW])
+    runner = build(fake, quality_max_retries=1)
+    items = await collect(await runner.stream(EDITOR, review_request()))
+    kinds = [type(item).__name__ for item in items]
+    assert kinds[0] == "Meta" and kinds[-1] == "AgentResult"
+    retry = next(item for item in items if isinstance(item, Progress))
+    assert retry.data["stage"] == "retry" and retry.data["attempt"] == 2
+    before = kinds.index("Progress")
+    first_tokens = "".join(i.text for i in items[:before] if isinstance(i, TokenDelta))
+    assert first_tokens == EMPTY_REVIEW
+    result = items[-1]
+    assert result.output == EditorReview.model_validate_json(GOOD_REVIEW)
+    assert result.attempts == 2

@@ -5,6 +5,7 @@ first call every agent reuses the story prefix already in the KV cache.
 """
 
 import json
+import time
 
 import pytest
 from httpx_sse import connect_sse
@@ -28,8 +29,14 @@ def check_stream(events):
     tokens = [data["text"] for name, data in events if name == "token"]
     assert len(tokens) >= 2, "tokens must arrive one by one, not as one blob"
     done = events[-1][1]
-    assert done["text"] == "".join(tokens).strip()
-    assert done["usage"]["completion_tokens"] >= len(tokens) - 1
+    if done["attempts"] == 1 and not done["quality"]["repairs"]:
+        # one attempt, nothing cut: the answer is exactly what was streamed
+        assert done["text"] == "".join(tokens).strip()
+        assert done["usage"]["completion_tokens"] >= len(tokens) - 1
+    else:  # each further attempt was announced before its tokens
+        retries = [data for name, data in events if name == "progress"
+                   and data.get("stage") in ("repair", "retry")]
+        assert len(retries) == done["attempts"] - 1
     assert done["timings"]["time_to_first_token_ms"] > 0
     return done
 
@@ -155,3 +162,35 @@ def test_context_too_large_for_the_window_is_400_not_a_crash(http, alice_request
     assert response.status_code == 400
     details = response.json()["error"]["details"]
     assert details["available_tokens"] == 8192 and details["needed_tokens"] > 8192
+
+
+STREAMED = [
+    ("generate-chapter", {"max_tokens": 40}),
+    *[(operation, {**fields, "max_tokens": 300} if operation != "generate-chapter-outlines"
+       else fields) for operation, fields, _ in JSON_AGENTS],
+    *[(operation, fields) for operation, fields, _ in TEXT_AGENTS],
+]
+
+
+@pytest.mark.parametrize(("operation", "fields"), STREAMED, ids=[c[0] for c in STREAMED])
+def test_every_stream_twin_sends_meta_tokens_and_one_done(http, alice_request, operation,
+                                                         fields):
+    events = stream_events(http, f"/api/v1/{operation}/stream", alice(alice_request, **fields))
+    done = check_stream(events)
+    if operation in {op for op, _, _ in JSON_AGENTS}:
+        assert isinstance(done["output"], dict) and done["output"]
+    assert set(done["quality"]) == {"useful", "problems", "repairs"}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/archive/rag/query/stream", "/api/v1/archive/rag/chat"])
+def test_the_archivists_streams_send_meta_tokens_and_one_done(http, path):
+    for _ in range(120):  # the archive loads its embedding model in the background
+        if http.get("/api/v1/archive/stats").status_code == 200:
+            break
+        time.sleep(0.5)
+    question = "Who is the White Rabbit?"
+    body = ({"question": question, "max_tokens": 40} if path.endswith("query/stream") else
+            {"messages": [{"role": "user", "content": question}], "max_tokens": 40})
+    events = stream_events(http, path, body)
+    done = check_stream(events)
+    assert "sources" in events[0][1] and "cited" in done

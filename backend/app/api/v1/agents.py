@@ -59,7 +59,7 @@ def add_agent_routes(router: APIRouter, spec: AgentSpec) -> None:
     async def stream(body: request_model,  # type: ignore[valid-type]
                      services: Services = Depends(get_services)) -> EventSourceResponse:
         items = await services.require_runner().stream(spec, body)
-        return sse_response(stream_events(spec, items), services.settings.http,
+        return sse_response(stream_events(items), services.settings.http,
                             services.streams)
 
     stream.__name__ = f"{name}_stream"
