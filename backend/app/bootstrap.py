@@ -27,7 +27,7 @@ from app.agents.runner import AgentRunner, RunnerSettings
 from app.api.sse import OpenStreams
 from app.archive.retrieval import archive_context, archive_search
 from app.archive.service import ArchiveState, load_archive
-from app.config import Settings
+from app.config import Settings, warn_unknown_settings
 from app.context.summaries import SummaryCache
 from app.llm.protocol import TextGenerator
 from app.llm.scheduler import Scheduler
@@ -83,7 +83,12 @@ def build_services(settings: Settings, generator: TextGenerator | None = None) -
     which opens the summary cache) and the generator is marked as not the services' own:
     :func:`close_services` leaves it open. Without, the model stays ``loading`` until the
     lifespan or :func:`services_for_cli` attaches one. Opens nothing else; raises nothing.
+
+    Logs a warning for each variable of the environment or ``.env`` that looks like a setting
+    but is none (:func:`app.config.warn_unknown_settings`: ``LLM_NCTX``, did you mean
+    ``LLM_N_CTX``?), since a misspelt setting is otherwise silently ignored.
     """
+    warn_unknown_settings()
     limits = settings.limits
     metrics = Metrics()
     scheduler = Scheduler(limits.queue_max_waiting, limits.queue_max_wait_s,

@@ -13,11 +13,14 @@ them. ``CONFIGURATION.md`` and ``.env.example`` are generated from these declara
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -27,6 +30,7 @@ from pydantic import (
     ModelWrapValidatorHandler,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -34,10 +38,14 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
-def setting(env: str, **field: Any) -> Any:
-    """A settings field read from the environment variable ``env`` (``field`` as for
-    :func:`pydantic.Field`: default, constraints, description)."""
-    return Field(json_schema_extra={"env": env}, **field)
+def setting(env: str, *, aliases: tuple[str, ...] = (), **field: Any) -> Any:
+    """A settings field read from the environment variable ``env``, or from any of
+    ``aliases`` (other names for the same setting; setting two of them to different values is
+    an error). ``field`` as for :func:`pydantic.Field`: default, constraints, description."""
+    extra: dict[str, Any] = {"env": env}
+    if aliases:
+        extra["aliases"] = list(aliases)
+    return Field(json_schema_extra=extra, **field)
 
 
 class _Group(BaseModel):
@@ -49,9 +57,12 @@ class _Group(BaseModel):
 class SamplingSettings(_Group):
     """Sampling defaults of every generation.
 
-    They apply when neither the request nor the agent sets a value; the editor and rater
-    agents default to a lower temperature (0.3) of their own, and every request may override
-    `temperature`, `max_tokens` and `seed`.
+    Top-p, top-k and the repetition penalty apply to every generation. Temperature and
+    max_tokens apply when neither the request, nor `ENDPOINT_*`, nor the agent sets one: the
+    agents have their own (writer 0.8 / 2000 tokens, editor 0.6 / 800, character 0.8 / 800,
+    rater 0.7 / 600; see "Per-operation defaults"), so these serve the assistant (`llm-chat`)
+    and the archivist's max_tokens. Every request may override `temperature`, `max_tokens` and
+    `seed`.
     """
 
     title: ClassVar[str] = "Sampling"
@@ -279,6 +290,117 @@ class ModelSettings(_Group):
         return self
 
 
+#: The agent operations, in the order of ``app.agents.registry.REGISTRY``. This module cannot
+#: import the agents (they import it), so ``tests/agents/test_sampling.py`` checks that the two
+#: agree; each has its ``ENDPOINT_*`` pair below.
+OPERATIONS: tuple[str, ...] = (
+    "generate-chapter", "modify-chapter", "flesh-out", "generate-chapter-outlines",
+    "editor-review",
+    "character-feedback", "generate-character-details", "regenerate-bio",
+    "rater-feedback",
+    "llm-chat",
+    "rag-query", "rag-chat",
+)
+
+
+def endpoint_prefix(operation: str) -> str:
+    """The prefix of an operation's ``ENDPOINT_*`` variables: ``generate-chapter`` ->
+    ``ENDPOINT_GENERATE_CHAPTER``."""
+    return "ENDPOINT_" + operation.upper().replace("-", "_")
+
+
+class EndpointOverrides(_Group):
+    """One operation's `ENDPOINT_*` values (``None``: unset, the agent's default applies)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+def _endpoint_overrides(operation: str) -> type[EndpointOverrides]:
+    """The group of ``operation``'s two variables."""
+    prefix = endpoint_prefix(operation)
+    return create_model(
+        f"EndpointOverrides_{operation.replace('-', '_')}",
+        __base__=EndpointOverrides,
+        max_tokens=(int | None, setting(
+            env=f"{prefix}_MAX_TOKENS", default=None, ge=1, le=32768,
+            description=f"Completion tokens (max_tokens) of {operation} when the request sets "
+            "none. Unset: the agent's default.",
+        )),
+        temperature=(float | None, setting(
+            env=f"{prefix}_TEMPERATURE", default=None, ge=0.0, le=2.0,
+            description=f"Temperature of {operation} when the request sets none. Unset: the "
+            "agent's default, else LLM_TEMPERATURE.",
+        )),
+    )
+
+
+class EndpointSettings(_Group):
+    """Each agent operation's defaults: `ENDPOINT_<OPERATION>_MAX_TOKENS` and `_TEMPERATURE`.
+
+    One pair per agent operation, named after its route upper-cased with `-` as `_`
+    (`ENDPOINT_GENERATE_CHAPTER_MAX_TOKENS`, `ENDPOINT_RAG_QUERY_TEMPERATURE`), as in the
+    original Writer Assistant. Unset (the default), the agent's own default applies: writer
+    (generate-chapter, modify-chapter, flesh-out) 0.8 / 2000 tokens, generate-chapter-outlines
+    0.6 / 80 + 220 tokens per chapter, editor 0.6 / 800, character (character-feedback,
+    generate-character-details, regenerate-bio) 0.8 / 800, rater 0.7 / 600, the archivist
+    (rag-query, rag-chat) 0.2 / `LLM_MAX_TOKENS`, the assistant (llm-chat) `LLM_TEMPERATURE` /
+    `LLM_MAX_TOKENS`.
+
+    What a request gets, first set wins. max_tokens: the request's `max_tokens`; its
+    `target_words` (chapter operations: words / 0.75 tokens per word, plus 20%);
+    `ENDPOINT_<OPERATION>_MAX_TOKENS`; the agent's default; `LLM_MAX_TOKENS`. Temperature: the
+    request's; `ENDPOINT_<OPERATION>_TEMPERATURE`; the agent's; `LLM_TEMPERATURE`.
+
+    **Small windows.** A free-text agent's default (writer, regenerate-bio; or one computed
+    from `target_words`) takes at most a quarter of the request's window (the smallest of
+    `CONTEXT_MAX_TOKENS`, `n_ctx` and the request's `max_context_tokens`), so three quarters
+    stay for the buffer, the story and the task: the writer's 2000 stays 2000 with the
+    embedded model's 8192 tokens and becomes 1024 with 4096. JSON agents' defaults are sized
+    for their output (a JSON answer cut short is invalid) and are not scaled. The request's
+    `context_metadata.max_tokens_note` says when a default was lowered (scaled, or capped at
+    the operation's limit). `ENDPOINT_*_MAX_TOKENS` values are the operator's choice and are
+    not scaled; above `LLM_MAX_TOKENS_LIMIT` they stop the server.
+
+    **The shared block.** Unless `CONTEXT_COMPLETION_RESERVE_TOKENS` is set, every story's
+    shared block is planned against the largest of these defaults after `ENDPOINT_*` and
+    scaling (the writer's 2000 with the defaults and 8192 tokens), so that every agent at its
+    default, the writer included, shares the story's KV state.
+    """
+
+    title: ClassVar[str] = "Per-operation defaults"
+    #: CONFIGURATION.md lists the operations' variables in one table.
+    docs_one_table: ClassVar[bool] = True
+
+    def of(self, operation: str) -> EndpointOverrides:
+        """The ``ENDPOINT_*`` values of ``operation`` (all unset for an operation not in
+        :data:`OPERATIONS`, e.g. a test's own agent)."""
+        return self.by_operation.get(operation, EndpointOverrides())
+
+    @property
+    def by_operation(self) -> dict[str, EndpointOverrides]:
+        """Operation name -> its ``ENDPOINT_*`` values."""
+        return {operation: getattr(self, operation.replace("-", "_"))
+                for operation in OPERATIONS}
+
+
+def _endpoint_fields() -> dict[str, Any]:
+    """One field per operation (``generate_chapter``, ...), its group of two variables."""
+    fields: dict[str, Any] = {}
+    for operation in OPERATIONS:
+        group = _endpoint_overrides(operation)
+        fields[operation.replace("-", "_")] = (group, group())
+    return fields
+
+
+if TYPE_CHECKING:
+    Endpoints = EndpointSettings
+else:
+    #: :class:`EndpointSettings` with one field per operation (built from :data:`OPERATIONS`).
+    Endpoints = create_model("Endpoints", __base__=EndpointSettings,
+                             __doc__=EndpointSettings.__doc__, **_endpoint_fields())
+
+
 class LayerBudgets(_Group):
     """The layer budgets, in tokens.
 
@@ -289,24 +411,32 @@ class LayerBudgets(_Group):
     (8192 tokens) that is 512 / 3328 / 1280 / 2560 tokens with a 512-token buffer. What one
     layer does not use flows to the layers that overflow, in proportion to their shares. The
     four layers plus the buffer must not exceed `CONTEXT_MAX_TOKENS`.
+
+    The original Writer Assistant's names work too, as aliases: `CONTEXT_LAYER_A_TOKENS`
+    (layer A, system instructions) is `CONTEXT_SYSTEM_TOKENS`, `CONTEXT_LAYER_C_TOKENS` (C,
+    recent story) is `CONTEXT_RECENT_STORY_TOKENS`, `CONTEXT_LAYER_D_TOKENS` (D, characters and
+    scene) is `CONTEXT_CHARACTERS_TOKENS` and `CONTEXT_LAYER_E_TOKENS` (E, plot summaries and
+    worldbuilding) is `CONTEXT_PLOT_WORLD_TOKENS`. Its README names no layer B, so
+    `CONTEXT_LAYER_B_TOKENS` has no counterpart (a warning at startup says so). Setting a name
+    and its alias to different values stops the server with a message naming both.
     """
 
     title: ClassVar[str] = "Layer budgets"
 
     system: int = setting(
-        env="CONTEXT_SYSTEM_TOKENS",
+        env="CONTEXT_SYSTEM_TOKENS", aliases=("CONTEXT_LAYER_A_TOKENS",),
         default=2000, ge=0, description="Layer budget for system instructions and user requests."
     )
     recent_story: int = setting(
-        env="CONTEXT_RECENT_STORY_TOKENS",
+        env="CONTEXT_RECENT_STORY_TOKENS", aliases=("CONTEXT_LAYER_C_TOKENS",),
         default=13000, ge=0, description="Layer budget for the story so far (chapters)."
     )
     characters: int = setting(
-        env="CONTEXT_CHARACTERS_TOKENS",
+        env="CONTEXT_CHARACTERS_TOKENS", aliases=("CONTEXT_LAYER_D_TOKENS",),
         default=5000, ge=0, description="Layer budget for characters and the current scene."
     )
     plot_world: int = setting(
-        env="CONTEXT_PLOT_WORLD_TOKENS",
+        env="CONTEXT_PLOT_WORLD_TOKENS", aliases=("CONTEXT_LAYER_E_TOKENS",),
         default=10000, ge=0, description="Layer budget for plot, world and archive passages."
     )
 
@@ -347,7 +477,9 @@ class ContextSettings(_Group):
         le=32768,
         description="Completion tokens every story's shared block is budgeted against, so every "
         "agent trims a story the same way and shares its KV cache prefix. Unset: the largest "
-        "default max_tokens of the agents. A request asking for more trims further (reported).",
+        "default max_tokens of the operations, after ENDPOINT_* and scaling to the window (the "
+        "writer's 2000 with the defaults and 8192 tokens). A request asking for more trims "
+        "further (reported).",
     )
     task_reserve_tokens: int = setting(
         env="CONTEXT_TASK_RESERVE_TOKENS",
@@ -727,6 +859,7 @@ class QualitySettings(_Group):
 #: The groups of :class:`Settings`, in the order the docs list them.
 GROUPS: dict[str, type[_Group]] = {
     "model": ModelSettings,
+    "endpoints": Endpoints,
     "context": ContextSettings,
     "distillation": DistillationSettings,
     "archive": ArchiveSettings,
@@ -755,19 +888,78 @@ def environment_names() -> dict[str, tuple[tuple[str, ...], FieldInfo]]:
             for env, path, info in _walk(model, (group,))}
 
 
+def aliases(info: FieldInfo) -> tuple[str, ...]:
+    """The other names a setting's field is read from (``setting(aliases=...)``)."""
+    extra = info.json_schema_extra
+    names = extra.get("aliases", ()) if isinstance(extra, dict) else ()
+    return tuple(str(name) for name in names) if isinstance(names, list | tuple) else ()
+
+
+def alias_names() -> dict[str, str]:
+    """Every alias -> the setting's environment variable, e.g.
+    ``"CONTEXT_LAYER_C_TOKENS" -> "CONTEXT_RECENT_STORY_TOKENS"``."""
+    return {alias: env for env, (_path, info) in environment_names().items()
+            for alias in aliases(info)}
+
+
 _ENV = environment_names()
+_ALIASES = alias_names()
+if set(_ALIASES) & set(_ENV) or len(_ALIASES) != sum(len(aliases(i)) for _p, i in _ENV.values()):
+    raise RuntimeError("an alias repeats a setting's name or another alias")
+
+
+@dataclass(frozen=True)
+class _Conflict:
+    """Stands for a value where a setting was given under several of its names with different
+    values; :class:`Settings` refuses it, naming them (never the values)."""
+
+    names: tuple[str, ...]
+
+    def message(self) -> str:
+        *first, last = self.names
+        return (f"{', '.join(first)} and {last} name the same setting and are set to different "
+                "values; set only one of them")
+
+
+def _by_setting(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Values by environment name or alias (any case; other names ignored) -> by the
+    setting's environment name. A setting given under several names keeps the value when they
+    agree, else becomes a :class:`_Conflict`."""
+    values: dict[str, Any] = {}
+    given: dict[str, list[str]] = {}
+    for name, value in flat.items():
+        upper = name.upper()
+        env = _ALIASES.get(upper, upper)
+        if env not in _ENV:
+            continue
+        names = given.setdefault(env, [])
+        names.append(upper)
+        if len(names) > 1 and (isinstance(values[env], _Conflict) or values[env] != value):
+            values[env] = _Conflict(tuple(sorted(names)))
+        else:
+            values[env] = value
+    return values
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Values by environment name (any case) -> the nested dict of :class:`Settings`."""
+    """Values by environment name or alias (any case) -> the nested dict of
+    :class:`Settings` (see :func:`_by_setting`)."""
     tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        path, _info = _ENV[name.upper()]
+    for name, value in _by_setting(flat).items():
+        path, _info = _ENV[name]
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
     return tree
+
+
+def _conflicts(tree: Mapping[str, Any]) -> Iterator[_Conflict]:
+    for value in tree.values():
+        if isinstance(value, _Conflict):
+            yield value
+        elif isinstance(value, Mapping):
+            yield from _conflicts(value)
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -780,21 +972,25 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _env_file_values(env_file: object) -> dict[str, str]:
+    """The ``.env`` file's values (none when it does not exist)."""
+    if isinstance(env_file, str | Path) and Path(env_file).is_file():
+        return {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    return {}
+
+
 class _FlatEnvironment(PydanticBaseSettingsSource):
-    """Reads every setting from its flat environment variable (case-insensitive), then from
-    the ``.env`` file; the environment wins."""
+    """Reads every setting from its flat environment variable or an alias (case-insensitive),
+    then from the ``.env`` file; the environment wins. A setting given under two of its names
+    with different values in one place is refused (by :class:`Settings`)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # everything is read in __call__
 
     def __call__(self) -> dict[str, Any]:
-        env_file = self.settings_cls.model_config.get("env_file")
-        found: dict[str, Any] = {}
-        if isinstance(env_file, str | Path) and Path(env_file).is_file():
-            found.update({k.upper(): v for k, v in dotenv_values(env_file).items()
-                          if v is not None})
-        found.update({k.upper(): v for k, v in os.environ.items()})
-        return _nest({name: value for name, value in found.items() if name in _ENV})
+        found = _by_setting(_env_file_values(self.settings_cls.model_config.get("env_file")))
+        found.update(_by_setting(os.environ))
+        return _nest(found)
 
 
 class Settings(BaseSettings):
@@ -809,6 +1005,7 @@ class Settings(BaseSettings):
                                       hide_input_in_errors=True)
 
     model: ModelSettings = ModelSettings()
+    endpoints: Endpoints = Endpoints()
     context: ContextSettings = ContextSettings()
     distillation: DistillationSettings = DistillationSettings()
     archive: ArchiveSettings = ArchiveSettings()
@@ -839,15 +1036,32 @@ class Settings(BaseSettings):
             problems = []
             for problem in error.errors():
                 path = tuple(str(part) for part in problem["loc"])
-                problems.append(f"{paths.get(path, '.'.join(path) or 'settings')}: "
-                                f"{problem['msg']}")
+                if not path:  # a check of several settings, whose message names them
+                    problems.append(problem["msg"].removeprefix("Value error, "))
+                    continue
+                problems.append(f"{paths.get(path, '.'.join(path))}: {problem['msg']}")
             raise ValueError("; ".join(problems)) from None
 
     @model_validator(mode="before")
     @classmethod
     def _flat_names(cls, data: Any) -> Any:
-        """Values given by environment name (``llm_n_ctx=...``) go to their group."""
-        return _grouped(data)
+        """Values given by environment name or alias (``llm_n_ctx=...``) go to their group;
+        a setting given under two of its names with different values is refused."""
+        grouped = _grouped(data)
+        if isinstance(grouped, Mapping):
+            for conflict in _conflicts(grouped):
+                raise ValueError(conflict.message())
+        return grouped
+
+    @model_validator(mode="after")
+    def _endpoint_tokens_within_the_limit(self) -> Settings:
+        limit = self.model.sampling.max_tokens_limit
+        for operation, overrides in self.endpoints.by_operation.items():
+            if overrides.max_tokens is not None and overrides.max_tokens > limit:
+                raise ValueError(
+                    f"{endpoint_prefix(operation)}_MAX_TOKENS ({overrides.max_tokens}) is above "
+                    f"LLM_MAX_TOKENS_LIMIT ({limit})")
+        return self
 
     def replace(self, **changes: Any) -> Settings:
         """These settings with ``changes`` (by environment name in lower case, e.g.
@@ -860,11 +1074,12 @@ class Settings(BaseSettings):
 
 
 def _grouped(data: Any) -> Any:
-    """``data`` with the values given by environment name (``llm_n_ctx=...``) moved to their
-    group; anything but a mapping as it is."""
+    """``data`` with the values given by environment name or alias (``llm_n_ctx=...``) moved
+    to their group; anything but a mapping as it is."""
     if not isinstance(data, Mapping):
         return data
-    flat = {k: v for k, v in data.items() if k.upper() in _ENV}
+    flat = {k: v for k, v in data.items()
+            if isinstance(k, str) and (k.upper() in _ENV or k.upper() in _ALIASES)}
     rest = {k: v for k, v in data.items() if k not in flat}
     return _merge(rest, _nest(flat))
 
@@ -884,3 +1099,69 @@ def _parse_api_keys(raw: str) -> dict[str, str]:
                              "unique")
         tenants[tenant] = key
     return tenants
+
+
+#: What the variables of this service start with. An unknown variable with one of these
+#: prefixes is most likely a misspelt setting, and :func:`warn_unknown_settings` names it.
+OUR_PREFIXES: tuple[str, ...] = (
+    "LLM_", "CONTEXT_", "ENDPOINT_", "DISTILLATION_", "SUMMARY_CACHE_", "ARCHIVE_", "CHROMA_",
+    "EMBEDDING_", "PREFIX_CACHE_", "QUEUE_", "SCHEDULER_", "GENERATION_", "RATE_LIMIT_",
+    "SSE_", "MODEL_LOAD_",
+)
+
+#: Names users may know from the original Writer Assistant that have no counterpart here.
+NO_COUNTERPART: dict[str, str] = {
+    "CONTEXT_LAYER_B_TOKENS": "the original README budgets layers A, C, D and E and names no "
+    "layer B, so there is nothing to map it to (A is CONTEXT_SYSTEM_TOKENS, C "
+    "CONTEXT_RECENT_STORY_TOKENS, D CONTEXT_CHARACTERS_TOKENS, E CONTEXT_PLOT_WORLD_TOKENS)",
+}
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnknownSetting:
+    """A variable that looks like a setting (one of :data:`OUR_PREFIXES`) but is none:
+    where it was found (``environment`` or ``.env``) and a hint (the nearest setting)."""
+
+    name: str
+    source: str
+    hint: str
+
+    def message(self) -> str:
+        return f"{self.name} (in the {self.source}) is not a setting and is ignored: {self.hint}"
+
+
+def _hint(name: str) -> str:
+    if name in NO_COUNTERPART:
+        return NO_COUNTERPART[name]
+    nearest = difflib.get_close_matches(name, [*_ENV, *_ALIASES], n=1, cutoff=0.6)
+    if nearest:
+        return f"did you mean {nearest[0]}?"
+    return "no setting is close to it (see CONFIGURATION.md)"
+
+
+def unknown_settings(environ: Mapping[str, str] | None = None,
+                     env_file: str | Path | None = None) -> list[UnknownSetting]:
+    """Variables of the environment (default ``os.environ``) and of the ``.env`` file
+    (default the one :class:`Settings` reads) that start like a setting
+    (:data:`OUR_PREFIXES`) but are neither a setting nor an alias, each with its nearest
+    setting; sorted by name."""
+    environ = os.environ if environ is None else environ
+    if env_file is None:
+        env_file = str(Settings.model_config.get("env_file") or ".env")
+    found = {name.upper(): ".env file" for name in _env_file_values(env_file)}
+    found.update({name.upper(): "environment" for name in environ})
+    return [UnknownSetting(name, source, _hint(name)) for name, source in sorted(found.items())
+            if name.startswith(OUR_PREFIXES) and name not in _ENV and name not in _ALIASES]
+
+
+def warn_unknown_settings(environ: Mapping[str, str] | None = None,
+                          env_file: str | Path | None = None) -> list[UnknownSetting]:
+    """Log a warning naming each of :func:`unknown_settings` (at startup: a misspelt setting
+    is otherwise silently ignored); returns them."""
+    unknown = unknown_settings(environ, env_file)
+    for variable in unknown:
+        _logger.warning("unknown setting: %s", variable.message(),
+                        extra={"variable": variable.name, "hint": variable.hint})
+    return unknown

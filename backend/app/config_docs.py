@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from app.config import GROUPS
+from app.config import GROUPS, aliases
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,9 +49,8 @@ def _prose(model: type[BaseModel]) -> tuple[str, str]:
     return " ".join(first.split()), rest.strip()
 
 
-def _sections(model: type[BaseModel], depth: int) -> Iterator[tuple[int, type[BaseModel],
-                                                                    list[tuple[str, FieldInfo]]]]:
-    """(depth, group, its own settings) for a group and then each of its subgroups."""
+def _split(model: type[BaseModel]) -> tuple[list[tuple[str, FieldInfo]], list[type[BaseModel]]]:
+    """A group's own settings (environment name, field) and its subgroups."""
     own: list[tuple[str, FieldInfo]] = []
     nested: list[type[BaseModel]] = []
     for info in model.model_fields.values():
@@ -60,6 +59,23 @@ def _sections(model: type[BaseModel], depth: int) -> Iterator[tuple[int, type[Ba
             own.append((str(extra["env"]), info))
         elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
             nested.append(info.annotation)
+    return own, nested
+
+
+def _all_fields(model: type[BaseModel]) -> list[tuple[str, FieldInfo]]:
+    """A group's settings and its subgroups', in declaration order."""
+    own, nested = _split(model)
+    return own + [field for child in nested for field in _all_fields(child)]
+
+
+def _sections(model: type[BaseModel], depth: int) -> Iterator[tuple[int, type[BaseModel],
+                                                                    list[tuple[str, FieldInfo]]]]:
+    """(depth, group, its own settings) for a group and then each of its subgroups; a group
+    with ``docs_one_table`` lists its subgroups' settings in its own table instead."""
+    if getattr(model, "docs_one_table", False):
+        yield depth, model, _all_fields(model)
+        return
+    own, nested = _split(model)
     yield depth, model, own
     for child in nested:
         yield from _sections(child, depth + 1)
@@ -71,7 +87,13 @@ def _all_sections() -> Iterator[tuple[int, type[BaseModel], list[tuple[str, Fiel
 
 
 def _description(info: FieldInfo) -> str:
-    return " ".join((info.description or "").split())
+    """A setting's description, with the other names it is read from."""
+    text = " ".join((info.description or "").split())
+    names = aliases(info)
+    if names:
+        text += (" Also read from " + " and ".join(f"`{name}`" for name in names)
+                 + " (the same setting; set only one).")
+    return text
 
 
 def render_configuration() -> str:

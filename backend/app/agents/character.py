@@ -17,6 +17,9 @@ from app.schemas.responses import (
 )
 
 ROLE = "You are the character agent."
+#: The character agent's defaults, as in the original Writer Assistant.
+TEMPERATURE = 0.8
+MAX_TOKENS = 800
 
 
 def character_feedback_task(request: CharacterFeedbackRequest) -> TaskInput:
@@ -51,13 +54,15 @@ def regenerate_bio_task(request: RegenerateBioRequest) -> TaskInput:
 SPECS = [
     AgentSpec("character-feedback", "character", ROLE, character_feedback_task,
               CharacterFeedbackRequest, CharacterFeedbackResponse, json_answer(),
-              summary="Character agent: character feedback", max_tokens=600, temperature=0.7,
+              summary="Character agent: character feedback", max_tokens=MAX_TOKENS,
+              temperature=TEMPERATURE,
               output_model=CharacterReaction, max_tokens_limit=2048),
     AgentSpec("generate-character-details", "character", ROLE, character_details_task,
               CharacterDetailsRequest, CharacterDetailsResponse, json_answer("details"),
-              summary="Character agent: generate character details", max_tokens=700,
-              temperature=0.7, output_model=CharacterDetails, max_tokens_limit=2048),
+              summary="Character agent: generate character details", max_tokens=MAX_TOKENS,
+              temperature=TEMPERATURE, output_model=CharacterDetails, max_tokens_limit=2048),
     AgentSpec("regenerate-bio", "character", ROLE, regenerate_bio_task,
               RegenerateBioRequest, RegenerateBioResponse, text_answer("bio"),
-              summary="Character agent: regenerate bio", max_tokens=300, max_tokens_limit=1024),
+              summary="Character agent: regenerate bio", max_tokens=MAX_TOKENS,
+              temperature=TEMPERATURE, max_tokens_limit=1024),
 ]

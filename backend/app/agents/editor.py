@@ -24,6 +24,6 @@ def editor_review_task(request: EditorReviewRequest) -> TaskInput:
 SPECS = [
     AgentSpec("editor-review", "editor", ROLE, editor_review_task,
               EditorReviewRequest, EditorReviewResponse, json_answer(),
-              summary="Editor agent: editor review", max_tokens=700, temperature=0.3,
+              summary="Editor agent: editor review", max_tokens=800, temperature=0.6,
               output_model=EditorReview, max_tokens_limit=2048),
 ]

@@ -21,6 +21,6 @@ def rater_feedback_task(request: RaterFeedbackRequest) -> TaskInput:
 SPECS = [
     AgentSpec("rater-feedback", "rater", ROLE, rater_feedback_task,
               RaterFeedbackRequest, RaterFeedbackResponse, json_answer(),
-              summary="Rater agent: rater feedback", max_tokens=500, temperature=0.3,
+              summary="Rater agent: rater feedback", max_tokens=600, temperature=0.7,
               output_model=RaterFeedback, max_tokens_limit=2048),
 ]

@@ -9,8 +9,9 @@ generated from :data:`REGISTRY`. A new agent is one module plus its line below.
 from __future__ import annotations
 
 from app.agents import archivist, assistant, character, editor, rater, writer
+from app.agents.sampling import completion_reserve
 from app.agents.spec import AgentSpec
-from app.config import ContextSettings, SamplingSettings
+from app.config import ContextSettings, EndpointSettings, SamplingSettings
 
 #: Opens every story's shared block: the whole team, described once, so that what one agent
 #: call adds after the story (its role and task) stays short. That part is processed on every
@@ -59,10 +60,12 @@ REGISTRY: dict[str, AgentSpec] = build_registry(
 )
 
 
-def default_completion_reserve(context: ContextSettings, sampling: SamplingSettings) -> int:
+def default_completion_reserve(context: ContextSettings, sampling: SamplingSettings,
+                               endpoints: EndpointSettings, n_ctx: int) -> int:
     """The completion reserve every story's shared block is planned against:
     ``CONTEXT_COMPLETION_RESERVE_TOKENS``, else the largest default ``max_tokens`` of the
-    agents (``LLM_MAX_TOKENS`` for those without their own), in tokens."""
-    if context.completion_reserve_tokens is not None:
-        return context.completion_reserve_tokens
-    return max(spec.max_tokens or sampling.max_tokens for spec in REGISTRY.values())
+    agents (``ENDPOINT_*_MAX_TOKENS`` where set, ``LLM_MAX_TOKENS`` for those without their
+    own; agents' own defaults scaled to a quarter of the window of ``CONTEXT_MAX_TOKENS`` and
+    ``n_ctx``, see :mod:`app.agents.sampling`), in tokens. With the defaults and an
+    8192-token window: the writer's 2000."""
+    return completion_reserve(REGISTRY.values(), context, sampling, endpoints, n_ctx)

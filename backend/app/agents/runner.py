@@ -26,8 +26,15 @@ from pydantic import BaseModel, ValidationError
 from app.agents.archivist import source_elements
 from app.agents.quality import MIN_PROSE_WORDS, Rule, check_output, check_prose, repair_prose
 from app.agents.registry import TEAM_PREAMBLE, default_completion_reserve
+from app.agents.sampling import SamplingPlan, plan_sampling, window_tokens
 from app.agents.spec import AgentResult, AgentSpec, TaskInput
-from app.config import ContextSettings, DistillationSettings, SamplingSettings, Settings
+from app.config import (
+    ContextSettings,
+    DistillationSettings,
+    EndpointSettings,
+    SamplingSettings,
+    Settings,
+)
 from app.context.assembly import AgentTask, AssembledPrompt, assemble
 from app.context.distill import SummaryJob, SummaryLookup
 from app.context.elements import ContextElement, flatten
@@ -38,7 +45,6 @@ from app.errors import (
     ArchiveUnavailable,
     GenerationFailed,
     GenerationTimeout,
-    InvalidRequest,
     OutputTruncated,
     ServiceDraining,
     WriterAssistantError,
@@ -83,13 +89,15 @@ SUMMARY_LABEL = ("distiller", "summary")
 @dataclass(frozen=True)
 class RunnerSettings:
     """What the runner reads of the settings: sampling defaults, the context budget,
-    distillation, the deadline of a request's work (seconds) and whether prompts are logged."""
+    distillation, the deadline of a request's work (seconds), whether prompts are logged, and
+    the operations' own defaults (``ENDPOINT_*``)."""
 
     sampling: SamplingSettings
     context: ContextSettings
     distillation: DistillationSettings
     generation_timeout_s: float
     log_prompts: bool
+    endpoints: EndpointSettings
     quality_max_retries: int = 0
 
     @classmethod
@@ -99,6 +107,7 @@ class RunnerSettings:
                    distillation=settings.distillation,
                    generation_timeout_s=settings.limits.generation_timeout_s,
                    log_prompts=settings.observability.log_prompts,
+                   endpoints=settings.endpoints,
                    quality_max_retries=settings.quality.max_retries)
 
 
@@ -137,6 +146,7 @@ class _Plan:
     elements: list[ContextElement]
     agent_task: AgentTask
     max_context_tokens: int | None
+    max_tokens_note: str | None = None
 
     def with_note(self, note: str) -> _Plan:
         """The plan with ``note`` appended to the task (after the shared block, so the
@@ -207,8 +217,8 @@ class AgentRunner:
         self.distiller = (Distiller(generator, summary_cache, settings.distillation,
                                     settings.sampling, self._summarize)
                           if summary_cache is not None else None)
-        self.completion_reserve = default_completion_reserve(settings.context,
-                                                             settings.sampling)
+        self.completion_reserve = default_completion_reserve(
+            settings.context, settings.sampling, settings.endpoints, generator.n_ctx)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="context")
 
     def close(self) -> None:
@@ -308,29 +318,21 @@ class AgentRunner:
 
     # --- assembly -------------------------------------------------------------------------
     def sampling(self, spec: AgentSpec, request: Any) -> SamplingParams:
-        """Sampling for ``request``: its overrides, else the agent's, else the server's.
+        """Sampling for ``request``: its overrides, else ``ENDPOINT_*``, else the agent's
+        (scaled to the window), else the server's (see :mod:`app.agents.sampling`).
 
         Raises:
-            InvalidRequest: ``max_tokens`` is above ``LLM_MAX_TOKENS_LIMIT``.
+            InvalidRequest: ``max_tokens`` is above the operation's limit.
         """
-        defaults = self.settings.sampling
-        limit = min(defaults.max_tokens_limit, spec.max_tokens_limit or 1 << 30)
-        if request.max_tokens is not None and request.max_tokens > limit:
-            raise InvalidRequest(
-                f"max_tokens {request.max_tokens} is above the limit of {limit} for "
-                f"{spec.operation}.",
-                param="max_tokens",
-            )
-        max_tokens = request.max_tokens or spec.max_tokens_for(request) or defaults.max_tokens
-        temperature = request.temperature
-        if temperature is None:
-            temperature = spec.temperature
-        output_model = spec.output_model_for(request)
-        return SamplingParams.of(
-            defaults, max_tokens=min(max_tokens, limit), temperature=temperature,
-            seed=request.seed,
-            json_schema=output_model.model_json_schema() if output_model else None,
-        )
+        return self._sampling_plan(spec, request).params
+
+    def _sampling_plan(self, spec: AgentSpec, request: Any) -> SamplingPlan:
+        """:meth:`sampling` with the note on a lowered ``max_tokens`` default."""
+        config = getattr(request, "context_processing_config", None)
+        window = window_tokens(self.settings.context, self.generator.n_ctx,
+                               config.max_context_tokens if config else None)
+        return plan_sampling(spec, request, self.settings.sampling,
+                             self.settings.endpoints.of(spec.operation), window)
 
     async def _plan(self, spec: AgentSpec, request: Any) -> _Plan:
         """The request's task, sampling and context elements: its story's (with the
@@ -342,7 +344,7 @@ class AgentRunner:
             ArchiveUnavailable, EmbeddingModelMismatch: an archive agent's retrieval failed.
         """
         task = spec.build_task(request)
-        params = self.sampling(spec, request)
+        sampling = self._sampling_plan(spec, request)
         if spec.retrieval_query is not None:
             elements = source_elements(await self._retrieve(spec.retrieval_query(request),
                                                             request))
@@ -357,8 +359,8 @@ class AgentRunner:
             preamble=spec.preamble or TEAM_PREAMBLE,
         )
         config = getattr(request, "context_processing_config", None)
-        return _Plan(task, params, elements, agent_task,
-                     config.max_context_tokens if config else None)
+        return _Plan(task, sampling.params, elements, agent_task,
+                     config.max_context_tokens if config else None, sampling.max_tokens_note)
 
     async def _retrieve(self, query: str, request: Any) -> list[Passage]:
         """Archive passages for an archive agent.
@@ -371,8 +373,9 @@ class AgentRunner:
         return await self.retrieve(query, request)
 
     async def _assemble(self, plan: _Plan, lookup: SummaryLookup | None) -> AssembledPrompt:
+        """Assemble ``plan``'s prompt; its report carries the plan's ``max_tokens_note``."""
         generator = self.generator
-        return await self.off_loop(functools.partial(
+        prompt = await self.off_loop(functools.partial(
             assemble,
             plan.elements,
             plan.agent_task,
@@ -386,6 +389,8 @@ class AgentRunner:
             max_context_tokens=plan.max_context_tokens,
             summaries=lookup,
         ))
+        prompt.report.max_tokens_note = plan.max_tokens_note
+        return prompt
 
     def _lookup(self, spec: AgentSpec) -> _CountingLookup | None:
         if (self.distiller is None or not self.settings.distillation.enabled

@@ -121,10 +121,12 @@ class AgentSpec:
             :func:`json_answer`).
         summary: one line for the docs.
         max_tokens: default completion tokens for a request with default fields (``None``:
-            ``LLM_MAX_TOKENS``).
+            ``LLM_MAX_TOKENS``). ``ENDPOINT_<OPERATION>_MAX_TOKENS`` overrides it, and a
+            free-text agent's is scaled to small windows (:mod:`app.agents.sampling`).
         max_tokens_per_request: computes the default from the request instead, where it
             depends on it (e.g. the number of outlines asked for).
-        temperature: default temperature (``None``: ``LLM_TEMPERATURE``).
+        temperature: default temperature (``None``: ``LLM_TEMPERATURE``);
+            ``ENDPOINT_<OPERATION>_TEMPERATURE`` overrides it.
         output_model: for JSON agents, the pydantic model of the output, or a callable that
             builds it from the request (for sizes that depend on it).
         max_tokens_limit: the most completion tokens a request may ask of this agent (on top

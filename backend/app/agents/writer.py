@@ -19,6 +19,16 @@ from app.schemas.responses import (
 )
 
 ROLE = "You are the writer."
+#: The writer's defaults for prose (chapters, revisions, fleshed-out sketches), as in the
+#: original Writer Assistant: about 1,500 words. A window too small for them scales the
+#: tokens down (``app.agents.sampling``).
+PROSE_TEMPERATURE = 0.8
+PROSE_MAX_TOKENS = 2000
+
+
+def _about(words: int | None) -> str:
+    """The task's length request for ``target_words``."""
+    return f"\nWrite about {words} words." if words else ""
 
 
 def generate_chapter_task(request: GenerateChapterRequest) -> TaskInput:
@@ -29,7 +39,8 @@ def generate_chapter_task(request: GenerateChapterRequest) -> TaskInput:
     if request.plot_point:
         lines.append(f"In this chapter: {request.plot_point}")
     lines.append("Continue from where the story so far ends.")
-    return TaskInput("\n".join(lines), summary={"chapter_number": number, "title": request.title})
+    return TaskInput("\n".join(lines) + _about(request.target_words),
+                     summary={"chapter_number": number, "title": request.title})
 
 
 def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
@@ -38,6 +49,7 @@ def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
     instruction = (
         f"Revise {{where}} as the author asks: {braces(request.user_request)}\n"
         "Keep everything the request does not touch."
+        + braces(_about(request.target_words))
     )
     return source.task(instruction, "Chapter to revise")
 
@@ -45,7 +57,7 @@ def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
 def flesh_out_task(request: FleshOutRequest) -> TaskInput:
     return TaskInput(
         f"Expand this {request.context_type} sketch into full prose with concrete sensory detail, "
-        "keeping its events, order and voice.\n\n"
+        f"keeping its events, order and voice.{_about(request.target_words)}\n\n"
         f"Sketch:\n{request.text_to_flesh_out}"
     )
 
@@ -68,13 +80,16 @@ def _outline_tokens(chapters: int) -> int:
 SPECS = [
     AgentSpec("generate-chapter", "writer", ROLE, generate_chapter_task,
               GenerateChapterRequest, ChapterResponse, text_answer("chapter_text"),
-              summary="Writer agent: generate chapter"),
+              summary="Writer agent: generate chapter",
+              max_tokens=PROSE_MAX_TOKENS, temperature=PROSE_TEMPERATURE),
     AgentSpec("modify-chapter", "writer", ROLE, modify_chapter_task,
               ModifyChapterRequest, ModifyChapterResponse, text_answer("modified_chapter"),
-              summary="Writer agent: modify chapter"),
+              summary="Writer agent: modify chapter",
+              max_tokens=PROSE_MAX_TOKENS, temperature=PROSE_TEMPERATURE),
     AgentSpec("flesh-out", "writer", ROLE, flesh_out_task,
               FleshOutRequest, FleshOutResponse, text_answer("fleshed_out_text"),
-              summary="Writer agent: flesh out"),
+              summary="Writer agent: flesh out",
+              max_tokens=PROSE_MAX_TOKENS, temperature=PROSE_TEMPERATURE),
     AgentSpec("generate-chapter-outlines", "writer", ROLE, chapter_outlines_task,
               ChapterOutlinesRequest, ChapterOutlinesResponse, json_answer(),
               summary="Writer agent: generate chapter outlines", temperature=0.6,

@@ -125,6 +125,11 @@ class AssemblyReport(BaseModel):
         description="Why this request's shared block was planned smaller than the story's "
         "standard one (so its KV state is not shared); null when it was not.",
     )
+    max_tokens_note: str | None = Field(
+        default=None,
+        description="Why max_tokens is below the default this request would have had: scaled "
+        "to a quarter of the window, or capped at the operation's limit; null when it is not.",
+    )
     layers: list[LayerReport]
     elements: list[ElementReport]
     summaries: list[SummaryReport] = Field(default_factory=list)

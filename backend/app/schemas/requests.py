@@ -35,7 +35,19 @@ class AgentRequest(_Strict):
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
-class GenerateChapterRequest(AgentRequest):
+class TargetWordsRequest(AgentRequest):
+    """A request for prose of about ``target_words`` words (the chapter operations)."""
+
+    target_words: int | None = Field(
+        default=None, ge=50, le=5000,
+        description="About how many words to write. The task asks for them and, unless "
+        "max_tokens is set, max_tokens follows (words / 0.75 tokens per word, plus 20%; at "
+        "most the operation's limit and a quarter of the window, reported in "
+        "context_metadata.max_tokens_note).",
+    )
+
+
+class GenerateChapterRequest(TargetWordsRequest):
     """Write the next chapter (writer agent)."""
 
     plot_point: OptionalText | None = Field(default=None, description="What should happen.")
@@ -45,7 +57,7 @@ class GenerateChapterRequest(AgentRequest):
     title: ShortText | None = None
 
 
-class ModifyChapterRequest(AgentRequest):
+class ModifyChapterRequest(TargetWordsRequest):
     """Rewrite a chapter as the author asks (writer agent). Give the chapter either by number
     (from ``structured_context.chapters``) or as text."""
 
@@ -60,7 +72,7 @@ class ModifyChapterRequest(AgentRequest):
         return self
 
 
-class FleshOutRequest(AgentRequest):
+class FleshOutRequest(TargetWordsRequest):
     """Expand a sketch into prose (writer agent)."""
 
     text_to_flesh_out: ElementText

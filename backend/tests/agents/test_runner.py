@@ -368,10 +368,15 @@ def test_sampling_agent_defaults_over_server_defaults(build):
 
     editor = runner.sampling(EDITOR, review_request())
     writer = runner.sampling(WRITER, chapter_request())
+    # The writer has defaults of its own now (0.8 / 2000, the original Writer Assistant's
+    # table); it used to take the server's. The assistant still does.
+    chat = runner.sampling(REGISTRY["llm-chat"], LlmChatRequest.model_validate(
+        {**seed_example(), "messages": [{"role": "user", "content": "Who is Aria?"}]}))
 
     assert (editor.max_tokens, editor.temperature) == (EDITOR.max_tokens, EDITOR.temperature)
-    assert (writer.max_tokens, writer.temperature) == (333, 0.9)
-    for params in (editor, writer):
+    assert (writer.max_tokens, writer.temperature) == (WRITER.max_tokens, WRITER.temperature)
+    assert (chat.max_tokens, chat.temperature) == (333, 0.9)
+    for params in (editor, writer, chat):
         assert (params.top_p, params.top_k, params.repeat_penalty) == (0.8, 12, 1.3)
         assert params.seed is None
 
