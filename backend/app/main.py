@@ -1,4 +1,8 @@
-"""The application factory."""
+"""The application factory, and the application itself for ``uvicorn app.main:app``.
+
+``app`` is built from the environment (``Settings()``) on first access, not at import: tests
+and the CLI import :func:`create_app` without loading anything.
+"""
 
 from __future__ import annotations
 
@@ -56,3 +60,13 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
         )
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-Id")
     return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``app``: the application of ``uvicorn app.main:app``, built by :func:`create_app` from
+    the environment on first access and kept (each ``--workers`` process builds its own)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    application = create_app()
+    globals()["app"] = application
+    return application
