@@ -1,5 +1,6 @@
 # Set-up, serving and testing. `make serve`, `make lint` and `make test` each install what they
-# need first; `make test` (what CI runs) lints and type-checks before the tests.
+# need first; `make test` (what CI runs) lints and type-checks before the tests, and installs
+# headless Chromium for the browser tests of the API docs (`make browser`).
 #
 # llama-cpp-python builds from source. The default native build emits Intel AMX instructions
 # that these CPUs advertise but cannot execute ("Illegal instruction" at the first
@@ -20,9 +21,20 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve lint test bench bench-generation bench-kv ingest
+.PHONY: install browser serve lint test bench bench-generation bench-kv ingest
 
 install: $(STAMP)
+
+# Debian's chromium, which backend/tests/browser drives through Playwright (never a browser
+# Playwright downloads itself). Installed when missing as root (CI); otherwise those tests are
+# skipped, with this note.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	  else \
+	    echo "chromium is missing: the browser tests will be skipped (sudo apt-get install chromium)"; \
+	  fi; }
 
 $(STAMP): backend/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +51,7 @@ serve: install
 lint: install
 	cd backend && ../$(BIN)/ruff check app tests bench examples && ../$(BIN)/mypy
 
-test: lint
+test: lint browser
 	cd backend && ../$(BIN)/python -m pytest
 
 # An author's sequence of agents on one story, two stories interleaved, cold then warm, with

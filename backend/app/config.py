@@ -762,6 +762,13 @@ class HttpSettings(_Group):
         description="Origins allowed by CORS, comma-separated (e.g. http://localhost:5173). "
         "Empty: no cross-origin access. '*' allows any origin but never with credentials.",
     )
+    docs_require_key: bool = setting(
+        env="DOCS_REQUIRE_KEY",
+        default=False,
+        description="With API_KEYS set, require a key for the API docs too (/docs, /redoc, "
+        "/openapi.json and their assets). Default: they open without one (they hold no "
+        "secrets) and /docs has an Authorize button for trying the API with a key.",
+    )
     sse_ping_s: float = setting(
         env="SSE_PING_SECONDS",
         default=15.0, gt=0, description="Seconds between SSE keep-alive comments on streams."

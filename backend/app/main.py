@@ -1,4 +1,8 @@
-"""The application factory."""
+"""The application factory, and the application itself for ``uvicorn app.main:app``.
+
+``app`` is built from the environment (``Settings()``) on first access, not at import: tests
+and the CLI import :func:`create_app` without loading anything.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.agents.registry import REGISTRY
 from app.agents.spec import AgentSpec
-from app.api import errors
+from app.api import docs, errors
 from app.api.middleware import ApiKeys, BodySizeLimit, UserLimits
 from app.api.v1.router import build_router
 from app.bootstrap import build_services
@@ -28,7 +32,9 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
     ``agents``, serve those agent operations instead of the registry's."""
     settings = settings or Settings()
     configure_logging(settings.observability)
-    app = FastAPI(
+    registry = REGISTRY if agents is None else agents
+    limits, http = settings.limits, settings.http
+    app = docs.docs_app(  # /docs and /redoc on the app's own assets
         title="Writer Assistant",
         version="0.1.0",
         description="Multi-agent story writing on a local GGUF model with layered token budgets.",
@@ -36,13 +42,16 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
     )
     app.state.services = build_services(settings, generator)
     errors.install(app)
-    app.include_router(build_router(REGISTRY if agents is None else agents))
+    app.include_router(build_router(registry))
+    docs.install(app, registry, api_keys=bool(http.api_key_tenants))
     # Added innermost first: request id, then CORS (preflights need no key), body size, API
-    # keys (which set the tenant), then the per-user limits that count by tenant.
-    limits, http = settings.limits, settings.http
+    # keys (which set the tenant), then the per-user limits that count by tenant, then the
+    # docs pages' content security policy.
+    app.add_middleware(docs.DocsPolicy)
     app.add_middleware(UserLimits, per_minute=limits.rate_limit_per_minute,
                        concurrent=limits.rate_limit_concurrent)
-    app.add_middleware(ApiKeys, keys=http.api_key_tenants)
+    app.add_middleware(ApiKeys, keys=http.api_key_tenants,
+                       docs_need_key=http.docs_require_key)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
     if http.cors_origins:
         any_origin = "*" in http.cors_origins
@@ -56,3 +65,13 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
         )
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-Id")
     return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``app``: the application of ``uvicorn app.main:app``, built by :func:`create_app` from
+    the environment on first access and kept (each ``--workers`` process builds its own)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    application = create_app()
+    globals()["app"] = application
+    return application

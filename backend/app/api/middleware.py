@@ -23,6 +23,16 @@ from app.tenancy import LOCAL_TENANT, current_tenant
 
 #: Routes that never need an API key and never count against a user's limits: probes.
 OPEN_PATHS = frozenset({"/health", "/ready", "/api/v1/health", "/api/v1/ready"})
+#: The API docs (``app.api.docs``): the pages and the schema they read, plus their assets
+#: under :data:`DOCS_ASSETS`. They hold no secrets: open without a key unless
+#: ``DOCS_REQUIRE_KEY``, and never counted against a user's limits.
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_ASSETS = "/docs/assets"
+
+
+def is_docs_path(path: str) -> bool:
+    """Whether ``path`` is a docs page, the OpenAPI schema or one of the pages' assets."""
+    return path in DOCS_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 
 class _BodyTooLarge(BaseException):
@@ -84,7 +94,8 @@ def _presented_key(scope: Scope) -> bytes:
 
 
 class ApiKeys:
-    """Every route but the probes requires an API key; the key names the tenant.
+    """Every route but the probes (and the docs, unless ``docs_need_key``) requires an API
+    key; the key names the tenant.
 
     ``keys`` maps tenant to key. Empty: keys are off and every request is the local tenant.
     The presented key is compared with every configured key in constant time
@@ -92,9 +103,14 @@ class ApiKeys:
     never logged.
     """
 
-    def __init__(self, app: ASGIApp, keys: Mapping[str, str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Mapping[str, str], docs_need_key: bool = False
+                 ) -> None:
         self.app = app
         self.keys = {tenant: key.encode() for tenant, key in keys.items()}
+        self.docs_need_key = docs_need_key
+
+    def _open(self, path: str) -> bool:
+        return path in OPEN_PATHS or (not self.docs_need_key and is_docs_path(path))
 
     def tenant_for(self, presented: bytes) -> str | None:
         found = None
@@ -109,7 +125,7 @@ class ApiKeys:
             return
         state = scope.setdefault("state", {})
         state["tenant"] = LOCAL_TENANT
-        if self.keys and scope["path"] not in OPEN_PATHS:
+        if self.keys and not self._open(scope["path"]):
             tenant = self.tenant_for(_presented_key(scope))
             if tenant is None:
                 refusal = Unauthenticated("This route needs an API key: send 'Authorization: "
@@ -151,7 +167,7 @@ class UserLimits:
         return error_response(RateLimited(message, retry_after=retry_after))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or is_docs_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         user = self._user(scope)

@@ -22,16 +22,19 @@ def keyed(settings):
         yield client
 
 
-def test_every_route_but_the_probes_needs_a_key(keyed):
-    for method, path in [("post", "/api/v1/generate-chapter"), ("get", "/docs"),
-                         ("get", "/openapi.json"), ("post", "/api/v1/tokens/count"),
-                         ("get", "/api/v1/nothing-here")]:
+def test_every_route_but_the_probes_and_the_docs_needs_a_key(keyed):
+    for method, path in [("post", "/api/v1/generate-chapter"), ("get", "/metrics"),
+                         ("post", "/api/v1/tokens/count"), ("get", "/api/v1/nothing-here"),
+                         ("get", "/docs-not"), ("get", "/docs/assets-not/x.js")]:
         response = keyed.request(method.upper(), path, json=seed_example())
         assert response.status_code == 401, path
         assert response.headers["www-authenticate"] == "Bearer"
         assert response.json()["error"]["code"] == "unauthenticated"
     assert keyed.get("/health").status_code == 200
     assert keyed.get("/ready").status_code == 200
+    # the docs hold no secrets (DOCS_REQUIRE_KEY closes them: tests/api/test_docs.py)
+    assert keyed.get("/docs").status_code == 200
+    assert keyed.get("/openapi.json").status_code == 200
 
 
 def test_a_known_key_passes_by_either_header_and_a_wrong_one_does_not(keyed):
