@@ -37,7 +37,7 @@ from app.config import (
 )
 from app.context.assembly import AgentTask, AssembledPrompt, assemble
 from app.context.distill import SummaryJob, SummaryLookup
-from app.context.elements import ContextElement, flatten
+from app.context.elements import Audience, ContextElement, flatten
 from app.context.report import AssemblyReport, DistillationStats
 from app.context.summaries import Distiller, DistillStats, SummaryCache
 from app.errors import (
@@ -345,11 +345,15 @@ class AgentRunner:
         """
         task = spec.build_task(request)
         sampling = self._sampling_plan(spec, request)
+        config = getattr(request, "context_processing_config", None)
         if spec.retrieval_query is not None:
             elements = source_elements(await self._retrieve(spec.retrieval_query(request),
                                                             request))
         else:
-            elements = flatten(request.structured_context)
+            # filtered for this agent, the request's phase and the character it speaks as
+            audience = Audience.of(spec.agent, spec.operation, config,
+                                   task.summary.get("character_name"))
+            elements = flatten(request.structured_context, audience)
             if self.extra_elements is not None:
                 extra = await self.extra_elements(request)
                 elements += [replace(e, order=len(elements) + i) for i, e in enumerate(extra)]
@@ -358,7 +362,6 @@ class AgentRunner:
             reference=task.reference, inline_task=task.inline,
             preamble=spec.preamble or TEAM_PREAMBLE,
         )
-        config = getattr(request, "context_processing_config", None)
         return _Plan(task, sampling.params, elements, agent_task,
                      config.max_context_tokens if config else None, sampling.max_tokens_note)
 

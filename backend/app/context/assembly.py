@@ -10,10 +10,12 @@ Pure given a token counter: no model, no I/O. The prompt is laid out for KV-cach
    task. A request that needs more than a reserve trims the block further, and the report
    says so (``shared_block_note``).
 2. **What differs per agent** comes after it: chat history, then one user message with the
-   agent's role, the archive passages retrieved for this request, and the task. A task about
-   a chapter of the story refers to it where it stands in the shared block ("chapter 2
-   above") rather than moving it, unless the chapter did not fit there whole; then it is
-   quoted in the task instead (and left out of the block).
+   agent's role, the story elements meant for this agent, phase or character only (elements
+   with ``agents``, ``phases`` or a character scope that apply to it), the archive passages
+   retrieved for this request, and the task. A task about a chapter of the story refers to
+   it where it stands in the shared block ("chapter 2 above") rather than moving it, unless
+   the chapter did not fit there whole; then it is quoted in the task instead (and left out
+   of the block).
 
 A second agent on the same story therefore shares the whole system message with the first as
 a token prefix, and the model's KV state after it can be reused (``app.llm.prefix_cache``).
@@ -55,6 +57,9 @@ SYSTEM_PREAMBLE = (
 )
 #: Heading of the archive passages retrieved for one request (in its user message).
 ARCHIVE_TITLE = "From the author's archive"
+#: Heading of the story elements meant for this agent, phase or character only (in its user
+#: message).
+SCOPED_TITLE = "For this agent"
 
 #: Extra tokens to shave per correction round when the exact count overshoots the estimate.
 _CORRECTION_SLACK = 8
@@ -110,11 +115,13 @@ def build_system(sections: dict[Layer, list[str]], preamble: str = SYSTEM_PREAMB
     return "\n\n".join(parts)
 
 
-def build_messages(task: AgentTask, system: str, passages: list[str] | None = None
-                   ) -> list[ChatMessage]:
-    """The whole prompt: the shared block, chat history, then role, archive passages and
-    task in one user message."""
+def build_messages(task: AgentTask, system: str, passages: list[str] | None = None,
+                   scoped: list[str] | None = None) -> list[ChatMessage]:
+    """The whole prompt: the shared block, chat history, then role, the elements meant for
+    this agent only (``scoped``), archive passages and task in one user message."""
     user = [task.role]
+    if scoped:
+        user.append(f"## {SCOPED_TITLE}\n" + "\n".join(scoped))
     if passages:
         user.append(f"## {ARCHIVE_TITLE}\n" + "\n".join(passages))
     user.append(task.task)
@@ -143,7 +150,9 @@ def assemble(
 
     Story elements go into the shared block, planned against ``completion_reserve`` (tokens) and the
     task reserve (``context.task_reserve_tokens``) so that it is the same for every agent; elements
-    marked ``per_request`` (archive passages) go after it and get the room that is left. In each
+    marked ``per_request`` (archive passages, and elements meant for some agents, phases or
+    characters only) go after it and get the room that is left (high-priority ones among them are
+    reserved like the task); elements marked ``filtered`` are reported and cost nothing. In each
     layer over its budget the lowest-priority elements give way first; high-priority elements never
     do. Without ``summaries`` they are trimmed (at paragraph or sentence boundaries) or dropped.
     With it, story, character and world content is distilled instead (see ``app.context.overflow``);
@@ -197,21 +206,35 @@ class _Assembly:
         slots: list[Slot] = []
         for element in self.elements:
             tokens = counter.count_tokens(element.render())
+            if element.filtered:
+                slots.append(Slot(element, tokens, None, 0, Fate.filtered,
+                                  f"filtered out before budgeting: {element.filtered}"))
+                continue
             if element.id == self.quoted:
                 slots.append(Slot(element, tokens, None, 0, Fate.dropped,
                                   "it is the task's own input and did not fit whole in the "
                                   "shared block, so the task quotes it in full instead"))
                 continue
-            reason = ("retrieved for this request; placed after the shared block"
-                      if element.per_request else "fits its layer budget")
+            if element.scope:
+                reason = (f"{element.scope}, so it is placed after the shared block (which "
+                          "stays the same for every agent)")
+            elif element.per_request:
+                reason = "retrieved for this request; placed after the shared block"
+            else:
+                reason = "fits its layer budget"
             slots.append(Slot(element, tokens, element.text, tokens, Fate.kept, reason))
         shared_slots = [s for s in slots if not s.element.per_request and s.kept_body is not None]
-        passage_slots = [s for s in slots if s.element.per_request]
+        passage_slots = [s for s in slots if s.element.per_request and s.kept_body is not None]
+        # high-priority elements meant for this agent only are never trimmed: reserved like
+        # the task
+        reserved = [s.element.render() for s in passage_slots
+                    if s.element.scope and s.element.priority is Priority.high]
 
         present = {s.element.layer for s in shared_slots}
         system_skeleton = build_system({layer: [""] for layer in present}, task.preamble)
         system_fixed = counter.count_prompt_tokens([ChatMessage("system", system_skeleton)])
-        fixed = counter.count_prompt_tokens(build_messages(task, system_skeleton))
+        fixed = counter.count_prompt_tokens(build_messages(task, system_skeleton,
+                                                          scoped=reserved or None))
         suffix = fixed - system_fixed
         plan = _SharedPlan.of(window, self.completion_reserve, self.context.task_reserve_tokens,
                               suffix, system_fixed)
@@ -303,8 +326,9 @@ class _SharedPlan:
             notes.append(f"max_tokens {window.max_tokens} is above the completion reserve of "
                          f"{reserve}")
         if suffix > task_reserve:
-            notes.append(f"the task, role and chat history take {suffix} tokens, above the "
-                         f"task reserve of {task_reserve}")
+            notes.append(f"the task, role, chat history and high-priority elements for this "
+                         f"agent only take {suffix} tokens, above the task reserve of "
+                         f"{task_reserve}")
         limit = (window.total - window.buffer - max(reserve, window.max_tokens)
                  - max(task_reserve, suffix))
         note = None
@@ -343,6 +367,7 @@ class _SharedPlan:
 
 
 def _element_report(s: Slot) -> ElementReport:
+    note = s.element.note
     return ElementReport(
         id=s.element.id,
         kind=s.element.kind,
@@ -352,9 +377,10 @@ def _element_report(s: Slot) -> ElementReport:
         tokens=s.tokens,
         kept_tokens=s.kept_tokens,
         fate=s.fate,
-        reason=s.reason,
+        reason=f"{s.reason}; {note}" if note else s.reason,
         boundary=s.boundary,
         source=s.element.source,
+        tags=list(s.element.tags),
         distilled_into=s.distilled_into,
         summary_tokens=s.summary_tokens,
     )
@@ -378,27 +404,42 @@ def _summary_report(layer: Layer, p: Summary) -> SummaryReport:
 
 def _fit_passages(task: AgentTask, system: str, slots: list[Slot], window: Window,
                   counter: TokenCounter) -> tuple[list[ChatMessage], int]:
-    """The whole prompt with as many of the request's archive passages as fit the room the
-    shared block and the task leave (``window.total - max_tokens - buffer``), best first;
-    the rest are trimmed or dropped (reported). Returns the messages and their exact prompt
-    tokens.
+    """The whole prompt with as many of the request's own elements (those for this agent
+    only, then archive passages) as fit the room the shared block and the task leave
+    (``window.total - max_tokens - buffer``), most important first; the rest are trimmed or
+    dropped (reported). High-priority elements are never trimmed or dropped (the shared block
+    was planned with room for them). Returns the messages and their exact prompt tokens.
 
     Raises:
-        ContextLengthExceeded: even without passages the prompt does not fit the window.
+        ContextLengthExceeded: even without the droppable elements the prompt does not fit the
+            window.
     """
     bare = build_messages(task, system)
     bare_tokens = counter.count_prompt_tokens(bare)
     room = window.total - window.max_tokens - window.buffer - bare_tokens
     if slots:
-        heading = counter.count_tokens(f"## {ARCHIVE_TITLE}\n") + 2
-        fit_by_trimming(Layer.plot_world, slots, max(0, room - heading), counter)
+        titles = {SCOPED_TITLE if s.element.scope else ARCHIVE_TITLE for s in slots}
+        headings = sum(counter.count_tokens(f"## {title}\n") + 2 for title in titles)
+        budget = max(0, room - headings)
+        fit_by_trimming(Layer.plot_world, slots, budget, counter)
+        for slot in slots:
+            if slot.element.scope and slot.fate is not Fate.kept:
+                slot.reason = (
+                    f"{slot.element.scope}, so it goes after the shared block, where the room "
+                    f"left ({budget} tokens) ran out and this was the least important element "
+                    f"left ({slot.element.priority.value} priority)")
+                if slot.fate is Fate.trimmed:
+                    part = "end" if slot.element.keep_tail else "start"
+                    slot.reason += f"; kept its {part} up to a {slot.boundary} boundary"
     while True:
-        kept = [s.kept_text for s in slots if s.kept_text is not None]
-        messages = build_messages(task, system, kept)
+        scoped = [s.kept_text for s in slots if s.kept_text is not None and s.element.scope]
+        kept = [s.kept_text for s in slots if s.kept_text is not None and not s.element.scope]
+        messages = build_messages(task, system, kept, scoped)
         prompt_tokens = counter.count_prompt_tokens(messages)
         if prompt_tokens + window.max_tokens <= window.total:
             return messages, prompt_tokens
-        candidates = [s for s in slots if s.kept_body is not None]
+        candidates = [s for s in slots
+                      if s.kept_body is not None and s.element.priority is not Priority.high]
         if not candidates:
             raise ContextLengthExceeded(
                 f"The prompt needs {prompt_tokens} tokens but only "

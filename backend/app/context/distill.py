@@ -54,7 +54,9 @@ GUIDANCE: dict[Strategy, str] = {
     ),
 }
 
-_PLOT_TYPES = {"plot_point", "plot_outline", "conflict", "goal", "foreshadowing"}
+_PLOT_TYPES = {"plot_point", "plot_outline", "chapter_outline", "conflict", "goal",
+               "foreshadowing", "setup", "twist", "payoff", "climax", "resolution", "subplot",
+               "transition"}
 _SCENE_TYPES = {"scene", "setting"}
 _QUOTE = re.compile(r"[\"“”‘’']([^\"“”‘’']{2,400})[\"“”‘’']")
 #: A story text whose quoted speech is at least this share of its characters is dialogue.

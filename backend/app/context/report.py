@@ -22,6 +22,9 @@ class Fate(str, Enum):
     trimmed = "trimmed"
     distilled = "distilled"
     dropped = "dropped"
+    #: left out before budgeting by a rule of the request (tags, phase, agent, character
+    #: scope); it cost nothing.
+    filtered = "filtered"
 
 
 class ElementReport(BaseModel):
@@ -33,13 +36,18 @@ class ElementReport(BaseModel):
     layer: Layer
     priority: Priority
     tokens: int = Field(description="Tokens of the element as given (rendered, heading in).")
-    kept_tokens: int = Field(description="Tokens of it that reached the prompt (0 if dropped).")
+    kept_tokens: int = Field(
+        description="Tokens of it that reached the prompt (0 if dropped or filtered).")
     fate: Fate
-    reason: str = Field(description="Why it was kept, trimmed or dropped, in a sentence.")
+    reason: str = Field(
+        description="Why it was kept, trimmed, distilled, dropped or filtered, in a sentence "
+        "(a filtered element's names the rule: tag excluded, tags not included, agent, phase "
+        "or character scope).")
     boundary: str | None = Field(
         default=None, description="For trimmed elements: paragraph or sentence."
     )
     source: dict[str, Any] = Field(default_factory=dict, description="Extra provenance.")
+    tags: list[str] = Field(default_factory=list, description="The element's tags.")
     distilled_into: str | None = Field(
         default=None, description="For distilled elements: the id of the summary standing for it."
     )

@@ -31,7 +31,7 @@ def test_malformed_json_is_400(client):
     (lambda b: b["structured_context"]["plot_elements"][0].update(
         content="x" * (MAX_ELEMENT_CHARS + 1)),
      "structured_context.plot_elements[0].content"),
-    (lambda b: b["structured_context"]["plot_elements"][0].update(type="spaceship"),
+    (lambda b: b["structured_context"]["plot_elements"][0].update(type="Space ship!"),
      "structured_context.plot_elements[0].type"),
     (lambda b: b.update(temperature="hot"), "temperature"),
     (lambda b: b.update(max_tokens=0), "max_tokens"),
