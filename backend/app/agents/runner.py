@@ -555,7 +555,7 @@ class AgentRunner:
             prompt = await self._distill(plan, prompt, lookup, None)
         yield Meta(prompt.report, spec.echo(plan.task, prompt.report), tuple(prompt.messages))
         output_model = spec.output_model_for(request)
-        stop = getattr(spec, "stop", ())  # TODO(issue 11): spec.stop once merged
+        stop = spec.stop_for(plan.task)
         params = replace(plan.params, stop=stop) if stop else plan.params
         retries = self.settings.quality_max_retries
         repaired = False
@@ -599,7 +599,8 @@ class AgentRunner:
                                     "reason": problem})
                     continue
                 text = completion.text
-                problems = [str(p) for p in check_output(output, _prompt_text(prompt.messages))]
+                # the task's own words, not the story: quoting the story can be an answer
+                problems = [str(p) for p in check_output(output, plan.task.text)]
                 repairs: list[str] = []
             else:
                 text, problems, repairs = _judge_prose(spec, completion.text, params.max_tokens)
@@ -783,10 +784,6 @@ def _next_seed(seed: int | None, attempt: int) -> int:
     if seed is None:
         return random.randrange(2**31)
     return (seed + attempt) % 2**31
-
-
-def _prompt_text(messages: Sequence[ChatMessage]) -> str:
-    return "\n".join(message.content for message in messages)
 
 
 def _parse(model: type[BaseModel], completion: Completion) -> BaseModel:

@@ -29,7 +29,9 @@ class TaskInput:
     ``text`` refers to where it stands in the shared story block; ``inline`` is the task with
     that element quoted in full, for when it did not fit the block whole. ``history``: earlier
     chat turns, placed between the shared context and the task. ``summary``: payload fields
-    the response echoes (e.g. the chapter number).
+    the response echoes (e.g. the chapter number). ``stop``: stop strings that depend on the
+    request (e.g. the next chapter's heading), on top of the spec's (see
+    :meth:`AgentSpec.stop_for`).
     """
 
     text: str
@@ -37,6 +39,7 @@ class TaskInput:
     inline: str = ""
     history: tuple[ChatMessage, ...] = ()
     summary: dict[str, Any] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,9 @@ class AgentSpec:
         prose: for free-text agents, whether the answer is prose the author asked for (a
             chapter, a biography), held to the prose checks (no assistant's preamble, a
             floor of words); chat and archive answers are not.
+        stop: stop strings of every generation of the operation (the completion ends before
+            the first one); a request's own are :attr:`TaskInput.stop`, and
+            :meth:`stop_for` gives both.
     """
 
     operation: str
@@ -173,6 +179,7 @@ class AgentSpec:
     preamble: str | None = None
     distills: bool = True
     prose: bool = True
+    stop: tuple[str, ...] = ()
 
     @property
     def route(self) -> str:
@@ -189,6 +196,10 @@ class AgentSpec:
         if self.max_tokens_per_request is not None:
             return self.max_tokens_per_request(request)
         return self.max_tokens
+
+    def stop_for(self, task: TaskInput) -> tuple[str, ...]:
+        """The stop strings of a generation for ``task``: the spec's, then the task's."""
+        return tuple(dict.fromkeys((*self.stop, *task.stop)))
 
     def output_model_for(self, request: Any) -> type[BaseModel] | None:
         """The output model for ``request`` (``None`` for free-text agents)."""

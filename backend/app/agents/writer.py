@@ -31,16 +31,39 @@ def _about(words: int | None) -> str:
     return f"\nWrite about {words} words." if words else ""
 
 
+#: What the writer's prose tasks ask for: the text itself, as prose. Stated positively: told
+#: "no greeting, no comments", the embedded model talks about greetings and comments.
+PROSE_ONLY = "Write it as the story's prose."
+
+
+def chapter_heading(number: int, title: str | None) -> str:
+    """The heading line a new chapter starts with, e.g. ``Chapter 3: The Pool of Tears``."""
+    return f"Chapter {number}: {title}" if title else f"Chapter {number}:"
+
+
 def generate_chapter_task(request: GenerateChapterRequest) -> TaskInput:
+    """The task asks for the chapter as prose starting with its heading line, and given the
+    title ends on that line: ending on the first line of the text asked for leads the model
+    into the chapter itself rather than a chat about it ("I'm here to help..."). The plot point
+    is "What happens", not "In this chapter", which the model echoed as its opening."""
     chapters = request.structured_context.chapters
     number = request.chapter_number or (chapters[-1].number + 1 if chapters else 1)
     heading = f"chapter {number}" + (f", titled \"{request.title}\"" if request.title else "")
-    lines = [f"Write {heading} of the story."]
+    lines = [f"Write {heading} of the story, continuing from where the story so far ends."]
     if request.plot_point:
-        lines.append(f"In this chapter: {request.plot_point}")
-    lines.append("Continue from where the story so far ends.")
-    return TaskInput("\n".join(lines) + _about(request.target_words),
-                     summary={"chapter_number": number, "title": request.title})
+        lines.append(f"What happens: {request.plot_point}")
+    if request.target_words:
+        lines.append(f"Write about {request.target_words} words.")
+    if request.title:
+        lines.append("Write it as the story's prose, starting with its heading:")
+        lines.append(f"\n{chapter_heading(number, request.title)}")
+    else:  # a bare "Chapter 3:" to end on leads the model to a title and nothing after it
+        lines.append(f'Write it as the story\'s prose, starting with the heading "Chapter '
+                     f'{number}" and a title of your own.')
+    # The chapter ends where the model would go on with the next one.
+    stop = (f"\nChapter {number + 1}", f"\nCHAPTER {number + 1}")
+    return TaskInput("\n".join(lines), summary={"chapter_number": number, "title": request.title},
+                     stop=stop)
 
 
 def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
@@ -48,8 +71,8 @@ def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
                             request.current_chapter, "chapter_number")
     instruction = (
         f"Revise {{where}} as the author asks: {braces(request.user_request)}\n"
-        "Keep everything the request does not touch."
-        + braces(_about(request.target_words))
+        "Keep everything the request does not touch, and give the whole revised chapter. "
+        f"{PROSE_ONLY}" + braces(_about(request.target_words))
     )
     return source.task(instruction, "Chapter to revise")
 
@@ -57,7 +80,7 @@ def modify_chapter_task(request: ModifyChapterRequest) -> TaskInput:
 def flesh_out_task(request: FleshOutRequest) -> TaskInput:
     return TaskInput(
         f"Expand this {request.context_type} sketch into full prose with concrete sensory detail, "
-        f"keeping its events, order and voice.{_about(request.target_words)}\n\n"
+        f"keeping its events, order and voice. {PROSE_ONLY}{_about(request.target_words)}\n\n"
         f"Sketch:\n{request.text_to_flesh_out}"
     )
 

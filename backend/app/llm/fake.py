@@ -19,6 +19,7 @@ from app.llm.protocol import (
     FinishReason,
     SamplingParams,
     SharedPrefix,
+    StopScanner,
     StreamItem,
     TokenDelta,
     check_window,
@@ -39,7 +40,9 @@ class FakeGenerator:
     ``token_delay_s`` sleeps between tokens (seconds), to play a slow model. ``calls`` records
     every ``(messages, params)`` it was asked to generate for, ``prefixes`` the
     :class:`SharedPrefix` of each, and ``produced`` the tokens each call produced (updated as it
-    streams). It keeps no KV state: ``cached_tokens`` is always 0.
+    streams). It keeps no KV state: ``cached_tokens`` is always 0. It honours
+    ``params.stop`` as the real runtime does: the reply ends before the first stop string
+    (finish reason ``stop``); the token that completed it counts as produced.
     """
 
     replies: list[Reply] = field(default_factory=lambda: ["Once upon a time."])
@@ -97,6 +100,7 @@ class FakeGenerator:
         pieces = re.findall(r"\S+\s*|\s+", self._reply(messages, params))
         call = len(self.produced)
         self.produced.append(0)
+        scanner = StopScanner(params.stop)
         text, produced = "", 0
         for piece in pieces:
             if produced >= params.max_tokens:
@@ -104,9 +108,17 @@ class FakeGenerator:
             if self.fail_after is not None and produced >= self.fail_after:
                 raise GenerationFailed("the fake model failed mid-stream")
             await asyncio.sleep(self.token_delay_s)
-            text += piece
+            out = scanner.feed(piece)
+            text += out
             produced += 1
             self.produced[call] = produced
-            yield TokenDelta(piece)
-        finish: FinishReason = "length" if produced < len(pieces) else "stop"
+            if out:
+                yield TokenDelta(out)
+            if scanner.stopped:
+                break
+        if tail := scanner.flush():
+            text += tail
+            yield TokenDelta(tail)
+        finished = scanner.stopped or produced == len(pieces)
+        finish: FinishReason = "stop" if finished else "length"
         yield Completion(text, prompt_tokens, produced, finish)

@@ -36,6 +36,7 @@ from app.llm.protocol import (
     Completion,
     SamplingParams,
     SharedPrefix,
+    StopScanner,
     StreamItem,
     Timings,
     TokenDelta,
@@ -522,6 +523,10 @@ class LlamaRuntime(GgufTokenizer):
             return cancel.is_set()
 
         finish_reason = "length"
+        # Stop strings are cut here rather than by create_completion(stop=...), whose stream
+        # would hide which ended it: a stop string (its tokens all count as completion tokens)
+        # or the end-of-generation token (sampled, not output).
+        scanner = StopScanner(params.stop)
         try:
             cached = self._prepare_kv(tokens, shared, owner)
             streamed = self._llama.create_completion(
@@ -541,13 +546,18 @@ class LlamaRuntime(GgufTokenizer):
             final_check = 1  # the check after the last token, unless we leave early
             for chunk in chunks:
                 choice = chunk["choices"][0]
-                if choice["text"]:
-                    emit(("token", choice["text"]))
+                if choice["text"] and (out := scanner.feed(choice["text"])):
+                    emit(("token", out))
+                if scanner.stopped:
+                    finish_reason, final_check = "stop", 0
+                    break
                 if reason := choice.get("finish_reason"):
                     finish_reason = reason
                 if cancel.is_set():
                     final_check = 0
                     break
+            if tail := scanner.flush():
+                emit(("token", tail))
         except Exception as error:  # crosses the thread boundary as an event
             logger.exception("generation failed")
             self._llama.n_tokens, self._live = 0, _Schedule(0, 0)  # it may be half-written
@@ -556,7 +566,7 @@ class LlamaRuntime(GgufTokenizer):
         sampled = max(0, checks - final_check)
         if cancel.is_set():
             finish_reason = "cancelled"
-        elif finish_reason == "stop" and sampled:
+        elif finish_reason == "stop" and sampled and not scanner.stopped:
             sampled -= 1  # the end-of-generation token was sampled but is not output
         emit(("done", (finish_reason, sampled, cached)))
 

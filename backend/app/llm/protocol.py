@@ -32,7 +32,9 @@ class SamplingParams:
     """Sampling settings for one generation.
 
     ``max_tokens`` counts completion tokens. ``json_schema`` (a JSON Schema dict), when set,
-    constrains decoding to JSON matching it. ``seed`` ``None`` means a random seed.
+    constrains decoding to JSON matching it. ``seed`` ``None`` means a random seed. ``stop``:
+    strings that end the completion where one first appears (it is not part of the text, and
+    the finish reason is ``stop``); every backend honours them (see :class:`StopScanner`).
     """
 
     max_tokens: int
@@ -42,11 +44,13 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     seed: int | None = None
     json_schema: dict[str, Any] | None = None
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, defaults: SamplingSettings, *, max_tokens: int | None = None,
            temperature: float | None = None, seed: int | None = None,
-           json_schema: dict[str, Any] | None = None) -> SamplingParams:
+           json_schema: dict[str, Any] | None = None,
+           stop: Sequence[str] = ()) -> SamplingParams:
         """The one way sampling is built: what is given, else the server's defaults
         (``LLM_MAX_TOKENS``, ``LLM_TEMPERATURE``; top-p, top-k and the repetition penalty
         always from them). Limits are the caller's to check."""
@@ -58,6 +62,7 @@ class SamplingParams:
             repeat_penalty=defaults.repeat_penalty,
             seed=seed,
             json_schema=json_schema,
+            stop=tuple(stop),
         )
 
 
@@ -201,6 +206,43 @@ async def final_completion(stream: AsyncIterator[StreamItem]) -> Completion:
         if isinstance(item, Completion):
             return item
     raise GenerationFailed("the model stream ended without a completion")
+
+
+class StopScanner:
+    """Cuts a streamed completion at the first of ``stops``.
+
+    :meth:`feed` takes each piece as the model produces it and returns what may be passed on
+    now: text that could be the start of a stop string is held back until the next pieces
+    show it is not (then it comes out) or it is (then it and everything after it is dropped,
+    and :attr:`stopped` is set). :meth:`flush` returns what is held when the model ends on
+    its own. Without stop strings every piece passes through unchanged.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stop for stop in stops if stop)
+        self.stopped = False
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        """What of ``piece`` (after what was held) may be emitted now."""
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return piece
+        text = self._held + piece
+        found = [at for at in (text.find(stop) for stop in self.stops) if at >= 0]
+        if found:
+            self.stopped, self._held = True, ""
+            return text[:min(found)]
+        keep = max((k for stop in self.stops for k in range(min(len(stop) - 1, len(text)), 0, -1)
+                    if text.endswith(stop[:k])), default=0)
+        self._held = text[len(text) - keep:]
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        """The text held back, for when the completion ended without a stop string."""
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
 
 
 def check_window(prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:

@@ -449,6 +449,8 @@ class RemoteGenerator:
         }
         if params.seed is not None:
             request["seed"] = params.seed
+        if params.stop:
+            request["stop"] = list(params.stop)
         if params.json_schema is not None:
             if self._json_object_schema:
                 request["response_format"] = {"type": "json_object", "schema": params.json_schema}
