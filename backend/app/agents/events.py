@@ -70,7 +70,7 @@ def done_fields(result: AgentResult) -> dict[str, Any]:
 
 
 async def stream_events(items: AsyncGenerator[Any, None]) -> Events:
-    \"\"\"The runner's stream items as events; closing this closes ``items``.
+    """The runner's stream items as events; closing this closes ``items``.
 
     Raises what the stream raises (the transport turns it into an ``error`` event), and
     ``GenerationFailed`` when the stream ends without a completion.
