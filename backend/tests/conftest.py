@@ -78,9 +78,11 @@ def serve(app) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real uvicorn server on loopback with the embedded model loaded; yields its base URL."""
+    """A real uvicorn server on loopback with the embedded model loaded; yields its base URL.
+    One content-check retry (not the default two) keeps the suite's generations bounded."""
     state = tmp_path_factory.mktemp("live")
-    settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive")
+    settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive",
+                        quality_max_retries=1)
     with serve(create_app(settings)) as base:
         yield base
 

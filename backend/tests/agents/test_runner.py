@@ -727,7 +727,8 @@ async def test_without_retries_the_answer_is_judged_only(build):
 
 async def test_a_chapter_that_opens_with_an_assistants_preamble_is_cut_to_the_prose(build):
     prose = ("Alice stepped under the dark pines and listened to the wind move through the "
-             "needles, and the forest answered her with the hush of falling snow.")
+             "needles, and the forest answered her with the hush of falling snow. Somewhere "
+             "ahead a lantern swung, and she followed it.")
     fake = FakeGenerator(replies=[f"I'm here to help with the chapter's prose, and I'll guide "
                                   f"you through the story.\n\n{prose}"])
     runner = build(fake, quality_max_retries=2)
@@ -739,7 +740,8 @@ async def test_a_chapter_that_opens_with_an_assistants_preamble_is_cut_to_the_pr
 async def test_a_looping_chapter_is_retried_when_little_prose_is_left(build):
     loop = "the rabbit ran. " * 40
     good = ("Alice followed the rabbit down the hole, past cupboards and shelves, wondering "
-            "aloud whether she would fall right through the earth.")
+            "aloud whether she would fall right through the earth and come out among the "
+            "people who walk with their heads downward.")
     fake = FakeGenerator(replies=[loop, good])
     runner = build(fake, quality_max_retries=2)
     result = await runner.run(WRITER, chapter_request())

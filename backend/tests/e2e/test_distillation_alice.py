@@ -10,6 +10,27 @@ pytestmark = [pytest.mark.model, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")
+def http(tmp_path_factory):
+    """A server of its own whose shared block is planned against a 740-token completion
+    reserve (the largest agent default before the writer's became 2,000): then chapter 12
+    (2,962 tokens) still fits verbatim beside the summaries of chapters 1-11, which is what
+    this test follows."""
+    import httpx
+
+    from app.config import Settings
+    from app.main import create_app
+    from tests.conftest import serve
+
+    state = tmp_path_factory.mktemp("alice-all")
+    settings = Settings(summary_cache_dir=state / "summaries", archive_enabled=False,
+                        context_completion_reserve_tokens=740,
+                        generation_timeout_s=3000)  # cold: eleven summaries on 2 cores
+    with serve(create_app(settings)) as base, httpx.Client(base_url=base,
+                                                          timeout=300) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def all_of_alice():
     from alice_context import build_request
 

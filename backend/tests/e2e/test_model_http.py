@@ -166,8 +166,7 @@ def test_context_too_large_for_the_window_is_400_not_a_crash(http, alice_request
 
 STREAMED = [
     ("generate-chapter", {"max_tokens": 40}),
-    *[(operation, {**fields, "max_tokens": 300} if operation != "generate-chapter-outlines"
-       else fields) for operation, fields, _ in JSON_AGENTS],
+    *[(operation, fields) for operation, fields, _ in JSON_AGENTS],
     *[(operation, fields) for operation, fields, _ in TEXT_AGENTS],
 ]
 
