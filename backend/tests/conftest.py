@@ -49,11 +49,12 @@ def fake() -> FakeGenerator:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings whose on-disk state lives in a temporary directory; no archive (its embedding
-    model takes seconds to load; archive tests turn it on) and no per-user limits (their own
-    tests turn them on)."""
+    model takes seconds to load; archive tests turn it on), no per-user limits (their own
+    tests turn them on), and answers judged but not retried (scripted replies are short; the
+    retry tests ask for retries)."""
     return Settings(summary_cache_dir=tmp_path / "summaries",
                     archive_db_path=tmp_path / "archive", archive_enabled=False,
-                    rate_limit_per_minute=0, rate_limit_concurrent=0)
+                    rate_limit_per_minute=0, rate_limit_concurrent=0, quality_max_retries=0)
 
 
 @pytest.fixture

@@ -111,12 +111,16 @@ def test_failure_mid_stream_becomes_one_error_event(make_client):
     assert events[-1][1]["code"] == "generation_failed"
 
 
-def test_only_chapter_endpoints_stream(make_client):
+def test_every_operation_streams(make_client):
+    """Issue 11 made every agent stream (it was the chapter operations only)."""
+    from app.agents.registry import REGISTRY
+
     with make_client("x") as client:
         paths = client.get("/openapi.json").json()["paths"]
-    streams = sorted(p for p in paths if p.endswith("/stream"))
-    assert streams == ["/api/v1/flesh-out/stream", "/api/v1/generate-chapter/stream",
-                       "/api/v1/modify-chapter/stream"]
+    streams = sorted(p for p in paths if p.endswith("/stream") or p.endswith("/rag/chat"))
+    assert streams == sorted(f"/api/v1{spec.stream_route}" for spec in REGISTRY.values())
+    assert "/api/v1/editor-review/stream" in streams
+    assert "/api/v1/archive/rag/query/stream" in streams
 
 
 def test_context_preview_returns_prompt_without_generating(client, fake):
