@@ -21,7 +21,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser serve lint test bench bench-generation bench-kv ingest
+.PHONY: install browser serve lint test bench bench-generation bench-kv bench-quality ingest
 
 install: $(STAMP)
 
@@ -69,3 +69,8 @@ bench-kv: install
 # The whole corpus into the archive (backend/data/archive), with a progress bar.
 ingest: install
 	cd backend && ../$(BIN)/writer-assistant ingest --threads 2 ../$(CORPUS)
+
+# The share of useful answers before and after the content check and its retries, per agent,
+# on Alice and Holmes (about 10 minutes on 2 cores).
+bench-quality: install
+	cd backend && ../$(BIN)/python -m bench.bench_answer_quality
