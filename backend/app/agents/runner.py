@@ -588,6 +588,8 @@ class AgentRunner:
                 except ValueError as error:
                     problem = str(error)[:_REPAIR_ERROR_CHARS]
                     if repaired:
+                        if best is not None:  # an earlier attempt parsed: keep it
+                            break
                         raise _invalid(spec, request, completion, problem) from error
                     repaired = True
                     plan = plan.with_note(
@@ -615,6 +617,7 @@ class AgentRunner:
             self.metrics.count_retry(spec.agent, spec.operation)
             yield Progress({"stage": "retry", "attempt": attempt + 1,
                             "reason": "; ".join(problems)[:_REPAIR_ERROR_CHARS]})
+        assert best is not None  # the loop leaves only with an attempt kept
         yield replace(best, attempts=attempt)
 
     async def _distill_with_progress(

@@ -762,3 +762,13 @@ async def test_a_json_agent_streams_its_json_then_the_validated_object(build):
     result = items[-1]
     assert result.output == EditorReview.model_validate_json(GOOD_REVIEW)
     assert result.attempts == 2
+
+
+async def test_a_retry_that_breaks_the_json_keeps_the_earlier_answer(build):
+    fake = FakeGenerator(replies=[EMPTY_REVIEW, "{broken", "{broken again"])
+    runner = build(fake, quality_max_retries=2)
+    result = await runner.run(EDITOR, review_request())
+    # attempt 1 parsed but said nothing; 2 broke the JSON, 3 was its repair and broke it too
+    assert len(fake.calls) == 3 and result.attempts == 3
+    assert result.output == EditorReview.model_validate_json(EMPTY_REVIEW)
+    assert result.problems
