@@ -50,7 +50,13 @@ def test_uvicorn_app_main_app_serves_with_workers(tmp_path: Path):
         output = (tmp_path / "uvicorn.log").read_text(errors="replace")[-2000:]
         assert health and health["model_status"] == "ready", (health, output)
         assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
-        counted = httpx.post(f"{base}/api/v1/tokens/count", json={"text": "Alice"}, timeout=30)
+        # each worker loads its own model: the one that answers may still be loading (503)
+        while True:
+            counted = httpx.post(f"{base}/api/v1/tokens/count", json={"text": "Alice"},
+                                 timeout=30)
+            if counted.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert counted.status_code == 200 and counted.json()["tokens"] > 0
     finally:
         if process.poll() is None:

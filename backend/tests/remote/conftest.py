@@ -20,10 +20,12 @@ from tests.remote.servers import Upstream, fake_upstream, llama_cpp_server, serv
 
 def remote_settings(base_url: str, state: Path, **overrides) -> Settings:
     """Settings of an app on the remote backend at ``base_url`` (archive off, state in
-    ``state``)."""
-    return Settings(llm_backend="openai", llm_base_url=base_url, archive_enabled=False,
-                    summary_cache_dir=state / "summaries", archive_db_path=state / "archive",
-                    **overrides)
+    ``state``; answers judged but not retried, since scripted upstream replies are short and
+    these tests count upstream calls)."""
+    return Settings(**{"llm_backend": "openai", "llm_base_url": base_url,
+                       "archive_enabled": False, "summary_cache_dir": state / "summaries",
+                       "archive_db_path": state / "archive", "quality_max_retries": 0,
+                       **overrides})
 
 
 @pytest.fixture(scope="session")
