@@ -765,15 +765,15 @@ def _judge_prose(spec: AgentSpec, text: str,
     that is less; chat and archive answers are short by nature, so only no text and loops
     count against them.
     """
-    if not spec.prose:
+    if not spec.prose:  # a chat answer may open as an assistant: cut only a loop
         verdict = check_prose(text, min_words=1)
+        repairs = []
         if verdict.loop_start is not None:
-            repaired = repair_prose(text, min_words=1)
-            cut = [str(p) for p in check_prose(repaired.text, 1).problems
-                   if p.rule is not Rule.preamble]
-            return repaired.text.strip(), cut, [n for n in repaired.notes if "loop" in n]
+            text = text[:verdict.loop_start]
+            repairs.append(f"cut a loop repeating {verdict.loop_unit[:40]!r}")
+            verdict = check_prose(text, min_words=1)
         kept = [str(p) for p in verdict.problems if p.rule is not Rule.preamble]
-        return text.strip(), kept, []
+        return text.strip(), kept, repairs
     floor = max(1, min(MIN_PROSE_WORDS, int(max_tokens * 0.75 / 2)))
     repaired = repair_prose(text, min_words=floor)
     problems = [] if repaired.useful else [

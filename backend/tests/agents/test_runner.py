@@ -772,3 +772,16 @@ async def test_a_retry_that_breaks_the_json_keeps_the_earlier_answer(build):
     assert len(fake.calls) == 3 and result.attempts == 3
     assert result.output == EditorReview.model_validate_json(EMPTY_REVIEW)
     assert result.problems
+
+
+async def test_a_chat_answer_keeps_its_opening_and_loses_only_a_loop(build):
+    chat = REGISTRY["llm-chat"]
+    request = LlmChatRequest.model_validate(
+        {**seed_example(), "messages": [{"role": "user", "content": "Who is Aria?"}]})
+    opening = "Sure! Aria is the hero who enters the forest."
+    fake = FakeGenerator(replies=[opening + " the wolf howls." * 30])
+    runner = build(fake, quality_max_retries=0)
+    result = await runner.run(chat, request)
+    assert result.text.startswith("Sure! Aria is the hero")
+    assert result.text.count("the wolf howls.") == 1
+    assert result.repairs and "loop" in result.repairs[0]
