@@ -270,13 +270,7 @@ class AgentRunner:
         """
         stream = self._generation(label, messages, params, prefix, streamed=False,
                                   attempt=attempt, queue_s=queue_s)
-        try:
-            async for item in stream:
-                if isinstance(item, Completion):
-                    return item
-        finally:
-            await stream.aclose()
-        raise GenerationFailed("the model stream ended without a completion")
+        return await _final(stream, Completion, "the model stream ended without a completion")
 
     async def _summarize(self, messages: Sequence[ChatMessage],
                          params: SamplingParams) -> Completion:
@@ -365,6 +359,14 @@ class AgentRunner:
         return _Plan(task, sampling.params, elements, agent_task,
                      config.max_context_tokens if config else None, sampling.max_tokens_note)
 
+    async def _prepare(self, spec: AgentSpec, request: Any
+                       ) -> tuple[_Plan, _CountingLookup | None, AssembledPrompt]:
+        """Plan and assemble ``request`` once, before any turn (summaries the cache lacks are
+        left for :meth:`_distill`). Raises what :meth:`_plan` and assembly raise."""
+        plan = await self._plan(spec, request)
+        lookup = self._lookup(spec)
+        return plan, lookup, await self._assemble(plan, lookup)
+
     async def _retrieve(self, query: str, request: Any) -> list[Passage]:
         """Archive passages for an archive agent.
 
@@ -452,9 +454,7 @@ class AgentRunner:
             GenerationFailed: the model failed while distilling.
         """
         started = asyncio.get_running_loop().time()
-        plan = await self._plan(spec, request)
-        lookup = self._lookup(spec)
-        prompt = await self._assemble(plan, lookup)
+        plan, lookup, prompt = await self._prepare(spec, request)
         if prompt.missing:
             prompt = await self._in_turn(
                 (spec.agent, "context-preview"),
@@ -471,9 +471,7 @@ class AgentRunner:
         Raises what :meth:`preview` raises.
         """
         started = asyncio.get_running_loop().time()
-        plan = await self._plan(spec, request)
-        lookup = self._lookup(spec)
-        prompt = await self._assemble(plan, lookup)
+        plan, lookup, prompt = await self._prepare(spec, request)
         label = (spec.agent, "context-warm")
         params = replace(plan.params, max_tokens=1, json_schema=None)
 
@@ -499,19 +497,11 @@ class AgentRunner:
         """
         started = time.perf_counter()
         loop_started = asyncio.get_running_loop().time()
-        plan = await self._plan(spec, request)
-        lookup = self._lookup(spec)
-        prompt = await self._assemble(plan, lookup)
+        plan, lookup, prompt = await self._prepare(spec, request)
 
         async def work(turn: Turn) -> AgentResult:
             items = self._answer(spec, request, plan, prompt, lookup, turn, streamed=False)
-            try:
-                async for item in items:
-                    if isinstance(item, AgentResult):
-                        return item
-            finally:
-                await items.aclose()
-            raise GenerationFailed("the answer ended without a result")
+            return await _final(items, AgentResult, "the answer ended without a result")
 
         result = await self._in_turn((spec.agent, spec.operation), work, loop_started)
         self.metrics.observe_request(spec.agent, spec.operation, time.perf_counter() - started)
@@ -664,9 +654,7 @@ class AgentRunner:
         """
         started = time.perf_counter()
         loop_started = asyncio.get_running_loop().time()
-        plan = await self._plan(spec, request)
-        lookup = self._lookup(spec)
-        prompt = await self._assemble(plan, lookup)
+        plan, lookup, prompt = await self._prepare(spec, request)
         turn = self.scheduler.reserve()
         return self._stream(spec, request, plan, prompt, lookup, turn, started, loop_started)
 
@@ -725,6 +713,21 @@ class AgentRunner:
                 yield item
         finally:
             await stream.aclose()
+
+
+async def _final(items: AsyncGenerator[Any, None], kind: type[T], missing: str) -> T:
+    """The first item of type ``kind`` in ``items`` (closed after it).
+
+    Raises:
+        GenerationFailed: ``items`` ended without one (``missing`` says what).
+    """
+    try:
+        async for item in items:
+            if isinstance(item, kind):
+                return item
+    finally:
+        await items.aclose()
+    raise GenerationFailed(missing)
 
 
 def _shared(prompt: AssembledPrompt) -> SharedPrefix:
