@@ -68,6 +68,8 @@ class Metrics:
       ``completion_tokens_total{agent}``: every generation the runner made (a JSON agent's
       repair attempt is a second one).
     - ``prompt_cached_tokens_total{agent}``: prompt tokens whose KV state was reused.
+    - ``rate_limit_checks_skipped_total``: per-minute limit checks skipped (the request
+      served) because the rate-limit storage failed.
     - ``archive_operation_seconds{operation}`` (histogram): search, ingest, delete, files,
       file_text, stats, reindex.
     - ``prefix_cache_*`` (with the in-process model and ``PREFIX_CACHE_ENABLED``): lookups,
@@ -123,6 +125,10 @@ class Metrics:
         self.cached_tokens = Counter(
             f"{PREFIX}_prompt_cached_tokens", "Prompt tokens whose KV state was reused instead "
             "of processed (the usage field prompt_tokens_details.cached_tokens).", ["agent"],
+            registry=r)
+        self.rate_limit_checks_skipped = Counter(
+            f"{PREFIX}_rate_limit_checks_skipped", "Per-minute limit checks skipped because the "
+            "rate-limit storage (RATE_LIMIT_STORAGE_URI) failed; the request was served.",
             registry=r)
         self.archive_latency = Histogram(
             f"{PREFIX}_archive_operation_seconds", "Seconds an archive operation took.",
