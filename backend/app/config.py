@@ -693,9 +693,11 @@ class ArchiveSettings(_Group):
 
 
 #: The schemes of RATE_LIMIT_STORAGE_URI: the ``limits`` library's storages that keep a
-#: moving window and have an asyncio client here (``limits[redis]``).
+#: moving window, have their client here (``limits[redis]``) and connect on first use (a
+#: redis+cluster storage connects when it is made, so an unreachable cluster would stop the
+#: start instead of failing open).
 RATE_LIMIT_STORAGE_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix",
-                                        "redis+sentinel", "redis+cluster"})
+                                        "redis+sentinel"})
 
 
 class LimitsSettings(_Group):
@@ -761,7 +763,7 @@ class LimitsSettings(_Group):
         description="Where the per-minute counts live (RATE_LIMIT_PER_MINUTE, "
         "RATE_LIMIT_AUTH_FAILURES_PER_MINUTE): memory:// (this process) or a Redis server "
         "shared by several replicas, redis://host:6379/0 (also rediss://, redis+unix://, "
-        "redis+sentinel://, redis+cluster://; the limits library's storage URIs). While it "
+        "redis+sentinel://; the limits library's storage URIs). While it "
         "cannot be reached requests are served without these limits, with a warning logged "
         "and writer_assistant_rate_limit_checks_skipped_total counted.",
     )

@@ -260,7 +260,8 @@ def test_a_redis_that_fails_mid_run_lets_requests_through_and_says_so(
 
 
 @pytest.mark.parametrize("uri", ["http://user:hunter2-secret@cache:6379",
-                                 "redis-without-a-scheme", "memcached://cache:11211"])
+                                 "redis-without-a-scheme", "memcached://cache:11211",
+                                 "redis+cluster://cache:7000"])
 def test_a_bad_storage_uri_is_refused_by_name_without_quoting_it(settings, uri):
     with pytest.raises(ValueError) as refused:
         settings.replace(rate_limit_storage_uri=uri)
