@@ -117,7 +117,7 @@ def rate_limit_storage(uri: str) -> Storage:
                    "socket_connect_timeout": STORAGE_TIMEOUT_S}
     storage = storage_from_string(uri, wrap_exceptions=True, **options)
     if not isinstance(storage, Storage):  # an async+ scheme: its calls would need the loop
-        raise ConfigurationError("RATE_LIMIT_STORAGE_URI: not an async+ scheme")
+        raise ConfigurationError("RATE_LIMIT_STORAGE_URI: async+ schemes are not supported")
     return storage
 
 
