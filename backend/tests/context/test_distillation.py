@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from app.agents.registry import REGISTRY
 from app.agents.runner import AgentRunner, Meta, Progress
@@ -24,7 +25,6 @@ from app.main import create_app
 from app.observability.metrics import Metrics
 from app.schemas.context import Priority
 from app.schemas.requests import GenerateChapterRequest
-from pydantic import SecretStr
 
 FAKE = FakeGenerator()
 

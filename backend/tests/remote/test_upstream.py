@@ -3,8 +3,10 @@ overload map onto our envelope, a mid-stream failure becomes one ``error`` event
 disconnects closes the upstream stream, a down server is a 503 and is retried at startup, and
 the tokenizer check refuses a server that serves another model."""
 
+import gc
 import json
 import time
+import tracemalloc
 
 import httpx
 import pytest
@@ -101,11 +103,71 @@ def test_upstream_overload_maps_to_our_envelope_with_its_retry_after(fake_app, s
     assert error["details"]["retry_after_s"] == 11
 
 
+def test_a_model_servers_long_retry_after_is_capped(fake_app, script):
+    script.mode, script.retry_after = "503", "86400"  # "come back tomorrow"
+    response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "60"
+    assert response.json()["error"]["type"] == "server_error"
+
+
 def test_other_upstream_errors_are_502(fake_app, script):
     script.mode = "500"
     response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "generation_failed"
+
+
+@pytest.mark.parametrize("mode", ["exceed_context_size_error", "context_length_exceeded"])
+def test_upstream_context_exceeded_is_our_400_that_says_to_shorten_the_context(fake_app, script,
+                                                                                mode):
+    """llama-server's and OpenAI's "context exceeded" 400 is the caller's to fix: our 400
+    context_length_exceeded with the server's figures, never a 502 nor the server's text."""
+    script.mode = mode
+    response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert error["type"] == "invalid_request_error"
+    assert "shorten" in error["message"]
+    assert error["details"]["needed_tokens"] == 5000
+    assert error["details"]["available_tokens"] == 4096
+    assert error["details"]["upstream_status"] == 400
+    assert "try increasing it" not in response.text and "Please reduce" not in response.text
+    assert len(script.requests) == 1  # the caller's to fix: not retried
+
+
+def test_other_upstream_400s_are_502_without_the_servers_text(fake_app, script):
+    """Another 400 refuses a request we built (a schema mode the server lacks, say): nothing
+    the caller can change, so 502 generation_failed; the server's text goes to our log."""
+    script.mode, script.message = "400", "unsupported response_format at /srv/secret/grammar"
+    response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "generation_failed" and error["details"]["upstream_status"] == 400
+    assert "/srv/secret" not in response.text and "response_format" not in response.text
+
+
+def test_the_token_count_cache_is_bounded_in_bytes(upstream, script):
+    """Counts of long texts are remembered, not the texts: 30 distinct texts of 200 kB each
+    (6 MB) leave well under 1 MB behind."""
+    generator = RemoteGenerator.connect(Settings(llm_backend="openai",
+                                                 llm_base_url=f"{upstream}/v1").model)
+    assert generator.token_source == "llama-cpp-python"  # counts come from the server
+    first = generator.count_tokens("0 " + "word " * 40_000)
+    tracemalloc.start()  # traces what is allocated from here on: the texts below
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1, 30):
+            generator.count_tokens(f"{i} " + "word " * 40_000)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, f"{kept} bytes kept by the count cache"
+    script.fail_tokenize = ["400"]  # a call to the server would fail now
+    assert generator.count_tokens("0 " + "word " * 40_000) == first  # still cached
+    assert script.fail_tokenize == ["400"]
 
 
 def test_client_disconnect_closes_the_upstream_stream(fake_app, script):
