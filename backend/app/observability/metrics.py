@@ -72,6 +72,8 @@ class Metrics:
       served) because the rate-limit storage failed.
     - ``archive_operation_seconds{operation}`` (histogram): search, ingest, delete, files,
       file_text, stats, reindex.
+    - ``summary_cache_errors_total{operation}``: summary cache operations (``open``, ``get``,
+      ``set``) that failed and were skipped (a corrupt database is also rebuilt).
     - ``prefix_cache_*`` (with the in-process model and ``PREFIX_CACHE_ENABLED``): lookups,
       hits by tier, saves, restores, evictions, disk writes and errors (counters), seconds
       spent saving and restoring, bytes and tokens saved (counters), and the memory tier's
@@ -133,6 +135,10 @@ class Metrics:
         self.archive_latency = Histogram(
             f"{PREFIX}_archive_operation_seconds", "Seconds an archive operation took.",
             ["operation"], buckets=_ARCHIVE_BUCKETS, registry=r)
+        self.summary_cache_errors = Counter(
+            f"{PREFIX}_summary_cache_errors", "Summary cache operations that failed (a corrupt "
+            "or unreadable database) and were skipped; a corrupt database is rebuilt.",
+            ["operation"], registry=r)
 
     # --- gauges ------------------------------------------------------------------------------
 
@@ -154,6 +160,10 @@ class Metrics:
             self.backend_errors.labels(code=code).inc()
         else:
             self.rejections.labels(reason=code).inc()
+
+    def count_summary_cache_error(self, operation: str) -> None:
+        """A summary cache ``operation`` (``open``, ``get``, ``set``) failed and was skipped."""
+        self.summary_cache_errors.labels(operation=operation).inc()
 
     # --- generation --------------------------------------------------------------------------
 
