@@ -7,7 +7,9 @@ and Chroma's default embedding function (which downloads a model) is never used.
 
 Every failure of Chroma (server down, directory unwritable, a corrupt store) becomes
 :class:`~app.errors.ArchiveUnavailable`; the client is rebuilt on the next call, so a server
-that comes back is picked up without a restart.
+that comes back is picked up without a restart. Every request to a server times out after
+``CHROMA_TIMEOUT_S``, so a server that hangs (paused, wedged) fails calls instead of
+freezing them.
 """
 
 from __future__ import annotations
