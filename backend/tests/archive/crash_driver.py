@@ -32,20 +32,8 @@ from app.archive.store import ChromaStore
 from app.config import Settings
 from app.observability.metrics import Metrics
 
-from .fakes import HashEmbedder, on_chroma_writes
+from .fakes import NEW_A, OLD, HashEmbedder, classify, on_chroma_writes
 
-WORDS = ["keeper", "lamp", "storm", "gull", "rock", "tide", "ship", "rope", "glass", "night",
-         "dawn", "log", "fog", "bell", "oar", "harbour", "sail", "anchor", "lantern", "stair"]
-
-
-def story(seed: int, words: int = 70) -> str:
-    """A text of ``words`` words in sentences (several chunks at 24 tokens)."""
-    out = [WORDS[(seed * 7 + i * (seed + 3)) % len(WORDS)] for i in range(words)]
-    return " ".join(w + ("." if i % 9 == 8 else "") for i, w in enumerate(out)) + ".\n"
-
-
-OLD = {"a.txt": story(1), "b.txt": story(2)}
-NEW_A = story(5)
 FIRST, SECOND = HashEmbedder("test/hash-one"), HashEmbedder("test/hash-two")
 EMBEDDERS = {e.name: e for e in (FIRST, SECOND)}
 
@@ -73,7 +61,7 @@ def operate(path: Path, operation: str, kill_at: int) -> None:
     ChromaStore.max_batch_size = lambda self: 2  # type: ignore[method-assign]  # more steps
     calls = 0
 
-    def hook(_method: str) -> None:
+    def hook(_method: str, _target: object) -> None:
         nonlocal calls
         calls += 1
         if calls == kill_at:
@@ -84,13 +72,6 @@ def operate(path: Path, operation: str, kill_at: int) -> None:
             archive.ingest_bytes("a.txt", NEW_A.encode())
         else:
             archive.reindex()
-
-
-def classify(text: str) -> str:
-    """Which known text ``text`` is: ``old a.txt``, ``old b.txt``, ``new a.txt`` or
-    ``garbled``."""
-    known = {"old a.txt": OLD["a.txt"], "old b.txt": OLD["b.txt"], "new a.txt": NEW_A}
-    return next((label for label, known_text in known.items() if known_text == text), "garbled")
 
 
 def view(archive_path: Path) -> dict[str, Any]:

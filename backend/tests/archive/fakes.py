@@ -8,6 +8,7 @@ Nothing here loads torch or the sentence-transformers model.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,9 @@ import numpy as np
 
 from app.archive.embeddings import Embedder
 
+WORDS = ["keeper", "lamp", "storm", "gull", "rock", "tide", "ship", "rope", "glass", "night",
+         "dawn", "log", "fog", "bell", "oar", "harbour", "sail", "anchor", "lantern", "stair"]
+
 #: Chroma's methods that change what is stored: (module, class, method names).
 WRITE_METHODS = (
     ("chromadb.api.models.Collection", "Collection", ("add", "upsert", "update", "delete",
@@ -23,6 +27,24 @@ WRITE_METHODS = (
     ("chromadb.api.client", "Client", ("create_collection", "get_or_create_collection",
                                        "delete_collection")),
 )
+
+
+def story(seed: int, words: int = 70) -> str:
+    """A made-up text of ``words`` words in sentences (several chunks at 24 tokens)."""
+    out = [WORDS[(seed * 7 + i * (seed + 3)) % len(WORDS)] for i in range(words)]
+    return " ".join(w + ("." if i % 9 == 8 else "") for i, w in enumerate(out)) + ".\n"
+
+
+#: Two files as first archived, and a new version of the first.
+OLD = {"a.txt": story(1), "b.txt": story(2)}
+NEW_A = story(5)
+
+
+def classify(text: str) -> str:
+    """Which of the known texts ``text`` is: ``old a.txt``, ``old b.txt``, ``new a.txt``, or
+    ``garbled``."""
+    known = {"old a.txt": OLD["a.txt"], "old b.txt": OLD["b.txt"], "new a.txt": NEW_A}
+    return next((label for label, known_text in known.items() if known_text == text), "garbled")
 
 
 class HashEmbedder(Embedder):
@@ -48,11 +70,13 @@ class HashEmbedder(Embedder):
 
 
 @contextmanager
-def on_chroma_writes(hook: Callable[[str], None]) -> Iterator[None]:
-    """Call ``hook(method name)`` before every Chroma call that writes (in this process),
-    whatever store or collection makes it; the hook may raise to make that call fail."""
+def on_chroma_writes(hook: Callable[[str, Any], None]) -> Iterator[None]:
+    """Call ``hook(method name, collection or client)`` before every Chroma call that writes
+    (in this process), whatever store makes it; the hook may raise to make that call fail.
+    Writes the hook itself makes are not reported to it."""
     import importlib
 
+    inside = threading.local()
     saved: list[tuple[Any, str, Any]] = []
     for module_name, class_name, methods in WRITE_METHODS:
         cls = getattr(importlib.import_module(module_name), class_name)
@@ -61,7 +85,12 @@ def on_chroma_writes(hook: Callable[[str], None]) -> Iterator[None]:
 
             def wrapper(*args: Any, _original: Any = original, _name: str = method,
                         **kwargs: Any) -> Any:
-                hook(_name)
+                if not getattr(inside, "hook", False):
+                    inside.hook = True
+                    try:
+                        hook(_name, args[0])
+                    finally:
+                        inside.hook = False
                 return _original(*args, **kwargs)
 
             saved.append((cls, method, original))
