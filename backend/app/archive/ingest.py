@@ -167,25 +167,29 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSet
     return result(replaced_chunks=len(stale), unchanged=False)
 
 
-def collect_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files to ingest from ``paths``: files as given, directories searched recursively for
-    supported extensions (hidden files skipped), in sorted order without duplicates.
+def collect_paths(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """Files to ingest from ``paths``, each with its archive name: a file as given is named by
+    its base name, a file found in a directory (searched recursively for supported
+    extensions, hidden files skipped) by its path relative to that directory
+    (``drafts/notes.md``). Sorted within each directory, without duplicate files; two files
+    may still get one name (from two directories): the caller decides.
 
     Raises:
         FileNotFoundError: a path does not exist.
     """
-    found: dict[Path, None] = {}
+    found: dict[Path, str] = {}
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
+                relative = child.relative_to(path)
                 if (child.is_file() and child.suffix.lower() in FORMATS
-                        and not any(p.startswith(".") for p in child.relative_to(path).parts)):
-                    found[child] = None
+                        and not any(p.startswith(".") for p in relative.parts)):
+                    found.setdefault(child.resolve(), relative.as_posix())
         elif path.exists():
-            found[path] = None
+            found.setdefault(path.resolve(), path.name)
         else:
             raise FileNotFoundError(f"{path} does not exist")
-    return list(found)
+    return list(found.items())
 
 
 def documents_from_records(records: Iterable[Record]) -> list[Document]:

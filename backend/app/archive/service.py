@@ -195,8 +195,9 @@ class Archive:
 
     def ingest_bytes(self, name: str, data: bytes,
                      progress: Progress | None = None) -> IngestResult:
-        """Parse and archive a file's bytes under its base name, replacing an earlier
-        version.
+        """Parse and archive a file's bytes under its name (a relative path such as
+        ``drafts/notes.md`` is kept: :func:`app.archive.documents.archive_name`), replacing an
+        earlier version.
 
         Raises:
             DocumentTooLarge: above ``ARCHIVE_MAX_UPLOAD_BYTES``.
