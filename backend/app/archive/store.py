@@ -82,6 +82,17 @@ IN_USE = (
 )
 
 
+DISK_FULL = (
+    "The archive's disk filled up during a write. What was archived is intact, but Chroma's "
+    "embedded store cannot be trusted again in this process (it may hang): free space, then "
+    "restart the server or command."
+)
+#: Embedded directories whose store failed with a full disk in this process (SQLite's
+#: "database or disk is full"): every later call is refused (DISK_FULL) instead of risking a
+#: hang inside Chroma.
+_DISK_FULL: set[str] = set()
+
+
 def revision_of(chunk_id: str) -> str:
     """The revision of chunk id ``<file key>-<version>-<index>``: ``<file key>-<version>``."""
     return chunk_id.rsplit("-", 1)[0]
@@ -257,7 +268,8 @@ class ChromaStore:
         self._collections: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._commits = _ReadWriteLock()
-        self._directory: str | None = None
+        self._directory: str | None = None  # the directory locked, while it is
+        self._disk = None if settings.chroma_host else str(Path(settings.db_path).resolve())
         self._heartbeat = 0.0
 
     @property
@@ -279,7 +291,10 @@ class ChromaStore:
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
-        """Turn Chroma's failures during ``action`` into ArchiveUnavailable."""
+        """Turn Chroma's failures during ``action`` into ArchiveUnavailable; refuse at once
+        when this directory's disk filled up earlier in this process."""
+        if self._disk in _DISK_FULL:
+            raise ArchiveUnavailable(DISK_FULL, param="ARCHIVE_DB_PATH")
         try:
             yield
         except WriterAssistantError:
@@ -290,6 +305,12 @@ class ChromaStore:
             with self._lock:
                 self._client = self._catalog_collection = None
                 self._collections = {}
+            if self._disk is not None and "disk is full" in str(error):
+                # Chroma 1.5's embedded store can hang on any later call in this process.
+                logger.error("archive disk full at %s: the store is closed until a restart",
+                             self.location)
+                _DISK_FULL.add(self._disk)
+                raise ArchiveUnavailable(DISK_FULL, param="ARCHIVE_DB_PATH") from error
             # Chroma's own text can hold paths: it goes to the log above, not to clients.
             raise ArchiveUnavailable(
                 f"The archive store ({self.mode}) failed to {action} "
