@@ -25,10 +25,12 @@ small catalog collection, ``<collection>.catalog`` (one-dimensional dummy embedd
   rebuild.
 
 Readers read the catalog, then filter hidden revisions out; in one process a read-write lock
-keeps a commit from falling between the two. :meth:`ChromaStore.recover` (on opening and
-before each write) finishes or undoes what an interrupted writer left: it deletes hidden
-revisions and drops collections nothing points to. An archive from before the catalog (chunks
-without ``revision``) is migrated by its first recovery.
+keeps a commit from falling between the two (processes sharing a Chroma server have no such
+lock: a commit there may fall in the milliseconds between a reader's two calls).
+:meth:`ChromaStore.recover` (on opening and before each write) finishes or undoes what an
+interrupted writer left: it deletes hidden revisions and drops collections nothing points to.
+An archive from before the catalog (chunks without ``revision``) is migrated by its first
+recovery.
 """
 
 from __future__ import annotations
@@ -443,7 +445,7 @@ class ChromaStore:
 
     def check(self) -> None:
         """Connect and open the live collection now (startup, readiness), raising what a call
-        would raise. Writes nothing.
+        would raise. Creates nothing.
 
         Raises:
             ArchiveUnavailable: Chroma cannot be reached or opened, or the embedded directory
