@@ -649,6 +649,16 @@ class ArchiveSettings(_Group):
         le=1024 * 1024 * 1024,
         description="Largest file the upload endpoint accepts, in bytes; more is a 413.",
     )
+    max_expanded_bytes: int = setting(
+        env="ARCHIVE_MAX_EXPANDED_BYTES",
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=4 * 1024 * 1024 * 1024,
+        description="Most bytes a .docx may unpack to (all its parts, as its zip directory "
+        "says and as read), uploaded or ingested; more is a 413. A .docx is a zip, so "
+        "ARCHIVE_MAX_UPLOAD_BYTES bounds only its compressed size; Word text compresses "
+        "about 10:1, and a 400-page novel unpacks to about 5 MB.",
+    )
     top_k: int = setting(
         env="ARCHIVE_TOP_K",
         default=5,
