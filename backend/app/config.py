@@ -654,10 +654,9 @@ class ArchiveSettings(_Group):
         default=64 * 1024 * 1024,
         ge=1024,
         le=4 * 1024 * 1024 * 1024,
-        description="Most bytes a .docx may unpack to (all its parts, as its zip directory "
-        "says and as read), uploaded or ingested; more is a 413. A .docx is a zip, so "
-        "ARCHIVE_MAX_UPLOAD_BYTES bounds only its compressed size; Word text compresses "
-        "about 10:1, and a 400-page novel unpacks to about 5 MB.",
+        description="Most bytes an uploaded .docx may unpack to (all its parts, as its zip "
+        "directory says and as read); more is a 413. A .docx is a zip: ARCHIVE_MAX_UPLOAD_BYTES "
+        "bounds only its compressed size, and deflate unpacks up to 1032 times that.",
     )
     top_k: int = setting(
         env="ARCHIVE_TOP_K",

@@ -275,7 +275,7 @@ def test_docx_that_understates_its_size_is_refused_when_read() -> None:
     # an external entity
     (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
      + body("<w:p><w:r><w:t>&x;</w:t></w:r></w:p>"), "declares a DTD"),
-])
+], ids=["unclosed-root", "mismatched-tags", "empty", "billion-laughs", "external-entity"])
 def test_malformed_or_entity_laden_docx_xml_is_a_clear_error(xml: bytes, words: str) -> None:
     with pytest.raises(InvalidDocument) as raised:
         parse_document("bad.docx", crafted_docx(xml))
