@@ -283,6 +283,14 @@ def test_malformed_or_entity_laden_docx_xml_is_a_clear_error(xml: bytes, words: 
     assert raised.value.param == "file"
 
 
+def test_docx_of_a_zip_version_python_cannot_read_is_a_clear_error() -> None:
+    package = bytearray(crafted_docx())
+    entry = package.index(b"PK\x01\x02")  # the first central directory entry
+    package[entry + 6:entry + 8] = struct.pack("<H", 126)  # "version needed to extract": 12.6
+    with pytest.raises(InvalidDocument, match="not a zip archive"):
+        parse_document("future.docx", bytes(package))
+
+
 def test_docx_python_docx_cannot_read_is_a_clear_error() -> None:
     # Well-formed parts, but the main document's root is not a w:document.
     with pytest.raises(InvalidDocument, match=r"not a valid \.docx"):
