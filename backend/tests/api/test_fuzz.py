@@ -32,7 +32,7 @@ from app.config import Settings
 from app.llm.fake import FakeGenerator
 from app.main import create_app
 from tests.api.replies import reply
-from tests.archive.test_documents import crafted_docx, spaces
+from tests.archive.crafted import crafted_docx, spaces
 from tests.hash_embedder import hash_embedder
 
 #: Generated requests per operation (schemathesis's fuzzing phase).
