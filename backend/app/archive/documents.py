@@ -503,6 +503,8 @@ def _check_package(file: str, data: bytes, limit: int) -> None:
                     while chunk := stream.read(_UNPACK_CHUNK):
                         unpacked += len(chunk)
                         tags += chunk.count(b"<")
+                        # CPython's zipfile stops a part at the size its directory
+                        # declares (then a wrong CRC fails it); this count does not rely on it.
                         if unpacked > limit:
                             raise DocumentTooLarge(
                                 f"{file!r} unpacks to more than {limit} bytes (more than its "
