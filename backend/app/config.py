@@ -659,6 +659,15 @@ class ArchiveSettings(_Group):
         le=1024 * 1024 * 1024,
         description="Largest file the upload endpoint accepts, in bytes; more is a 413.",
     )
+    max_expanded_bytes: int = setting(
+        env="ARCHIVE_MAX_EXPANDED_BYTES",
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=4 * 1024 * 1024 * 1024,
+        description="Most bytes an uploaded .docx may unpack to (all its parts, as its zip "
+        "directory says and as read); more is a 413. A .docx is a zip: ARCHIVE_MAX_UPLOAD_BYTES "
+        "bounds only its compressed size, and deflate unpacks up to 1032 times that.",
+    )
     top_k: int = setting(
         env="ARCHIVE_TOP_K",
         default=5,

@@ -131,13 +131,14 @@ class UnsupportedDocument(WriterAssistantError):
 
 class InvalidDocument(WriterAssistantError):
     """A file of a supported type whose content cannot be ingested: empty, binary, not valid
-    UTF-8, or a corrupt .docx."""
+    UTF-8, or a corrupt .docx (not a zip, a part that does not unpack, malformed XML, a DTD)."""
 
     code = "invalid_document"
 
 
 class DocumentTooLarge(WriterAssistantError):
-    """An upload above ``ARCHIVE_MAX_UPLOAD_BYTES``."""
+    """An upload above ``ARCHIVE_MAX_UPLOAD_BYTES``, a .docx that unpacks to more than
+    ``ARCHIVE_MAX_EXPANDED_BYTES``, or a file with more tags or blocks than the parsers take."""
 
     code = "document_too_large"
 

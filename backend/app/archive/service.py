@@ -200,7 +200,9 @@ class Archive:
         earlier version.
 
         Raises:
-            DocumentTooLarge: above ``ARCHIVE_MAX_UPLOAD_BYTES``.
+            DocumentTooLarge: above ``ARCHIVE_MAX_UPLOAD_BYTES``, or a ``.docx`` that unpacks
+                to more than ``ARCHIVE_MAX_EXPANDED_BYTES`` (see
+                :func:`app.archive.documents.parse_document`).
             UnsupportedDocument, InvalidDocument: the file cannot be archived.
             ArchiveUnavailable, EmbeddingModelMismatch: the store cannot take it.
         """
@@ -211,7 +213,9 @@ class Archive:
                 f"{limit} bytes (ARCHIVE_MAX_UPLOAD_BYTES).", param="file",
                 size_bytes=len(data), limit_bytes=limit,
             )
-        return self.ingest_document(parse_document(name, data), progress)
+        return self.ingest_document(
+            parse_document(name, data, max_expanded_bytes=self.settings.max_expanded_bytes),
+            progress)
 
     def ingest_document(self, document: Document, progress: Progress | None = None,
                         prepared: Prepared | None = None) -> IngestResult:

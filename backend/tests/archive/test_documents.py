@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import io
+import struct
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from app.archive.documents import chapter_key, parse_document, text_chapters
-from app.errors import InvalidDocument, UnsupportedDocument
+from app.archive import documents
+from app.archive.documents import (
+    MAX_DOCX_TAGS,
+    MAX_HTML_TAGS,
+    MAX_MARKDOWN_LINES,
+    chapter_key,
+    parse_document,
+    text_chapters,
+)
+from app.config import Settings
+from app.errors import DocumentTooLarge, InvalidDocument, UnsupportedDocument
+from app.llm.fake import FakeGenerator
+from app.main import create_app
+from tests.hash_embedder import hash_embedder
 
-from .conftest import ALICE, SHERLOCK
+from .conftest import ALICE, SHERLOCK, wait_archive
+from .crafted import MiB, body, crafted_docx, spaces
 
 GUTENBERG = """The Project Gutenberg eBook of A Small Tale
 
@@ -158,3 +177,189 @@ def test_chapter_key_ignores_numbering_case_and_quotes() -> None:
     assert chapter_key("CHAPTER XII. Alice's Evidence") == "alice's evidence"
     assert chapter_key("CHAPTER XII") == "chapter xii"
     assert chapter_key("I Remember") == "i remember"
+
+
+# --- crafted files: bombs, malformed XML, wrong types (issue 12, row 5) -------------------------
+
+def test_docx_zip_bomb_is_refused_by_its_directory_before_unpacking() -> None:
+    bomb = crafted_docx(spaces(2048))  # word/document.xml: 2 GiB of spaces, 2 MB zipped
+    assert len(bomb) < 3 * MiB
+    with pytest.raises(DocumentTooLarge) as raised:
+        parse_document("bomb.docx", bomb)
+    assert "ARCHIVE_MAX_EXPANDED_BYTES" in raised.value.message
+    assert raised.value.details["expanded_bytes"] > 2048 * MiB
+    assert raised.value.param == "file"
+
+
+def test_docx_that_understates_its_size_is_refused_when_read() -> None:
+    raw, crc, _ = spaces(2048)
+    with pytest.raises(InvalidDocument) as raised:  # read up to the 1000 bytes it declares
+        parse_document("liar.docx", crafted_docx((raw, crc, 1000)))
+    assert "'word/document.xml' does not unpack" in raised.value.message
+
+
+@pytest.mark.parametrize(("xml", "words"), [
+    (b"<w:document", "'word/document.xml' is not well-formed XML (line 1, column 12)"),
+    (body("<w:p><w:r><w:t>open</w:p>"), "'word/document.xml' is not well-formed XML"),
+    (b"", "'word/document.xml' is not well-formed XML"),
+    # billion laughs, in text and in an attribute: refused at the DTD, nothing expanded
+    (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;'
+     b'&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+     + body('<w:p><w:pPr><w:pStyle w:val="&c;"/></w:pPr><w:r><w:t>&c;</w:t></w:r></w:p>'),
+     "'word/document.xml' declares a DTD"),
+    # an external entity
+    (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+     + body("<w:p><w:r><w:t>&x;</w:t></w:r></w:p>"), "declares a DTD"),
+], ids=["unclosed-root", "mismatched-tags", "empty", "billion-laughs", "external-entity"])
+def test_malformed_or_entity_laden_docx_xml_is_a_clear_error(xml: bytes, words: str) -> None:
+    with pytest.raises(InvalidDocument) as raised:
+        parse_document("bad.docx", crafted_docx(xml))
+    assert words in raised.value.message
+    assert raised.value.param == "file"
+
+
+def test_docx_of_a_zip_version_python_cannot_read_is_a_clear_error() -> None:
+    package = bytearray(crafted_docx())
+    entry = package.index(b"PK\x01\x02")  # the first central directory entry
+    package[entry + 6:entry + 8] = struct.pack("<H", 126)  # "version needed to extract": 12.6
+    with pytest.raises(InvalidDocument, match="not a zip archive"):
+        parse_document("future.docx", bytes(package))
+
+
+def test_docx_python_docx_cannot_read_is_a_clear_error() -> None:
+    # Well-formed parts, but the main document's root is not a w:document.
+    with pytest.raises(InvalidDocument, match=r"not a valid \.docx"):
+        parse_document("odd.docx", crafted_docx(b"<root/>"))
+
+
+def test_docx_with_too_many_tags_is_refused_unparsed() -> None:
+    many = crafted_docx(body("<w:p/>" * (MAX_DOCX_TAGS + 1)))  # 6 MB of XML, 40 KB zipped
+    with pytest.raises(DocumentTooLarge, match="XML tags"):
+        parse_document("many.docx", many)
+
+
+def test_long_docx_parses_in_linear_time() -> None:
+    # python-docx's style lookup scanned every style per paragraph: 20,000 paragraphs took
+    # 15 s (31 s profiled); read once, it is a fraction of a second.
+    paragraphs = "".join(f'<w:p><w:pPr><w:pStyle w:val="{"Heading1" if i % 100 == 0 else "x"}"/>'
+                         f"</w:pPr><w:r><w:t>Line {i}.</w:t></w:r></w:p>" for i in range(20_000))
+    started = time.perf_counter()
+    document = parse_document("long.docx", crafted_docx(body(paragraphs)))
+    assert time.perf_counter() - started < 5
+    assert len(document.chapters) == 200 and document.chapters[1].title == "Line 100."
+    assert document.text.endswith("Line 19999.")
+
+
+@pytest.mark.parametrize(("name", "data", "error", "words"), [
+    ("many.html", b"<b>" * (MAX_HTML_TAGS + 1), DocumentTooLarge, "HTML files of up to"),
+    ("lines.md", b"\n" * MAX_MARKDOWN_LINES, DocumentTooLarge, "Markdown files of up to"),
+    ("image.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64), InvalidDocument, "binary"),
+    ("word.html", None, InvalidDocument, "binary"),  # a .docx named .html
+    ("story.docx", b"<html><body><p>Not Word.</p></body></html>", InvalidDocument,
+     "not a zip archive"),
+    ("utf16.md", "# Title\n\nText.".encode("utf-16"), InvalidDocument, "UTF-16"),
+    ("latin1.html", "<p>café</p>".encode("latin-1"), InvalidDocument, "UTF-8"),
+], ids=["html-tags", "md-lines", "png-as-md", "docx-as-html", "html-as-docx",
+        "utf16", "latin1"])
+def test_wrong_or_oversized_text_files_are_clear_errors(
+        name: str, data: bytes | None, error: type, words: str) -> None:
+    with pytest.raises(error) as raised:
+        parse_document(name, data if data is not None else crafted_docx())
+    assert words in raised.value.message
+    assert raised.value.param == "file"
+
+
+@pytest.mark.parametrize("source", [b"[a" * MiB, b"\\" * (2 * MiB), b"&" * (2 * MiB),
+                                    b"_a" * MiB, b"<" * (2 * MiB)],
+                         ids=["brackets", "backslashes", "ampersands", "underscores", "angles"])
+def test_pathological_markdown_inline_is_not_parsed(source: bytes) -> None:
+    # Only block structure is parsed (headings); markdown-it's inline parser took minutes
+    # and gigabytes on these (10 MiB of "[": 99 s, 1.1 GB; of "\": 31 s, 1.8 GB).
+    started = time.perf_counter()
+    document = parse_document("odd.md", source)
+    assert time.perf_counter() - started < 2
+    assert len(document.text) == len(source)
+
+
+def test_markdown_of_too_many_blocks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 5 tokens a list item: a list of MAX_MARKDOWN_TOKENS // 5 items is the most it takes.
+    monkeypatch.setattr(documents, "MAX_MARKDOWN_TOKENS", 1000)
+    assert parse_document("list.md", b"- a\n" * 199).text.startswith("- a")
+    with pytest.raises(DocumentTooLarge, match="more than 1000 Markdown blocks"):
+        parse_document("list.md", b"- a\n" * 200)
+
+
+def test_markdown_with_old_mac_line_ends_finds_its_headings() -> None:
+    source = "Intro.\r# One\rText.\r# Two\rMore."
+    document = parse_document("mac.md", source.encode())
+    assert [(m.title, source[m.start:m.start + 5]) for m in document.chapters] == [
+        ("One", "# One"), ("Two", "# Two")]
+
+
+def test_deeply_nested_html_parses() -> None:
+    document = parse_document("deep.html", b"<div>" * 30_000 + b"<p>Deep.</p>")
+    assert document.text == "Deep."
+
+
+def test_text_of_many_paragraphs_needs_no_list_of_them() -> None:
+    data = b"a\n\n" * 100_000  # 300 KB: the list of paragraphs was 11 MB
+    tracemalloc.start()
+    try:
+        document = parse_document("short.txt", data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert document.chapters == ()
+    assert peak < 4 * MiB, peak
+
+
+# --- the same files through the upload endpoint ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upload_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app on a scripted model, its archive on the hash embedder, .docx files unpacked up
+    to 2 MiB (the template's parts are 0.8 MiB)."""
+    state = tmp_path_factory.mktemp("uploads")
+    settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive",
+                        archive_max_expanded_bytes=2 * MiB, rate_limit_per_minute=0,
+                        rate_limit_concurrent=0)
+    with hash_embedder(), TestClient(create_app(settings, generator=FakeGenerator())) as client:
+        assert wait_archive(client) == "ready"
+        yield client
+
+
+def _upload(client: TestClient, name: str, data: bytes) -> Any:
+    return client.post("/api/v1/archive/files", files={"file": (name, data)})
+
+
+@pytest.mark.parametrize(("name", "data", "status", "code", "words"), [
+    ("bomb.docx", lambda: crafted_docx(spaces(2048)), 413, "document_too_large",
+     "ARCHIVE_MAX_EXPANDED_BYTES"),
+    # 2 MiB in a part python-docx never reads still counts against ARCHIVE_MAX_EXPANDED_BYTES
+    ("padded.docx", lambda: crafted_docx(extra={"word/media/pad.bin": bytes(2 * MiB)}), 413,
+     "document_too_large", f"up to {2 * MiB} bytes"),
+    ("broken.docx", lambda: crafted_docx(b"<w:document"), 422, "invalid_document",
+     "'word/document.xml' is not well-formed XML"),
+    ("laughs.docx", lambda: crafted_docx(b'<!DOCTYPE d [<!ENTITY a "a">]><d>&a;</d>'), 422,
+     "invalid_document", "declares a DTD"),
+    ("word.html", crafted_docx, 422, "invalid_document", "binary"),
+    ("many.html", lambda: b"<p>" * (MAX_HTML_TAGS + 1), 413, "document_too_large", "tags"),
+], ids=["zip-bomb", "padded", "malformed-xml", "dtd", "docx-as-html", "html-tags"])
+def test_crafted_uploads_are_clear_4xx(upload_client: TestClient, name: str,
+                                       data: Callable[[], bytes], status: int, code: str,
+                                       words: str) -> None:
+    response = _upload(upload_client, name, data())
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["param"] == "file"
+    assert words in error["message"]
+    assert "lxml" not in response.text and "Traceback" not in response.text
+
+
+def test_a_docx_within_the_limits_is_archived(upload_client: TestClient) -> None:
+    fine = crafted_docx(extra={"word/media/pad.bin": bytes(MiB)})
+    response = _upload(upload_client, "fine.docx", fine)
+    assert response.status_code == 201, response.text
+    assert upload_client.get("/api/v1/archive/files/fine.docx/text").json()["text"] == (
+        "Hello there.")
