@@ -128,7 +128,9 @@ def ingest(
     named: dict[str, Path] = {}
     for path, name in files:
         try:
-            document = parse_document(name, path.read_bytes())
+            document = parse_document(
+                name, path.read_bytes(),
+                max_expanded_bytes=archive.settings.max_expanded_bytes)
         except WriterAssistantError as error:
             failed += 1
             typer.echo(f"skipped {path}: {error.message}", err=True)
