@@ -199,8 +199,13 @@ def test_a_model_command_closes_what_it_opened(env, tmp_path, monkeypatch, fails
 def test_an_archive_command_closes_the_archive(env, monkeypatch):
     from app.archive.service import Archive
 
+    class StubStore:
+        def check(self) -> None:
+            pass
+
     class StubArchive:
         closed = 0
+        store = StubStore()
 
         def for_tenant(self, _tenant: str) -> StubArchive:
             return self
