@@ -37,6 +37,8 @@ class ChapterPipelineRequest(GenerateChapterRequest):
     raters use their own defaults.
     """
 
+    n: Literal[1] = Field(default=1, description="One draft per round (use max_rounds).")
+    rate_variants: Literal[False] = False
     raters: list[PipelineRater] = Field(
         default_factory=lambda: [PipelineRater()], min_length=1, max_length=MAX_RATERS,
         description="Who scores each draft (score 1-10 each); the mean decides when to stop.")

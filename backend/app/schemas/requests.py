@@ -18,6 +18,8 @@ from app.schemas.context import (
 
 RequiredShort = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                                  max_length=200)]
+#: Most variants one prose request may ask for.
+MAX_VARIANTS = 4
 #: Most chat messages in one /llm-chat request.
 MAX_CHAT_MESSAGES = 100
 
@@ -45,6 +47,16 @@ class TargetWordsRequest(AgentRequest):
         "most the operation's limit and a quarter of the window, reported in "
         "context_metadata.max_tokens_note).",
     )
+    n: int = Field(
+        default=1, ge=1, le=MAX_VARIANTS,
+        description="Variants to write (1-4), each with its own seed (seed, seed + 1, ...), "
+        "scored for style similarity to the author's voice, novelty against the story, "
+        "length fit and (with rate_variants) the rater's score, and returned ranked in "
+        "`variants`; the response's text is the best one's.",
+    )
+    rate_variants: bool = Field(
+        default=False, description="With n > 1: have the rater agent score each variant too "
+        "(one more call per variant).")
 
 
 class GenerateChapterRequest(TargetWordsRequest):

@@ -10,7 +10,7 @@ models, summaries, tags and documented errors all come from the spec and the err
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations,
 # which are closure variables, at registration time.
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -19,6 +19,7 @@ from sse_starlette import EventSourceResponse
 
 from app.agents.events import response_body, stream_events
 from app.agents.spec import AgentSpec
+from app.agents.variants import Scorer, Variants
 from app.api.disconnect import unless_disconnected
 from app.api.errors import AGENT_ERRORS, ARCHIVE_ERRORS, REFUSALS, error_responses
 from app.api.sse import sse_response
@@ -34,14 +35,44 @@ def _errors(spec: AgentSpec) -> dict[int | str, dict[str, Any]]:
     return error_responses(*REFUSALS, *AGENT_ERRORS, *archive)
 
 
-def add_agent_routes(router: APIRouter, spec: AgentSpec) -> None:
-    """Register ``spec``'s JSON route and, when it streams, its Server-Sent Events route."""
+def scorer_for(services: Services) -> Callable[[Any], Scorer]:
+    """The variant scorer of a request: its story's chapters, the tenant's archive embedding
+    model (none while the archive is off or loading) and the tenant's voice profile."""
+    archive = services.tenant_archive()
+
+    def scorer(request: Any) -> Scorer:
+        story = [chapter.content for chapter in request.structured_context.chapters]
+        if archive is None:
+            return Scorer(story)
+        embedder = archive.embedder
+        return Scorer(story, embed=embedder.embed,
+                      voice=None)  # the voice profile comes with app.voice
+
+    return scorer
+
+
+def _variants(services: Services, registry: Mapping[str, AgentSpec]) -> Variants:
+    return Variants(services.require_runner(), registry, scorer_for(services))
+
+
+def add_agent_routes(router: APIRouter, spec: AgentSpec,
+                     registry: Mapping[str, AgentSpec] | None = None) -> None:
+    """Register ``spec``'s JSON route and, when it streams, its Server-Sent Events route. A
+    request with ``n`` > 1 (the prose operations) is answered with variants of ``registry``'s
+    team (:mod:`app.agents.variants`)."""
     request_model = spec.request_model
     name = spec.operation.replace("-", "_")
+    team = registry if registry is not None else {spec.operation: spec}
 
     if spec.json_route:
         async def run(body: request_model, request: Request,  # type: ignore[valid-type]
                       services: Services = Depends(get_services)) -> BaseModel | Response:
+            if getattr(body, "n", 1) > 1:
+                variants = await unless_disconnected(
+                    request, _variants(services, team).run(spec, body))
+                if isinstance(variants, Response):
+                    return variants
+                return spec.response_model.model_validate(variants)
             result = await unless_disconnected(request,
                                                services.require_runner().run(spec, body))
             if isinstance(result, Response):  # the client left
@@ -58,9 +89,11 @@ def add_agent_routes(router: APIRouter, spec: AgentSpec) -> None:
 
     async def stream(body: request_model,  # type: ignore[valid-type]
                      services: Services = Depends(get_services)) -> EventSourceResponse:
-        items = await services.require_runner().stream(spec, body)
-        return sse_response(stream_events(items), services.settings.http,
-                            services.streams)
+        if getattr(body, "n", 1) > 1:
+            events = await _variants(services, team).stream(spec, body)
+        else:
+            events = stream_events(await services.require_runner().stream(spec, body))
+        return sse_response(events, services.settings.http, services.streams)
 
     stream.__name__ = f"{name}_stream"
     summary = spec.summary or spec.operation
@@ -76,5 +109,5 @@ def agents_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
     """The routes of every operation in ``registry`` (paths relative to ``/api/v1``)."""
     router = APIRouter()
     for spec in registry.values():
-        add_agent_routes(router, spec)
+        add_agent_routes(router, spec, registry)
     return router
