@@ -1,6 +1,7 @@
 # Set-up, serving and testing. `make serve`, `make lint` and `make test` each install what they
 # need first; `make test` (what CI runs) lints and type-checks before the tests, and installs
-# headless Chromium for the browser tests of the API docs (`make browser`).
+# headless Chromium for the browser tests of the API docs (`make browser`) and redis-server for
+# the shared rate-limit tests (`make redis`).
 #
 # llama-cpp-python builds from source. The default native build emits Intel AMX instructions
 # that these CPUs advertise but cannot execute ("Illegal instruction" at the first
@@ -21,7 +22,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser serve lint test bench bench-generation bench-kv bench-quality ingest
+.PHONY: install browser redis serve lint test bench bench-generation bench-kv bench-quality ingest
 
 install: $(STAMP)
 
@@ -35,6 +36,18 @@ browser:
 	      echo "could not install chromium: the browser tests will be skipped"; \
 	  else \
 	    echo "chromium is missing: the browser tests will be skipped (sudo apt-get install chromium)"; \
+	  fi; }
+
+# Debian's redis-server, which backend/tests/api/test_limits.py starts on loopback (a free port,
+# no persistence) to test per-minute limits shared by replicas (RATE_LIMIT_STORAGE_URI).
+# Installed when missing as root (CI); otherwise those tests are skipped, with this note.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; } || \
+	      echo "could not install redis-server: the shared rate-limit tests will be skipped"; \
+	  else \
+	    echo "redis-server is missing: the shared rate-limit tests will be skipped (sudo apt-get install redis-server)"; \
 	  fi; }
 
 $(STAMP): backend/pyproject.toml Makefile
@@ -52,7 +65,7 @@ serve: install
 lint: install
 	cd backend && ../$(BIN)/ruff check app tests bench examples && ../$(BIN)/mypy
 
-test: lint browser
+test: lint browser redis
 	cd backend && ../$(BIN)/python -m pytest
 
 # An author's sequence of agents on one story, two stories interleaved, cold then warm, with

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+
+import diskcache
 
 from app.agents.runner import AgentRunner, RunnerSettings
 from app.api.sse import OpenStreams
@@ -29,6 +32,7 @@ from app.archive.retrieval import archive_context, archive_search
 from app.archive.service import ArchiveState, load_archive
 from app.config import Settings, warn_unknown_settings
 from app.context.summaries import SummaryCache
+from app.errors import ModelUnavailable
 from app.llm.protocol import TextGenerator
 from app.llm.scheduler import Scheduler
 from app.observability.metrics import Metrics
@@ -114,20 +118,39 @@ def build_runner(settings: Settings, generator: TextGenerator, scheduler: Schedu
     retrieved passages in each request's context; with ``require_archive`` (returns the
     request's archive or raises ``ArchiveUnavailable``), the archivist's retrieval.
 
-    Opens the summary cache (a ``diskcache`` in ``SUMMARY_CACHE_DIR``, created if missing) and
-    the runner's assembly threads; :func:`close_runner` releases both.
+    Opens the summary cache (:func:`open_summary_cache`) and the runner's assembly threads;
+    :func:`close_runner` releases both.
 
     Raises:
-        OSError: ``SUMMARY_CACHE_DIR`` cannot be created or opened.
+        ModelUnavailable: ``SUMMARY_CACHE_DIR`` cannot be created or opened.
     """
-    distillation = settings.distillation
-    cache = SummaryCache(distillation.cache_dir, distillation.cache_max_bytes,
-                         generator.model_name)
+    cache = open_summary_cache(settings, generator.model_name, metrics)
     return AgentRunner(RunnerSettings.of(settings), generator, scheduler, metrics,
                        extra_elements=archive_context(archive) if archive is not None else None,
                        retrieve=(archive_search(require_archive) if require_archive is not None
                                  else None),
                        summary_cache=cache)
+
+
+def open_summary_cache(settings: Settings, model: str, metrics: Metrics) -> SummaryCache:
+    """The summary cache of ``model``: a ``diskcache`` in ``SUMMARY_CACHE_DIR`` (created if
+    missing, at most ``SUMMARY_CACHE_MAX_BYTES``), its failures counted in ``metrics``; a
+    corrupt database in it is moved aside and made anew.
+
+    Raises:
+        ModelUnavailable: the directory cannot be created or the database made in it (the
+            path and the cause are logged, not put in the message, which ``/health`` shows).
+    """
+    distillation = settings.distillation
+    try:
+        return SummaryCache(distillation.cache_dir, distillation.cache_max_bytes, model,
+                            on_error=metrics.count_summary_cache_error)
+    except (OSError, sqlite3.Error, diskcache.Timeout) as error:
+        logger.error("the summary cache could not be opened in %s (%s: %s)",
+                     distillation.cache_dir, type(error).__name__, error)
+        raise ModelUnavailable(
+            "The summary cache could not be opened: make SUMMARY_CACHE_DIR a writable "
+            "directory (see the server log).") from error
 
 
 def close_runner(runner: AgentRunner) -> None:
@@ -145,7 +168,7 @@ def attach_generator(services: Services, generator: TextGenerator, *, owned: boo
     ``owned``: the services opened the generator, so :func:`close_services` closes it.
 
     Raises:
-        OSError: the summary cache cannot be opened.
+        ModelUnavailable: the summary cache cannot be opened.
     """
     runner = build_runner(services.settings, generator, services.scheduler, services.metrics,
                           archive=services.tenant_archive,
@@ -158,8 +181,8 @@ async def open_model(services: Services, *, lazy: bool = False) -> None:
     then :func:`attach_generator` with the generator marked as the services' own.
 
     Raises:
-        ModelUnavailable: as :func:`open_generator`.
-        OSError: the summary cache cannot be opened (the generator is closed first).
+        ModelUnavailable: as :func:`open_generator`, or the summary cache cannot be opened
+            (the generator is closed first).
     """
     generator = await asyncio.to_thread(open_generator, services.settings, lazy=lazy)
     try:

@@ -37,6 +37,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from app.tenancy import LOCAL_TENANT, is_reserved
+
 
 def setting(env: str, *, aliases: tuple[str, ...] = (), **field: Any) -> Any:
     """A settings field read from the environment variable ``env``, or from any of
@@ -690,6 +692,14 @@ class ArchiveSettings(_Group):
         return self
 
 
+#: The schemes of RATE_LIMIT_STORAGE_URI: the ``limits`` library's storages that keep a
+#: moving window, have their client here (``limits[redis]``) and connect on first use (a
+#: redis+cluster storage connects when it is made, so an unreachable cluster would stop the
+#: start instead of failing open).
+RATE_LIMIT_STORAGE_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix",
+                                        "redis+sentinel"})
+
+
 class LimitsSettings(_Group):
     """What the service takes on: the model's queue, the deadline of a request's work,
     request sizes and per-user rates."""
@@ -736,8 +746,36 @@ class LimitsSettings(_Group):
     rate_limit_concurrent: int = setting(
         env="RATE_LIMIT_CONCURRENT",
         default=4, ge=0,
-        description="Requests a user may have in flight at once; more is a 429. 0: no limit.",
+        description="Requests a user may have in flight at once; more is a 429. 0: no limit. "
+        "Counted per process: with several replicas a user may have this many on each.",
     )
+    rate_limit_auth_failures_per_minute: int = setting(
+        env="RATE_LIMIT_AUTH_FAILURES_PER_MINUTE",
+        default=10, ge=0,
+        description="With API_KEYS set, requests without a valid key (401) a client address "
+        "may make per minute; past that every request from the address that needs a key is a "
+        "429 with Retry-After, a valid key included, until the minute's window frees (key "
+        "guessing). 0: no limit.",
+    )
+    rate_limit_storage_uri: str = setting(
+        env="RATE_LIMIT_STORAGE_URI",
+        default="memory://",
+        description="Where the per-minute counts live (RATE_LIMIT_PER_MINUTE, "
+        "RATE_LIMIT_AUTH_FAILURES_PER_MINUTE): memory:// (this process) or a Redis server "
+        "shared by several replicas, redis://host:6379/0 (also rediss://, redis+unix://, "
+        "redis+sentinel://; the limits library's storage URIs). While it "
+        "cannot be reached requests are served without these limits, with a warning logged "
+        "and writer_assistant_rate_limit_checks_skipped_total counted.",
+    )
+
+    @field_validator("rate_limit_storage_uri")
+    @classmethod
+    def _check_storage_uri(cls, value: str) -> str:
+        scheme = value.partition("://")[0]
+        if "://" not in value or scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+            raise ValueError("must be memory:// or a Redis URI (" + ", ".join(
+                f"{s}://" for s in sorted(RATE_LIMIT_STORAGE_SCHEMES - {"memory"})) + ")")
+        return value
 
 
 class HttpSettings(_Group):
@@ -752,9 +790,10 @@ class HttpSettings(_Group):
     api_keys: SecretStr | None = setting(
         env="API_KEYS",
         default=None,
-        description="API keys as comma-separated tenant:key pairs (keys of 16+ characters). "
-        "Set: every route but /health and /ready needs one, and each key is a tenant with its "
-        "own archive. Unset: no keys (local use).",
+        description="API keys as comma-separated tenant:key pairs (keys of 16+ characters; "
+        "tenant names of letters, digits, _ or -, not 'local', which is reserved). Set: every "
+        "route but /health and /ready needs one, and each key is a tenant with its own "
+        "archive. Unset: no keys (local use). A refused value is never printed.",
     )
     cors_origins: list[str] = setting(
         env="CORS_ORIGINS",
@@ -1074,7 +1113,10 @@ class Settings(BaseSettings):
                 if not path:  # a check of several settings, whose message names them
                     problems.append(problem["msg"].removeprefix("Value error, "))
                     continue
-                problems.append(f"{paths.get(path, '.'.join(path))}: {problem['msg']}")
+                name, message = paths.get(path, ".".join(path)), problem["msg"]
+                message = message.removeprefix("Value error, ")
+                # a message that names its variable itself (API_KEYS entry 2 ...) is as it is
+                problems.append(message if message.startswith(name) else f"{name}: {message}")
             raise ValueError("; ".join(problems)) from None
 
     @model_validator(mode="before")
@@ -1119,19 +1161,56 @@ def _grouped(data: Any) -> Any:
     return _merge(rest, _nest(flat))
 
 
+#: The shortest API key, in characters.
+MIN_API_KEY_CHARS = 16
+
+
+def _api_keys_entry(number: int, tenant: str) -> str:
+    """How an error names entry ``number`` of API_KEYS: with its tenant only when the tenant
+    is too short to be a key (a pair written key:tenant must not print the key)."""
+    if len(tenant) < MIN_API_KEY_CHARS:
+        return f"API_KEYS entry {number} ({tenant})"
+    return f"API_KEYS entry {number}"
+
+
 def _parse_api_keys(raw: str) -> dict[str, str]:
-    """``tenant:key,tenant:key`` -> {tenant: key}. The error never quotes a key."""
+    """``tenant:key,tenant:key`` -> {tenant: key}.
+
+    Raises:
+        ValueError: an entry is not ``tenant:key``, a key is under
+            :data:`MIN_API_KEY_CHARS` characters, a tenant is reserved
+            (:data:`app.tenancy.RESERVED_TENANTS`) or appears twice, a key is used twice or is
+            also a tenant name. The message names API_KEYS, the entry (by position, and by
+            tenant where that cannot be a key) and the problem; it never holds any text that
+            could be a key.
+    """
     tenants: dict[str, str] = {}
-    for number, entry in enumerate((e.strip() for e in raw.split(",") if e.strip()), start=1):
-        tenant, separator, key = entry.partition(":")
+    pairs = [entry.strip().partition(":") for entry in raw.split(",") if entry.strip()]
+    keys = {key: number for number, (_, _, key) in enumerate(pairs, start=1)}
+    for number, (tenant, separator, key) in enumerate(pairs, start=1):
         if not separator or not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", tenant):
-            raise ValueError(f"API_KEYS entry {number} must be tenant:key with a tenant of "
-                             "letters, digits, _ or - (up to 40)")
-        if len(key) < 16:
-            raise ValueError(f"API_KEYS entry {number} ({tenant}): keys need 16+ characters")
-        if tenant in tenants or key in tenants.values():
-            raise ValueError(f"API_KEYS entry {number} ({tenant}): tenants and keys must be "
-                             "unique")
+            raise ValueError(f"API_KEYS entry {number} is not tenant:key (a tenant name of "
+                             "letters, digits, _ or -, up to 40, a colon, then the key)")
+        where = _api_keys_entry(number, tenant)
+        if len(key) < MIN_API_KEY_CHARS:
+            raise ValueError(f"{where}: the key is under {MIN_API_KEY_CHARS} characters (or "
+                             "the pair is written key:tenant; it is tenant:key)")
+        if is_reserved(tenant):
+            raise ValueError(f"{where}: the tenant name {LOCAL_TENANT!r} is reserved for "
+                             "requests without keys (the default archive, limits per client "
+                             "address); choose another")
+        if tenant in keys:  # named by position: its own tenant may be a key too
+            owner = pairs[keys[tenant] - 1][0]
+            other = _api_keys_entry(keys[tenant], owner).removeprefix("API_KEYS ")
+            raise ValueError(f"{where}: the tenant name is {other}'s key (tenant names are "
+                             "logged, keys never)")
+        if tenant in tenants:
+            raise ValueError(f"{where}: tenant appears twice; each tenant has one key")
+        for earlier_number, (earlier, earlier_key) in enumerate(tenants.items(), start=1):
+            if key == earlier_key:
+                other = _api_keys_entry(earlier_number, earlier).removeprefix("API_KEYS ")
+                raise ValueError(f"{where}: the key is also {other}'s; each tenant needs its "
+                                 "own key")
         tenants[tenant] = key
     return tenants
 

@@ -50,9 +50,11 @@ class ModelOverloaded(WriterAssistantError):
 
 
 class ContextLengthExceeded(WriterAssistantError):
-    """Content that may not be trimmed or dropped does not fit the context window.
+    """Content that may not be trimmed or dropped does not fit the context window, or a remote
+    model server refused the prompt as over its window.
 
-    ``details`` carries ``needed_tokens`` and ``available_tokens``.
+    ``details`` carries ``needed_tokens`` and ``available_tokens`` (from a model server, where
+    it gives them, with ``upstream_status``).
     """
 
     code = "context_length_exceeded"

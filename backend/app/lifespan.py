@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from app import bootstrap
 from app.archive.service import load_archive
-from app.errors import ModelUnavailable
+from app.errors import WriterAssistantError
 from app.llm.retry import is_retryable, startup_retrying
 from app.state import Services
 
@@ -23,29 +23,48 @@ logger = logging.getLogger(__name__)
 async def load_model(services: Services) -> None:
     """Load or reach the model off the event loop and publish it with its runner
     (:func:`app.bootstrap.open_model`: ``LLM_BACKEND``'s generator, weights loaded eagerly,
-    owned by the services so that :func:`app.bootstrap.close_services` closes it).
+    owned by the services so that :func:`app.bootstrap.close_services` closes it, then the
+    runner and its summary cache).
 
-    A failure (file missing, not GGUF, server down or loading...) is published on ``/health``
-    and ``/ready`` and retried by the startup policy (:func:`app.llm.retry.startup_retrying`:
-    every ``LLM_CONNECT_RETRY_S`` seconds while a remote server is unreachable or loading,
-    else every ``MODEL_LOAD_RETRY_S`` seconds, without end), so the service recovers by itself
-    once the cause goes away.
+    A failure of any step (file missing, not GGUF, server down or loading, summary cache
+    directory unwritable...) is published on ``/health`` and ``/ready`` and retried by the
+    startup policy (:func:`app.llm.retry.startup_retrying`: every ``LLM_CONNECT_RETRY_S``
+    seconds while a remote server is unreachable or loading, else every
+    ``MODEL_LOAD_RETRY_S`` seconds, without end), so the service recovers by itself once the
+    cause goes away. The published reason is the domain error's message (it names the setting
+    to check, never a path or a library's text); anything else is logged whole and published
+    as an unexpected failure. Should the load end any other way than by cancellation or
+    success, the model is left ``error``, never ``loading``.
     """
     def failed(error: BaseException, wait_s: float) -> None:
         if is_retryable(error):  # a remote server unreachable, loading or busy
-            reason = getattr(error, "message", str(error))
+            reason = getattr(error, "message", None) or UNEXPECTED
             logger.warning("model server not ready: %s", reason)
-        elif isinstance(error, ModelUnavailable):
+        elif isinstance(error, WriterAssistantError):
             reason = error.message
             logger.error("model load failed: %s", reason)
         else:  # reported on /health, never crashes startup
             logger.error("model load failed", exc_info=error)
-            reason = f"unexpected {type(error).__name__} while loading the model"
+            reason = UNEXPECTED
         services.model.status = "error"
         services.model.error = f"{reason} (retrying in {wait_s:g} s)"
 
     retrying = startup_retrying(services.settings, on_retry=failed)
-    await retrying(bootstrap.open_model, services)
+    try:
+        await retrying(bootstrap.open_model, services)
+    except asyncio.CancelledError:  # shutdown
+        raise
+    except BaseException as error:  # outside the retry policy: not retried, never "loading"
+        logger.critical("model load stopped; restart the server", exc_info=error)
+        services.model.status = "error"
+        services.model.error = ("The model could not be set up and is not retried; restart "
+                                "the server (see the server log).")
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            raise
+
+
+#: The published reason of a failure that is no domain error (the log has the detail).
+UNEXPECTED = "The model could not be set up (an unexpected error; see the server log)."
 
 
 async def drain(services: Services, then: Callable[[], None]) -> None:

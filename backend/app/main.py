@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.agents.registry import REGISTRY
 from app.agents.spec import AgentSpec
 from app.api import docs, errors
-from app.api.middleware import ApiKeys, BodySizeLimit, UserLimits
+from app.api.middleware import ApiKeys, BodySizeLimit, RateLimits, UserLimits
 from app.api.v1.router import build_router
 from app.bootstrap import build_services
 from app.config import Settings
@@ -48,10 +48,12 @@ def create_app(settings: Settings | None = None, generator: TextGenerator | None
     # keys (which set the tenant), then the per-user limits that count by tenant, then the
     # docs pages' content security policy.
     app.add_middleware(docs.DocsPolicy)
+    rate_limits = RateLimits.from_uri(limits.rate_limit_storage_uri, app.state.services.metrics)
     app.add_middleware(UserLimits, per_minute=limits.rate_limit_per_minute,
-                       concurrent=limits.rate_limit_concurrent)
-    app.add_middleware(ApiKeys, keys=http.api_key_tenants,
-                       docs_need_key=http.docs_require_key)
+                       concurrent=limits.rate_limit_concurrent, limits=rate_limits)
+    app.add_middleware(ApiKeys, keys=http.api_key_tenants, docs_need_key=http.docs_require_key,
+                       failures_per_minute=limits.rate_limit_auth_failures_per_minute,
+                       limits=rate_limits)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
     if http.cors_origins:
         any_origin = "*" in http.cors_origins

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-#: Tenant of every request when API keys are off (local use).
+#: Tenant of every request when API keys are off (local use), of the probes when they are on,
+#: and of the CLI's archive commands by default: the archive's own collection and per-address
+#: rate limits.
 LOCAL_TENANT = "local"
+
+#: Names no API key's tenant may have (compared case-insensitively): a key named so would share
+#: the local tenant's archive and be limited per address instead of per key.
+RESERVED_TENANTS = frozenset({LOCAL_TENANT})
+
+
+def is_reserved(tenant: str) -> bool:
+    """Whether ``tenant`` is one of :data:`RESERVED_TENANTS`, in any case."""
+    return tenant.lower() in RESERVED_TENANTS
 
 current_tenant: ContextVar[str] = ContextVar("tenant", default=LOCAL_TENANT)

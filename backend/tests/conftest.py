@@ -54,7 +54,8 @@ def settings(tmp_path: Path) -> Settings:
     retry tests ask for retries)."""
     return Settings(summary_cache_dir=tmp_path / "summaries",
                     archive_db_path=tmp_path / "archive", archive_enabled=False,
-                    rate_limit_per_minute=0, rate_limit_concurrent=0, quality_max_retries=0)
+                    rate_limit_per_minute=0, rate_limit_concurrent=0,
+                    rate_limit_auth_failures_per_minute=0, quality_max_retries=0)
 
 
 @pytest.fixture

@@ -174,14 +174,16 @@ class _TokenGaps:
 
 
 class _CountingLookup:
-    """The summary cache as assembly's lookup, counting the summaries it finds."""
+    """``tenant``'s part of the summary cache as assembly's lookup, counting the summaries it
+    finds."""
 
-    def __init__(self, cache: SummaryCache) -> None:
+    def __init__(self, cache: SummaryCache, tenant: str) -> None:
         self.cache = cache
+        self.tenant = tenant
         self.hits = 0
 
     def get(self, job: SummaryJob) -> str | None:
-        text = self.cache.get(job)
+        text = self.cache.get(job, tenant=self.tenant)
         self.hits += text is not None
         return text
 
@@ -401,7 +403,9 @@ class AgentRunner:
         if (self.distiller is None or not self.settings.distillation.enabled
                 or not spec.distills):
             return None
-        return _CountingLookup(self.distiller.cache)
+        # The request's tenant, read here on the event loop: assembly runs on the runner's
+        # threads, which do not carry the request's context.
+        return _CountingLookup(self.distiller.cache, current_tenant.get())
 
     async def _distill(
         self,
@@ -429,7 +433,7 @@ class AgentRunner:
                     await progress({"stage": "distilling", "summary": job.id, "label": job.label,
                                     "layer": job.layer.value, "level": job.level,
                                     "step": step, "steps": len(jobs)})
-                await self.distiller.make(job, stats)
+                await self.distiller.make(job, stats, tenant=lookup.tenant)
             lookup.hits = 0
             prompt = await self._assemble(plan, lookup)
         if prompt.missing:

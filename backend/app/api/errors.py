@@ -1,6 +1,8 @@
 """The one table from exception to HTTP status and error body.
 
-Every non-2xx answer has the body ``{"error": {"code", "message", "param", "details"}}``.
+Every non-2xx answer has the body ``{"error": {"code", "type", "message", "param",
+"details"}}``: ``code`` is ours (stable, one per error class), ``type`` the OpenAI-style class
+of the answer derived from its status (:func:`error_type`).
 Domain errors answer through :func:`error_response`, wherever they arise (routes, middleware,
 probes): the status and headers come from :data:`STATUS` and :data:`HEADERS`, found along the
 error's class hierarchy. Routes document the same table with :func:`error_responses`.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Literal
 
 from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
@@ -125,14 +127,35 @@ def status_of(kind: type[WriterAssistantError] | WriterAssistantError) -> int:
 
 #: Seconds a client should wait before retrying a 503 (or 429) whose error names no other.
 RETRY_AFTER_SECONDS = 5
+#: Most seconds a ``Retry-After`` header says, whatever the error's own figure (a model
+#: server's header, the queue's estimate): past a minute a client is better off asking again
+#: than trusting an estimate. The per-minute rate limit's window fits within it.
+RETRY_AFTER_MAX_SECONDS = 60
+
+#: The ``type`` of an error body: the error classes OpenAI-compatible clients know.
+ErrorType = Literal["invalid_request_error", "authentication_error", "rate_limit_error",
+                    "server_error"]
+
+
+def error_type(status: int) -> ErrorType:
+    """The ``type`` of an error answer with HTTP ``status``: 401 ``authentication_error``,
+    429 ``rate_limit_error``, any other 4xx ``invalid_request_error`` (the caller's to fix),
+    5xx ``server_error`` (ours or the model server's; 503 and 504 may succeed later)."""
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
 
 
 def error_body(error: WriterAssistantError) -> dict[str, Any]:
-    """The JSON envelope of a domain error: code, message, param and details, nothing else
-    (``retry_after`` goes in a header, ``retryable`` stays internal)."""
+    """The JSON envelope of a domain error: code, type (:func:`error_type` of its status),
+    message, param and details, nothing else (``retry_after`` goes in a header, ``retryable``
+    stays internal)."""
     return {
         "error": {
             "code": error.code,
+            "type": error_type(status_of(error)),
             "message": error.message,
             "param": error.param,
             "details": error.details,
@@ -162,6 +185,9 @@ class ErrorResponse(JSONResponse):
 
 def error_response(error: WriterAssistantError, *, record: bool = True) -> ErrorResponse:
     """The answer to a domain error: status and headers from the table, the error's envelope.
+    A 429 or 503 carries ``Retry-After``: the error's ``retry_after`` (else
+    :data:`RETRY_AFTER_SECONDS`) rounded up, at least 1 and at most
+    :data:`RETRY_AFTER_MAX_SECONDS`.
 
     ``record=False`` leaves it out of the metrics and the ``error_answer`` log (a probe's
     answer reports the server's state; it refuses no work)."""
@@ -169,7 +195,7 @@ def error_response(error: WriterAssistantError, *, record: bool = True) -> Error
     headers = dict(_nearest(HEADERS, type(error)) or {})
     if status in (429, 503):
         seconds = RETRY_AFTER_SECONDS if error.retry_after is None else error.retry_after
-        headers["Retry-After"] = str(max(1, math.ceil(seconds)))
+        headers["Retry-After"] = str(min(RETRY_AFTER_MAX_SECONDS, max(1, math.ceil(seconds))))
     return ErrorResponse(error_body(error), status_code=status, headers=headers or None,
                          record=record)
 
@@ -193,7 +219,8 @@ def envelope(status: int, code: str, message: str, param: str | None = None,
              headers: dict[str, str] | None = None, **details: Any) -> ErrorResponse:
     """A JSON error response in the one envelope, for answers that are no domain error
     (Starlette's HTTP errors, unexpected exceptions)."""
-    body = {"error": {"code": code, "message": message, "param": param, "details": details}}
+    body = {"error": {"code": code, "type": error_type(status), "message": message,
+                      "param": param, "details": details}}
     return ErrorResponse(body, status_code=status, headers=headers)
 
 

@@ -7,19 +7,35 @@ answered directly through the one table (:func:`app.api.errors.error_response`).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from limits import RateLimitItemPerMinute
-from limits.storage import MemoryStorage
+import anyio.to_thread
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.errors import ConfigurationError, StorageError
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import ErrorResponse, error_response
 from app.errors import RateLimited, RequestTooLarge, Unauthenticated
 from app.tenancy import LOCAL_TENANT, current_tenant
+
+if TYPE_CHECKING:
+    from app.observability.metrics import Metrics
+
+_logger = logging.getLogger(__name__)
+
+#: Seconds a Redis call of the rate limits may take (connecting included) before the check is
+#: skipped; a hung server costs a request at most this.
+STORAGE_TIMEOUT_S = 1.0
+#: Seconds the rate limits stop asking a storage that failed before they try it again.
+STORAGE_RECHECK_S = 5.0
 
 #: Routes that never need an API key and never count against a user's limits: probes.
 OPEN_PATHS = frozenset({"/health", "/ready", "/api/v1/health", "/api/v1/ready"})
@@ -85,6 +101,91 @@ class BodySizeLimit:
                 await self._refusal()(scope, receive, send)
 
 
+def rate_limit_storage(uri: str) -> Storage:
+    """The storage of the ``limits`` library for ``uri`` (RATE_LIMIT_STORAGE_URI:
+    ``memory://``, ``redis://host:port/db`` and the other Redis schemes), raising
+    :class:`limits.errors.StorageError` on a failed call. Redis calls time out after
+    :data:`STORAGE_TIMEOUT_S` seconds unless the URI says otherwise (``?socket_timeout=``).
+    Nothing is connected yet.
+
+    Raises:
+        limits.errors.ConfigurationError: an unknown scheme, or its client is not installed.
+    """
+    options: dict[str, float] = {}
+    if uri.startswith("redis"):
+        options = {"socket_timeout": STORAGE_TIMEOUT_S,
+                   "socket_connect_timeout": STORAGE_TIMEOUT_S}
+    storage = storage_from_string(uri, wrap_exceptions=True, **options)
+    if not isinstance(storage, Storage):  # an async+ scheme: its calls would need the loop
+        raise ConfigurationError("RATE_LIMIT_STORAGE_URI: async+ schemes are not supported")
+    return storage
+
+
+class RateLimits:
+    """Moving-window counts per minute in one storage (:func:`rate_limit_storage`), shared by
+    the middleware of an app and, in Redis, by every replica that names the same server.
+    A remote storage is asked from a worker thread, never on the event loop.
+
+    A failing storage fails open: the check is skipped and the request served, a warning is
+    logged when it starts failing (and one when it answers again), each skipped check is
+    counted (``writer_assistant_rate_limit_checks_skipped_total``), and for
+    ``recheck_after_s`` seconds (default :data:`STORAGE_RECHECK_S`) the storage is not asked
+    at all, so a hung server delays only the requests of one :data:`STORAGE_TIMEOUT_S` in
+    that time.
+    """
+
+    def __init__(self, storage: Storage, metrics: Metrics | None = None,
+                 recheck_after_s: float | None = None) -> None:
+        self.storage = storage
+        self.limiter = MovingWindowRateLimiter(storage)
+        self.metrics = metrics
+        self.recheck_after_s = STORAGE_RECHECK_S if recheck_after_s is None else recheck_after_s
+        self._local = isinstance(storage, MemoryStorage)
+        self._failing_until: float | None = None
+
+    @classmethod
+    def from_uri(cls, uri: str, metrics: Metrics | None = None) -> RateLimits:
+        """Limits in the storage of ``uri`` (see :func:`rate_limit_storage`)."""
+        return cls(rate_limit_storage(uri), metrics)
+
+    def _check(self, item: RateLimitItem, user: str, count: bool) -> float | None:
+        allowed = self.limiter.hit(item, user) if count else self.limiter.test(item, user)
+        if allowed:
+            return None
+        return max(self.limiter.get_window_stats(item, user).reset_time - time.time(), 1.0)
+
+    async def refusal(self, item: RateLimitItem, user: str, *, count: bool = True
+                      ) -> float | None:
+        """``None`` when ``user`` is within ``item`` (and, with ``count``, the request is
+        counted), else the seconds until it is (at least 1). ``None`` too while the storage
+        fails (fail open)."""
+        now = time.monotonic()
+        if self._failing_until is not None and now < self._failing_until:
+            self._skipped()
+            return None
+        try:
+            if self._local:
+                wait = self._check(item, user, count)
+            else:
+                wait = await anyio.to_thread.run_sync(self._check, item, user, count)
+        except (StorageError, OSError) as error:
+            cause = getattr(error, "storage_error", error)
+            if self._failing_until is None:
+                _logger.warning("rate-limit storage failed; per-minute limits are off until it "
+                                "answers", extra={"error": type(cause).__name__})
+            self._failing_until = time.monotonic() + self.recheck_after_s
+            self._skipped()
+            return None
+        if self._failing_until is not None:
+            self._failing_until = None
+            _logger.warning("rate-limit storage answers again; per-minute limits are on")
+        return wait
+
+    def _skipped(self) -> None:
+        if self.metrics is not None:
+            self.metrics.rate_limit_checks_skipped.inc()
+
+
 def _presented_key(scope: Scope) -> bytes:
     headers = dict(scope["headers"])
     authorization = headers.get(b"authorization", b"")
@@ -93,29 +194,51 @@ def _presented_key(scope: Scope) -> bytes:
     return headers.get(b"x-api-key", b"").strip()
 
 
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 class ApiKeys:
     """Every route but the probes (and the docs, unless ``docs_need_key``) requires an API
     key; the key names the tenant.
 
     ``keys`` maps tenant to key. Empty: keys are off and every request is the local tenant.
-    The presented key is compared with every configured key in constant time
-    (``hmac.compare_digest``), so timing tells nothing about which key nearly matched. Keys are
-    never logged.
+    Keys are kept as SHA-256 digests, and the presented key's digest is compared with every
+    one of them (``hmac.compare_digest``, all of them each time), so timing tells neither
+    which key nearly matched nor how long any key is. Keys are never logged.
+
+    Key guessing: with ``failures_per_minute`` and ``limits``, a client address whose requests
+    without a valid key reach ``failures_per_minute`` in a minute gets 429 (Retry-After) for
+    every request that needs a key, a valid one included, until the window frees.
     """
 
-    def __init__(self, app: ASGIApp, keys: Mapping[str, str], docs_need_key: bool = False
-                 ) -> None:
+    def __init__(self, app: ASGIApp, keys: Mapping[str, str], docs_need_key: bool = False,
+                 failures_per_minute: int = 0, limits: RateLimits | None = None) -> None:
         self.app = app
-        self.keys = {tenant: key.encode() for tenant, key in keys.items()}
+        self.digests = [(tenant, _digest(key.encode())) for tenant, key in keys.items()]
         self.docs_need_key = docs_need_key
+        self.failures = RateLimitItemPerMinute(failures_per_minute) \
+            if failures_per_minute else None
+        self.limits = limits or RateLimits(rate_limit_storage("memory://"))
+
+    @property
+    def keys_on(self) -> bool:
+        return bool(self.digests)
 
     def _open(self, path: str) -> bool:
         return path in OPEN_PATHS or (not self.docs_need_key and is_docs_path(path))
 
     def tenant_for(self, presented: bytes) -> str | None:
+        """The tenant whose key ``presented`` is, else ``None``."""
+        presented_digest = _digest(presented)
         found = None
-        for tenant, key in self.keys.items():
-            if hmac.compare_digest(presented, key) and found is None:
+        for tenant, digest in self.digests:
+            if hmac.compare_digest(presented_digest, digest) and found is None:
                 found = tenant
         return found
 
@@ -125,9 +248,21 @@ class ApiKeys:
             return
         state = scope.setdefault("state", {})
         state["tenant"] = LOCAL_TENANT
-        if self.keys and not self._open(scope["path"]):
+        if self.keys_on and not self._open(scope["path"]):
+            guesser = f"auth-failures:{_client_address(scope)}"
+            if self.failures is not None:
+                wait = await self.limits.refusal(self.failures, guesser, count=False)
+                if wait is not None:
+                    guessing = RateLimited(
+                        "Too many requests without a valid API key from this address: at most "
+                        f"{self.failures.amount} a minute (RATE_LIMIT_AUTH_FAILURES_PER_MINUTE).",
+                        retry_after=wait)
+                    await error_response(guessing)(scope, receive, send)
+                    return
             tenant = self.tenant_for(_presented_key(scope))
             if tenant is None:
+                if self.failures is not None:
+                    await self.limits.refusal(self.failures, guesser)
                 refusal = Unauthenticated("This route needs an API key: send 'Authorization: "
                                           "Bearer <key>' (or 'X-API-Key: <key>').")
                 await error_response(refusal)(scope, receive, send)
@@ -144,23 +279,25 @@ class UserLimits:
     """Per-user limits: concurrent requests and requests per minute, each a 429 with
     Retry-After. A user is the tenant (API keys on) or the client address (keys off).
 
-    Requests per minute use a moving window (the ``limits`` library). ``0`` turns a limit off.
+    Requests per minute use a moving window (the ``limits`` library) in ``limits``' storage
+    (RATE_LIMIT_STORAGE_URI), so replicas sharing a Redis share each user's budget; concurrent
+    requests are counted in this process only. ``0`` turns a limit off.
     """
 
-    def __init__(self, app: ASGIApp, per_minute: int, concurrent: int) -> None:
+    def __init__(self, app: ASGIApp, per_minute: int, concurrent: int,
+                 limits: RateLimits | None = None) -> None:
         self.app = app
         self.concurrent = concurrent
         self.in_flight: dict[str, int] = defaultdict(int)
         self.item = RateLimitItemPerMinute(per_minute) if per_minute else None
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.limits = limits or RateLimits(rate_limit_storage("memory://"))
 
     @staticmethod
     def _user(scope: Scope) -> str:
         tenant = scope.get("state", {}).get("tenant")
         if tenant and tenant != LOCAL_TENANT:
             return f"tenant:{tenant}"
-        client = scope.get("client")
-        return f"client:{client[0] if client else 'unknown'}"
+        return f"client:{_client_address(scope)}"
 
     @staticmethod
     def _refuse(message: str, retry_after: float) -> ErrorResponse:
@@ -176,14 +313,14 @@ class UserLimits:
                                    "user (RATE_LIMIT_CONCURRENT).", 1)
             await refusal(scope, receive, send)
             return
-        if self.item is not None and not self.limiter.hit(self.item, user):
-            reset = self.limiter.get_window_stats(self.item, user).reset_time
-            refusal = self._refuse(f"Too many requests: at most {self.item.amount} a minute per "
-                                   "user (RATE_LIMIT_PER_MINUTE).", reset - time.time())
-            await refusal(scope, receive, send)
-            return
-        self.in_flight[user] += 1
+        self.in_flight[user] += 1  # before the storage is asked: no await between check and count
         try:
+            wait = None if self.item is None else await self.limits.refusal(self.item, user)
+            if wait is not None and self.item is not None:
+                refusal = self._refuse(f"Too many requests: at most {self.item.amount} a minute "
+                                       "per user (RATE_LIMIT_PER_MINUTE).", wait)
+                await refusal(scope, receive, send)
+                return
             await self.app(scope, receive, send)
         finally:
             self.in_flight[user] -= 1

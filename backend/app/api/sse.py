@@ -61,13 +61,13 @@ async def _frames(events: StreamEvents) -> AsyncIterator[ServerSentEvent]:
         terminal_sent = True
     except Exception:  # after the first byte an error event is all we can send
         logger.exception("stream failed")
-        yield _frame(ERROR, {"code": "internal_error", "message": "The stream failed.",
-                             "param": None})
+        yield _frame(ERROR, {"code": "internal_error", "type": "server_error",
+                             "message": "The stream failed.", "param": None})
         terminal_sent = True
     finally:
         await events.aclose()
     if not terminal_sent:
-        yield _frame(ERROR, {"code": "stream_incomplete",
+        yield _frame(ERROR, {"code": "stream_incomplete", "type": "server_error",
                              "message": "The stream ended without a result.", "param": None})
 
 

@@ -76,7 +76,8 @@ class Embedder:
         all-MiniLM-L6-v2). Loads are cached per process: the same name returns the same object.
 
         Raises:
-            ArchiveUnavailable: the model is not installed or cannot be loaded offline.
+            ArchiveUnavailable: the model is not installed or cannot be loaded offline (the
+                message names ``EMBEDDING_MODEL``; the path and the cause are logged).
         """
         return _load_cached(model)
 
@@ -166,10 +167,14 @@ def _load_cached(model: str | None) -> Embedder:
         transformers_logging.disable_progress_bar()
         loaded = SentenceTransformer(source, device="cpu", local_files_only=True)
     except Exception as error:  # any load failure has one meaning for callers
+        # The message reaches /ready (no key needed): the path and the library's words are
+        # logged, not put in it.
+        logger.error("the embedding model %s could not be loaded offline from %s (%s: %s)",
+                     name, source, type(error).__name__, str(error)[:500])
         raise ArchiveUnavailable(
-            f"The embedding model {model or name!r} could not be loaded offline "
-            f"({type(error).__name__}: {str(error)[:200]}). Set EMBEDDING_MODEL to a local "
-            "sentence-transformers directory or a model already in the Hugging Face cache.",
+            "The embedding model could not be loaded offline: set EMBEDDING_MODEL to a local "
+            "sentence-transformers directory or a model already in the Hugging Face cache "
+            "(see the server log).",
             param="EMBEDDING_MODEL",
         ) from error
     return Embedder(loaded, name)

@@ -83,24 +83,32 @@ def default_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
 
 
-def check_gguf(path: Path) -> None:
+def check_gguf(path: Path, setting: str = "MODEL_PATH") -> None:
     """Check that ``path`` is a readable GGUF file before llama.cpp sees it.
 
     llama.cpp can abort the whole process on a corrupt file, so the magic and size are checked
-    here first.
+    here first. The error's message names ``setting`` (the setting that chose the file) and no
+    path, since ``/health`` shows it to anyone; the path and the cause are logged.
 
     Raises:
         ModelUnavailable: missing, unreadable, too small or not GGUF.
     """
     if not path.is_file():
-        raise ModelUnavailable(f"model file not found: {path.name} (check MODEL_PATH)")
+        logger.error("model file not found: %s (%s)", path, setting)
+        raise ModelUnavailable(f"The model file was not found: check {setting} (see the "
+                               "server log).")
     try:
         with path.open("rb") as handle:
             head = handle.read(_GGUF_MIN_BYTES)
     except OSError as error:
-        raise ModelUnavailable(f"model file unreadable: {path.name} ({error.strerror})") from None
+        logger.error("model file %s unreadable: %s", path, error)
+        raise ModelUnavailable(f"The model file could not be read: check {setting} and the "
+                               "file's permissions (see the server log).") from None
     if len(head) < _GGUF_MIN_BYTES or head[:4] != GGUF_MAGIC:
-        raise ModelUnavailable(f"model file is not a GGUF model: {path.name}")
+        logger.error("model file %s is not a GGUF model (%d bytes read, magic %r)", path,
+                     len(head), head[:4])
+        raise ModelUnavailable(f"The model file is not a GGUF model: check {setting} (see the "
+                               "server log).")
 
 
 @functools.lru_cache(maxsize=8)
@@ -161,20 +169,22 @@ class GgufTokenizer:
         return self.name
 
     @classmethod
-    def load(cls, path: Path) -> GgufTokenizer:
-        """Load the vocabulary and chat template of the GGUF at ``path`` (blocking).
+    def load(cls, path: Path, setting: str = "MODEL_PATH") -> GgufTokenizer:
+        """Load the vocabulary and chat template of the GGUF at ``path`` (blocking);
+        ``setting`` is the setting that chose the file, named in errors instead of the path.
 
         Raises:
             ModelUnavailable: the file is missing or not GGUF, has no chat template, or
-                llama.cpp could not read it.
+                llama.cpp could not read it (the cause is logged).
         """
-        check_gguf(path)
+        check_gguf(path, setting)
         try:
             llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
         except (ValueError, RuntimeError, OSError) as error:
+            logger.error("llama.cpp could not read the tokenizer of %s: %s", path, error)
             raise ModelUnavailable(
-                f"llama.cpp could not read the tokenizer of {path.name}: {error}"
-            ) from error
+                f"The model file's tokenizer could not be read: check {setting} (see the "
+                "server log).") from error
         return cls(llama, path.stem)
 
     def count_tokens(self, text: str) -> int:
@@ -269,7 +279,8 @@ class LlamaRuntime(GgufTokenizer):
         hash its file (the prefix cache keys on it).
 
         Raises:
-            ModelUnavailable: the file is missing or not GGUF, or llama.cpp failed to load it.
+            ModelUnavailable: the file is missing or not GGUF, or llama.cpp failed to load it
+                (the message names ``MODEL_PATH``; the path and llama.cpp's words are logged).
         """
         path = settings.path or default_model_path()
         check_gguf(path)
@@ -290,7 +301,9 @@ class LlamaRuntime(GgufTokenizer):
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as error:
-            raise ModelUnavailable(f"llama.cpp could not load {path.name}: {error}") from error
+            logger.error("llama.cpp could not load %s: %s", path, error)
+            raise ModelUnavailable("The model file could not be loaded: check MODEL_PATH (see "
+                                   "the server log).") from error
         cache = None
         snapshots = settings.prefix_cache
         if snapshots.enabled:

@@ -16,9 +16,14 @@ as with the in-process model:
   the agent runner validates the output again. Generations are serialised by an asyncio lock,
   one at a time per model, like the in-process runtime, and timed the same way.
 - **Errors**: unreachable server -> :class:`ModelUnavailable` (503); its 503 -> the same with its
-  ``Retry-After``; its 429 -> :class:`ModelOverloaded` (429) with its ``Retry-After``; any other
-  failure, or a stream that breaks or ends without a finish reason -> :class:`GenerationFailed`.
-  Closing the stream closes the upstream response, which tells the server to stop.
+  ``Retry-After``; its 429 -> :class:`ModelOverloaded` (429) with its ``Retry-After``; its 400
+  saying the prompt is over its window (llama-server's ``exceed_context_size_error``, OpenAI's
+  ``context_length_exceeded``) -> :class:`ContextLengthExceeded` (400: the caller shortens the
+  context); any other failure (another 400 included: a request we built that the server
+  refuses is nothing the caller can change), or a stream that breaks or ends without a finish
+  reason -> :class:`GenerationFailed`. Messages name the setting to check, never the server's
+  address or its own words (those are logged). Closing the stream closes the upstream
+  response, which tells the server to stop.
 - **Retries**: a transient failure while serving a request (unreachable, its 503, its 429) is
   retried by :class:`app.llm.retry.UpstreamRetry` (bounded attempts and seconds, its
   ``Retry-After`` honoured up to a cap) when opening a stream, never once a token came, and
@@ -36,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
+import hashlib
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -52,6 +59,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from app.config import ModelSettings
 from app.errors import (
+    ContextLengthExceeded,
     GenerationFailed,
     ModelOverloaded,
     ModelUnavailable,
@@ -81,10 +89,20 @@ PROBE_TEXTS = (
     ("\u201cCuriouser and curiouser!\u201d cried Alice; 1865, 42.5% \u2014 caf\u00e9, na\u00efve, "
     "\u00fcber \U0001f407\n\n\tdef f(x): return x ** 2"),
 )
-#: Counts remembered per generator (text -> tokens); trimming recounts the same sentences.
+#: Counts remembered per generator; trimming recounts the same sentences. Keyed by a 16-byte
+#: digest of the text, never the text, so each entry takes the same ~200 bytes however long its
+#: text: the cache holds at most about 1.6 MB.
 _COUNT_CACHE_SIZE = 8192
-#: Characters of an upstream error message quoted in ours.
+#: Characters of an upstream error message quoted in our log.
 _UPSTREAM_MESSAGE_CHARS = 300
+#: A model server's 400 for a prompt over its window: llama-server's error ``type``, OpenAI's
+#: ``code`` (which llama-cpp-python's server answers too), or the wording of those and vLLM's.
+_CONTEXT_EXCEEDED_MARKS = frozenset({"exceed_context_size_error", "context_length_exceeded"})
+_CONTEXT_EXCEEDED_TEXT = re.compile(
+    r"maximum context length|exceeds? the (?:available )?context|context (?:length|window) "
+    r"(?:exceeded|of)", re.IGNORECASE)
+_MAX_CONTEXT = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
+_REQUESTED = re.compile(r"(?:requested|resulted in) (\d+) tokens", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -235,7 +253,7 @@ class RemoteGenerator:
         )
         self._lock = asyncio.Lock()
         self._counting = ThreadPoolExecutor(max_workers=2, thread_name_prefix="remote-tokenize")
-        self._cache: OrderedDict[str, int] = OrderedDict()
+        self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._warned_prompt_mismatch = False
 
@@ -264,7 +282,7 @@ class RemoteGenerator:
             dialect = detect_dialect(http, model)
             server = ServerTokenizer(http, dialect, model) if dialect else None
             path = settings.remote.tokenizer_path or default_model_path()
-            local = GgufTokenizer.load(Path(path))
+            local = GgufTokenizer.load(Path(path), "LLM_TOKENIZER_PATH")
             count_with_server = _choose_counter(settings, server)
             _compare_tokenizers(settings, local, server, count_with_server)
         except BaseException:
@@ -318,13 +336,14 @@ class RemoteGenerator:
             return 0
         if not (self._count_with_server and self._server):
             return self._local.count_tokens(text)
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         with self._cache_lock:
-            if text in self._cache:
-                self._cache.move_to_end(text)
-                return self._cache[text]
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
         count = self._server.count(text)
         with self._cache_lock:
-            self._cache[text] = count
+            self._cache[key] = count
             if len(self._cache) > _COUNT_CACHE_SIZE:
                 self._cache.popitem(last=False)
         return count
@@ -388,12 +407,11 @@ class RemoteGenerator:
             except Exception as error:  # any break after the first byte
                 # The openai client wraps transport failures (a dropped connection, a read
                 # timeout) in APIError subclasses; anything else is unexpected, so log it whole.
-                logger.warning("model server stream failed after %d pieces: %s", pieces,
-                               type(error).__name__, exc_info=not isinstance(error,
-                                                                             openai.APIError))
+                logger.warning("model server stream failed after %d pieces: %s (%s)", pieces,
+                               type(error).__name__, _describe(error),
+                               exc_info=not isinstance(error, openai.APIError))
                 raise GenerationFailed(
-                    f"The model server's stream broke after {pieces} pieces "
-                    f"({_describe(error)}); try again."
+                    f"The model server's stream broke after {pieces} pieces; try again."
                 ) from error
             finally:
                 await upstream.close()
@@ -427,7 +445,8 @@ class RemoteGenerator:
         """One attempt at opening a generation's stream (nothing read from it yet).
 
         Raises:
-            ModelUnavailable | ModelOverloaded | GenerationFailed: :func:`_map_openai_error`.
+            ModelUnavailable | ModelOverloaded | ContextLengthExceeded | GenerationFailed:
+                :func:`_map_openai_error`.
         """
         try:
             return await self._client.chat.completions.create(**request)
@@ -469,24 +488,36 @@ def _discover(http: httpx.Client, base: str, settings: ModelSettings) -> tuple[s
     The id is ``LLM_MODEL`` or the first listed at ``/v1/models``; the window is llama-server's
     ``/props`` ``n_ctx``, else vLLM's ``max_model_len`` in the model list, else ``LLM_N_CTX``
     (llama-cpp-python reports none).
+
+    Raises:
+        ModelUnavailable: unreachable, loading or busy (``retryable``), refusing the key,
+            answering another error, or listing no model.
     """
     try:
         response = http.get(f"{base}/models")
     except httpx.TransportError as error:
         raise unreachable(base, error) from error
     if response.status_code in (401, 403):
+        logger.error("the model server at %s refused our credentials (%d)", base,
+                     response.status_code)
         raise ModelUnavailable(
-            f"the model server at {base} refused our credentials ({response.status_code}); "
-            "check LLM_API_KEY")
+            f"The model server refused our credentials ({response.status_code}): check "
+            "LLM_API_KEY.")
     if response.status_code != 200:
-        raise upstream_error(response.status_code, response.headers, response.text,
-                             during="listing its models")
+        refusal = upstream_error(response.status_code, response.headers, response.text,
+                                 during="listing its models")
+        if refusal.retryable:  # loading (503) or busy (429)
+            raise refusal
+        raise ModelUnavailable(
+            f"The model server answered {response.status_code} when asked for its models: "
+            "check LLM_BASE_URL (see the server log).", upstream_status=response.status_code)
     listed = [m for m in response.json().get("data", []) if isinstance(m, dict) and "id" in m]
     chosen = settings.remote.model
     entry = next((m for m in listed if m["id"] == chosen), None) if chosen else None
     if chosen is None:
         if not listed:
-            raise ModelUnavailable(f"the model server at {base} lists no model; set LLM_MODEL")
+            logger.error("the model server at %s lists no model", base)
+            raise ModelUnavailable("The model server lists no model: set LLM_MODEL.")
         entry = listed[0]
         chosen = entry["id"]
     n_ctx = _props_n_ctx(http)
@@ -557,10 +588,13 @@ def _compare_tokenizers(settings: ModelSettings, local: Any, server: ServerToken
 
 # --- errors -----------------------------------------------------------------------------------
 def unreachable(base: str, error: Exception) -> ModelUnavailable:
-    """The error for a model server that cannot be reached (retryable)."""
+    """The error for a model server that cannot be reached (retryable); ``base`` and the
+    cause are logged, not put in the message."""
+    logger.warning("the model server at %s is unreachable (%s: %s)", base,
+                   type(error).__name__, error)
     return ModelUnavailable(
-        f"The model server at {base} is unreachable ({type(error).__name__}); retry later.",
-        retryable=True,
+        "The model server is unreachable: check LLM_BASE_URL and that the server runs; retry "
+        "later.", retryable=True,
     )
 
 
@@ -585,7 +619,8 @@ def upstream_error(status: int, headers: Any, body: str, *,
     """Our error for an HTTP error answer of the model server.
 
     429 -> :class:`ModelOverloaded`, 503 -> :class:`ModelUnavailable`, both retryable and with
-    the server's ``Retry-After``; anything else -> :class:`GenerationFailed`.
+    the server's ``Retry-After``; anything else -> :class:`GenerationFailed`. The server's
+    ``body`` is logged, never put in the message.
     """
     retry_after = retry_after_seconds(headers)
     details: dict[str, Any] = {"upstream_status": status}
@@ -599,19 +634,57 @@ def upstream_error(status: int, headers: Any, body: str, *,
                                 "retry after the delay given.", retry_after=retry_after,
                                 retryable=True, **details)
     quoted = " ".join(body.split())[:_UPSTREAM_MESSAGE_CHARS]
-    return GenerationFailed(f"The model server answered {status} while {during}: {quoted}",
-                            **details)
+    logger.warning("the model server answered %d while %s: %s", status, during, quoted)
+    return GenerationFailed(f"The model server answered {status} while {during}; try again "
+                            "(see the server log).", **details)
+
+
+def context_exceeded(status: int, body: Any) -> ContextLengthExceeded | None:
+    """Our :class:`ContextLengthExceeded` when a model server's error answer (``status``, its
+    JSON ``body`` or just the ``error`` object in it) says the prompt is over its window, with
+    ``needed_tokens`` and ``available_tokens`` where the server gives them; else ``None``.
+
+    Our own count found the prompt within the window, so the server counts otherwise (another
+    model or tokenizer: check ``LLM_TOKENIZER_PATH``) or serves a smaller window per slot; the
+    caller's remedy is the same: a shorter context or a lower ``max_tokens``.
+    """
+    if status not in (400, 413):
+        return None
+    error = body.get("error", body) if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    message = str(error.get("message") or "")
+    marks = {str(error.get("type")), str(error.get("code"))}
+    if not (marks & _CONTEXT_EXCEEDED_MARKS or _CONTEXT_EXCEEDED_TEXT.search(message)):
+        return None
+    needed, available = error.get("n_prompt_tokens"), error.get("n_ctx")
+    if not isinstance(needed, int) and (found := _REQUESTED.search(message)):
+        needed = int(found.group(1))
+    if not isinstance(available, int) and (found := _MAX_CONTEXT.search(message)):
+        available = int(found.group(1))
+    logger.warning("the model server refused the prompt as over its context window (%d): %s; "
+                   "our count found it fits: check LLM_TOKENIZER_PATH and the server's window",
+                   status, " ".join(message.split())[:_UPSTREAM_MESSAGE_CHARS])
+    details: dict[str, Any] = {"upstream_status": status}
+    figures = ""
+    if isinstance(needed, int) and isinstance(available, int):
+        details |= {"needed_tokens": needed, "available_tokens": available}
+        figures = f" ({needed} tokens needed, {available} available)"
+    return ContextLengthExceeded(
+        f"The prompt does not fit the model server's context window{figures}; shorten the "
+        "story context or lower max_tokens.", **details)
 
 
 def _map_openai_error(error: openai.APIError, base: str) -> WriterAssistantError:
     if isinstance(error, openai.APIStatusError):
-        return upstream_error(error.status_code, error.response.headers, _describe(error))
+        return (context_exceeded(error.status_code, error.body)
+                or upstream_error(error.status_code, error.response.headers, _describe(error)))
     if isinstance(error, openai.APITimeoutError):
         return GenerationFailed("The model server did not answer within "
                                 "LLM_REQUEST_TIMEOUT_S; try again or raise it.")
     if isinstance(error, openai.APIConnectionError):
         return unreachable(base, error)
-    return GenerationFailed(f"The model server failed: {_describe(error)}")
+    logger.warning("the model server failed: %s", _describe(error))
+    return GenerationFailed("The model server failed; try again (see the server log).")
 
 
 def _describe(error: BaseException) -> str:

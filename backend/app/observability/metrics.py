@@ -68,8 +68,12 @@ class Metrics:
       ``completion_tokens_total{agent}``: every generation the runner made (a JSON agent's
       repair attempt is a second one).
     - ``prompt_cached_tokens_total{agent}``: prompt tokens whose KV state was reused.
+    - ``rate_limit_checks_skipped_total``: per-minute limit checks skipped (the request
+      served) because the rate-limit storage failed.
     - ``archive_operation_seconds{operation}`` (histogram): search, ingest, delete, files,
       file_text, stats, reindex.
+    - ``summary_cache_errors_total{operation}``: summary cache operations (``open``, ``get``,
+      ``set``) that failed and were skipped (a corrupt database is also rebuilt).
     - ``prefix_cache_*`` (with the in-process model and ``PREFIX_CACHE_ENABLED``): lookups,
       hits by tier, saves, restores, evictions, disk writes and errors (counters), seconds
       spent saving and restoring, bytes and tokens saved (counters), and the memory tier's
@@ -124,9 +128,17 @@ class Metrics:
             f"{PREFIX}_prompt_cached_tokens", "Prompt tokens whose KV state was reused instead "
             "of processed (the usage field prompt_tokens_details.cached_tokens).", ["agent"],
             registry=r)
+        self.rate_limit_checks_skipped = Counter(
+            f"{PREFIX}_rate_limit_checks_skipped", "Per-minute limit checks skipped because the "
+            "rate-limit storage (RATE_LIMIT_STORAGE_URI) failed; the request was served.",
+            registry=r)
         self.archive_latency = Histogram(
             f"{PREFIX}_archive_operation_seconds", "Seconds an archive operation took.",
             ["operation"], buckets=_ARCHIVE_BUCKETS, registry=r)
+        self.summary_cache_errors = Counter(
+            f"{PREFIX}_summary_cache_errors", "Summary cache operations that failed (a corrupt "
+            "or unreadable database) and were skipped; a corrupt database is rebuilt.",
+            ["operation"], registry=r)
 
     # --- gauges ------------------------------------------------------------------------------
 
@@ -148,6 +160,10 @@ class Metrics:
             self.backend_errors.labels(code=code).inc()
         else:
             self.rejections.labels(reason=code).inc()
+
+    def count_summary_cache_error(self, operation: str) -> None:
+        """A summary cache ``operation`` (``open``, ``get``, ``set``) failed and was skipped."""
+        self.summary_cache_errors.labels(operation=operation).inc()
 
     # --- generation --------------------------------------------------------------------------
 

@@ -200,9 +200,15 @@ class ReadyResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
-    param: str | None = None
+    code: str = Field(description="Stable machine code of the error (the README's error "
+                      "table), e.g. `context_length_exceeded`, `queue_full`.")
+    type: Literal["invalid_request_error", "authentication_error", "rate_limit_error",
+                  "server_error"] = Field(
+        description="OpenAI-style class of the answer, from its status: 401 "
+        "`authentication_error`, 429 `rate_limit_error`, other 4xx `invalid_request_error` "
+        "(change the request), 5xx `server_error`.")
+    message: str = Field(description="What went wrong and what to change.")
+    param: str | None = Field(default=None, description="The request field at fault, dotted.")
     details: dict[str, Any] = Field(default_factory=dict)
 
 

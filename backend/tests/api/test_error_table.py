@@ -19,9 +19,24 @@ from pydantic import SecretStr
 
 import app.errors
 from app.agents.registry import REGISTRY
-from app.api.errors import ARCHIVE_ERRORS, STATUS, error_body, error_response, status_of
+from app.api.errors import (
+    ARCHIVE_ERRORS,
+    RETRY_AFTER_MAX_SECONDS,
+    STATUS,
+    error_body,
+    error_response,
+    status_of,
+)
 from app.api.middleware import OPEN_PATHS
-from app.errors import QueueFull, Unauthenticated, WriterAssistantError
+from app.errors import (
+    ModelOverloaded,
+    ModelUnavailable,
+    QueueFull,
+    QueueTimeout,
+    RateLimited,
+    Unauthenticated,
+    WriterAssistantError,
+)
 from app.llm.fake import FakeGenerator
 from app.llm.remote import unreachable, upstream_error
 from app.main import create_app
@@ -33,7 +48,7 @@ ERRORS = sorted(
     key=lambda c: c.__name__,
 )
 BY_CODE = {c.code: c for c in ERRORS}
-ENVELOPE_KEYS = {"code", "message", "param", "details"}
+ENVELOPE_KEYS = {"code", "type", "message", "param", "details"}
 APP_DIR = Path(app.errors.__file__).parent
 
 
@@ -50,8 +65,9 @@ def test_every_domain_error_has_a_status_and_answers_in_the_envelope(error):
     assert response.status_code == status_of(error)
     body = json.loads(response.body)
     assert set(body) == {"error"} and set(body["error"]) == ENVELOPE_KEYS
-    assert body["error"] == {"code": error.code, "message": "Something to change.",
-                             "param": "field", "details": {"figure": 1}}
+    assert body["error"] == {"code": error.code, "type": expected_type(response.status_code),
+                             "message": "Something to change.", "param": "field",
+                             "details": {"figure": 1}}
     assert error_body(raised) == body  # the same envelope as a stream's error event
     for internal in ("retryable", "retry_after"):
         assert internal not in response.body.decode()
@@ -59,6 +75,34 @@ def test_every_domain_error_has_a_status_and_answers_in_the_envelope(error):
         assert response.headers["retry-after"] == "3"
     else:
         assert "retry-after" not in response.headers
+
+
+def expected_type(status: int) -> str:
+    """The OpenAI-style ``type`` of an error answer, by its status (README "Errors")."""
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def test_error_types_are_the_ones_clients_of_openai_style_apis_know():
+    types = {status_of(error): json.loads(error_response(error("x")).body)["error"]["type"]
+             for error in ERRORS}
+    assert types[400] == types[404] == types[422] == "invalid_request_error"
+    assert types[401] == "authentication_error"
+    assert types[429] == "rate_limit_error"
+    assert types[502] == types[503] == types[504] == "server_error"
+
+
+@pytest.mark.parametrize("error", [QueueFull, QueueTimeout, RateLimited, ModelOverloaded,
+                                   ModelUnavailable], ids=lambda c: c.__name__)
+def test_retry_after_is_capped(error):
+    """A day's Retry-After (a model server's, or a long queue's estimate) is capped."""
+    response = error_response(error("Wait.", retry_after=86_400))
+    assert response.headers["retry-after"] == str(RETRY_AFTER_MAX_SECONDS)
+    assert 0 < RETRY_AFTER_MAX_SECONDS <= 300
+    assert error_response(error("Wait.", retry_after=0.2)).headers["retry-after"] == "1"
 
 
 def test_an_unlisted_subclass_answers_with_its_nearest_listed_ancestor():

@@ -1,9 +1,14 @@
 """Distillation with a scripted model: summaries replace dropping, are cached and reported."""
 
+import logging
+from pathlib import Path
+
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from app.agents.registry import REGISTRY
 from app.agents.runner import AgentRunner, Meta, Progress
@@ -16,6 +21,7 @@ from app.context.report import Fate
 from app.context.summaries import SUMMARIZER_ROLE, Distiller, SummaryCache
 from app.llm.fake import FakeGenerator
 from app.llm.scheduler import Scheduler
+from app.main import create_app
 from app.observability.metrics import Metrics
 from app.schemas.context import Priority
 from app.schemas.requests import GenerateChapterRequest
@@ -142,9 +148,80 @@ async def test_long_input_is_split_so_no_summary_prompt_exceeds_the_window(tmp_p
     job = SummaryJob(Layer.recent_story, Strategy.plot, 1, text, 100, (), "x")
     from app.context.summaries import DistillStats
     stats = DistillStats()
-    summary = await distiller.make(job, stats)  # the fake raises if a prompt overflows
+    summary = await distiller.make(job, stats, tenant="local")  # the fake raises on overflow
     assert FAKE.count_tokens(summary) <= 100
     assert stats.llm_calls > 1
+
+
+ALICE_KEY, BOB_KEY = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
+PREVIEW = {"operation": "generate-chapter", "request": story(chapters=6, sentences=60)}
+
+
+def distillation_of(client: TestClient, key: str | None = None) -> dict:
+    """The distillation figures of a /context/preview of PREVIEW (served: 200)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    response = client.post("/api/v1/context/preview", json=PREVIEW, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()["context_metadata"]["distillation"]
+
+
+def test_the_summary_cache_is_per_tenant(settings):
+    """Bob's first distillation of the chapters Alice sent is no cache hit (he cannot learn
+    that she sent them); Alice's second is."""
+    keyed = settings.replace(api_keys=SecretStr(f"alice:{ALICE_KEY},bob:{BOB_KEY}"))
+    app = create_app(keyed, generator=FakeGenerator(replies=[summarizer], context_window=4096))
+    with TestClient(app) as client:
+        alice = distillation_of(client, ALICE_KEY)
+        assert alice["llm_calls"] > 0 and alice["cache_hits"] == 0
+        again = distillation_of(client, ALICE_KEY)
+        assert again["llm_calls"] == 0 and again["cache_hits"] > 0
+        bob = distillation_of(client, BOB_KEY)
+        assert bob["cache_hits"] == 0 and bob["llm_calls"] == alice["llm_calls"]
+
+
+def overwrite_with_junk(directory: Path) -> None:
+    """Junk over the summary cache's SQLite database, its write-ahead log and its index, in
+    place (the same length: the index is mapped by the open connections, and cutting a mapped
+    file short would crash them)."""
+    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+        path = directory / name
+        if path.exists():
+            with path.open("r+b") as handle:
+                handle.write(b"junk" * (path.stat().st_size // 4))
+
+
+def test_a_summary_cache_found_corrupt_while_serving_is_skipped_and_rebuilt(settings, caplog):
+    cache_dir = settings.distillation.cache_dir
+    app = create_app(settings, generator=FakeGenerator(replies=[summarizer], context_window=4096))
+    with TestClient(app) as client:
+        made = distillation_of(client)["llm_calls"]
+        assert made > 0 and distillation_of(client)["cache_hits"] > 0
+        overwrite_with_junk(cache_dir)
+        with caplog.at_level(logging.ERROR, logger="app.context.summaries"):
+            skipped = distillation_of(client)  # served, the cache skipped
+        assert skipped["llm_calls"] == made and skipped["cache_hits"] == 0
+        rebuilt = distillation_of(client)  # the rebuilt cache holds the new summaries
+        assert rebuilt["llm_calls"] == 0 and rebuilt["cache_hits"] > 0
+        metrics = client.get("/metrics").text
+    assert "summary cache" in caplog.text and "rebuilt" in caplog.text
+    assert 'writer_assistant_summary_cache_errors_total{operation="get"} 1.0' in metrics
+    assert (cache_dir / "cache.db.corrupt").read_bytes().startswith(b"junk")
+
+
+def test_a_summary_cache_corrupt_at_startup_is_moved_aside_and_rebuilt(settings, caplog):
+    cache_dir = settings.distillation.cache_dir
+    cache_dir.mkdir(parents=True)
+    (cache_dir / "cache.db").write_bytes(b"junk" * 4096)  # no SQLite database
+    with caplog.at_level(logging.ERROR, logger="app.context.summaries"):
+        app = create_app(settings, generator=FakeGenerator(replies=[summarizer],
+                                                           context_window=4096))
+    with TestClient(app) as client:
+        assert distillation_of(client)["llm_calls"] > 0
+        assert distillation_of(client)["cache_hits"] > 0
+        metrics = client.get("/metrics").text
+    assert "summary cache" in caplog.text
+    assert 'writer_assistant_summary_cache_errors_total{operation="open"} 1.0' in metrics
+    assert (cache_dir / "cache.db.corrupt").read_bytes().startswith(b"junk")
 
 
 def test_strategies_follow_content_type():

@@ -18,6 +18,7 @@ from app.archive.service import Archive
 from app.archive.store import ChromaStore
 from app.config import Settings
 from app.context.summaries import SummaryCache
+from app.errors import ModelUnavailable
 from app.llm.fake import FakeGenerator
 from app.main import create_app
 from app.observability.metrics import Metrics
@@ -143,7 +144,7 @@ async def test_open_model_closes_the_generator_when_the_runner_cannot_be_built(
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     services = bootstrap.build_services(settings.replace(summary_cache_dir=blocker / "cache"))
-    with pytest.raises(OSError):
+    with pytest.raises(ModelUnavailable, match="SUMMARY_CACHE_DIR"):
         await bootstrap.open_model(services)
     assert generator.closed == 1
     assert services.model.status == "loading" and services.runner is None
@@ -184,3 +185,40 @@ def test_archive_close_drops_the_chroma_clients_of_every_tenant(tmp_path: Path):
     assert archive.store.count() == 0  # a later call connects again
     archive.close()
     archive.close()  # closing a closed store is a no-op
+
+
+def test_an_unusable_summary_cache_dir_fails_the_model_with_a_reason_to_act_on(
+        settings, monkeypatch):
+    """SUMMARY_CACHE_DIR that cannot be created: the model ends "error" (never "loading"), the
+    reason names the setting and no path, and the generator opened for it is closed."""
+    generator = ClosingFake()
+    monkeypatch.setattr(bootstrap, "open_generator", lambda _settings, **_: generator)
+    app = create_app(settings.replace(summary_cache_dir=Path("/proc/x/c"), model_load_retry_s=60))
+    with TestClient(app) as client:
+        assert wait_for(lambda: client.get("/health").json()["model_status"] == "error")
+        health, ready = client.get("/health"), client.get("/ready")
+    reason = health.json()["error"]
+    assert "SUMMARY_CACHE_DIR" in reason and "writable" in reason
+    assert "loading the model" not in reason  # the model loaded; its services did not
+    assert ready.status_code == 503
+    assert ready.json()["error"]["details"]["reasons"] == ["model_error"]
+    for text in (health.text, ready.text):
+        assert "/proc" not in text and "FileNotFoundError" not in text
+    assert generator.closed == 1
+
+
+def test_a_failure_outside_the_retry_policy_still_ends_in_the_failed_state(settings, monkeypatch):
+    """Whatever ends the load (here an exception the startup policy does not retry), the
+    model never stays "loading": /health says it failed and why to look in the log."""
+    class Fatal(BaseException):
+        pass
+
+    def open_generator(_settings: Settings, **_options: object) -> FakeGenerator:
+        raise Fatal("/secret/place")
+
+    monkeypatch.setattr(bootstrap, "open_generator", open_generator)
+    with TestClient(create_app(settings)) as client:
+        assert wait_for(lambda: client.get("/health").json()["model_status"] == "error")
+        health = client.get("/health").json()
+        assert client.post("/api/v1/generate-chapter", json=seed_example()).status_code == 503
+    assert "server log" in health["error"] and "/secret" not in health["error"]

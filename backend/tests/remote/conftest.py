@@ -72,7 +72,7 @@ def script(upstream_state: Upstream) -> Iterator[Upstream]:
     yield upstream_state
     fresh = Upstream()
     for name in ("mode", "pieces", "retry_after", "tokenize_offset", "dialect", "n_ctx",
-                 "fail_first", "fail_tokenize"):
+                 "fail_first", "fail_tokenize", "message"):
         setattr(upstream_state, name, getattr(fresh, name))
     upstream_state.requests.clear()
     upstream_state.authorization.clear()

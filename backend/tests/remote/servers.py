@@ -111,7 +111,11 @@ class Upstream:
     ``mode`` scripts ``/v1/chat/completions``: ``ok`` streams ``pieces`` then stops; ``drop``
     streams three pieces then breaks the connection; ``slow`` streams a piece every 20 ms for
     a minute; ``nofinish`` ends with ``[DONE]`` but no finish reason; a number (``429``,
-    ``503``) answers that status with ``Retry-After`` (none when ``retry_after`` is empty).
+    ``503``, ``400``) answers that status with ``Retry-After`` (none when ``retry_after`` is
+    empty) and ``message`` as the error's text; ``exceed_context_size_error`` answers 400 as
+    llama.cpp's llama-server does when the prompt is over its window (``n_prompt_tokens``
+    5000, ``n_ctx`` 4096), ``context_length_exceeded`` as OpenAI's API (and
+    llama-cpp-python's and vLLM's servers) do.
     ``fail_first`` lists statuses answered (the same way) to the next chat requests before
     ``mode`` applies, and ``fail_tokenize`` to the next tokenize calls: a transient failure.
     ``tokenize_offset`` is added to every count of a non-empty text (a server that serves
@@ -133,6 +137,24 @@ class Upstream:
     authorization: list[str] = field(default_factory=list)
     streams_closed: int = 0
     usage: dict | None = None
+    message: str = "busy"
+
+
+#: The 400 bodies of a prompt over the window: llama-server's (tools/server/utils.hpp,
+#: format_error_response) and OpenAI's (also llama-cpp-python's and vLLM's wording).
+CONTEXT_EXCEEDED = {
+    "exceed_context_size_error": {"error": {
+        "code": 400, "type": "exceed_context_size_error", "n_prompt_tokens": 5000,
+        "n_ctx": 4096,
+        "message": "request (5000 tokens) exceeds the available context size (4096 tokens), "
+                   "try increasing it"}},
+    "context_length_exceeded": {"error": {
+        "message": "This model's maximum context length is 4096 tokens. However, you "
+                   "requested 5000 tokens (4800 in the messages, 200 in the completion). "
+                   "Please reduce the length of the messages or completion.",
+        "type": "invalid_request_error", "param": "messages",
+        "code": "context_length_exceeded"}},
+}
 
 
 def _chunk(content: str | None = None, finish: str | None = None) -> str:
@@ -148,7 +170,7 @@ def fake_upstream(state: Upstream) -> Starlette:
 
     def failure(status: str) -> JSONResponse:
         headers = {"Retry-After": state.retry_after} if state.retry_after else None
-        return JSONResponse({"error": {"message": "busy", "type": "server_error"}},
+        return JSONResponse({"error": {"message": state.message, "type": "server_error"}},
                             status_code=int(status), headers=headers)
 
     def tokens(count: int) -> JSONResponse:
@@ -190,6 +212,8 @@ def fake_upstream(state: Upstream) -> Starlette:
             return failure(state.fail_first.pop(0))
         if state.mode.isdigit():
             return failure(state.mode)
+        if state.mode in CONTEXT_EXCEEDED:
+            return JSONResponse(CONTEXT_EXCEEDED[state.mode], status_code=400)
 
         async def events():
             if state.mode == "slow":

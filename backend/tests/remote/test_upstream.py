@@ -3,8 +3,10 @@ overload map onto our envelope, a mid-stream failure becomes one ``error`` event
 disconnects closes the upstream stream, a down server is a 503 and is retried at startup, and
 the tokenizer check refuses a server that serves another model."""
 
+import gc
 import json
 import time
+import tracemalloc
 
 import httpx
 import pytest
@@ -12,11 +14,18 @@ from httpx_sse import connect_sse
 
 from app.config import Settings
 from app.errors import ModelUnavailable
-from app.llm.remote import RemoteGenerator, retry_after_seconds
+from app.llm.remote import RemoteGenerator, context_exceeded, retry_after_seconds
 from app.main import create_app
 from tests.conftest import seed_example
 from tests.remote.conftest import remote_settings
-from tests.remote.servers import Upstream, fake_upstream, free_port, serve, wait_for_model
+from tests.remote.servers import (
+    CONTEXT_EXCEEDED,
+    Upstream,
+    fake_upstream,
+    free_port,
+    serve,
+    wait_for_model,
+)
 
 CHAPTER = "/api/v1/generate-chapter"
 
@@ -101,11 +110,99 @@ def test_upstream_overload_maps_to_our_envelope_with_its_retry_after(fake_app, s
     assert error["details"]["retry_after_s"] == 11
 
 
+def test_a_model_servers_long_retry_after_is_capped(fake_app, script):
+    script.mode, script.retry_after = "503", "86400"  # "come back tomorrow"
+    response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "60"
+    assert response.json()["error"]["type"] == "server_error"
+
+
 def test_other_upstream_errors_are_502(fake_app, script):
     script.mode = "500"
     response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "generation_failed"
+
+
+@pytest.mark.parametrize("mode", ["exceed_context_size_error", "context_length_exceeded"])
+def test_upstream_context_exceeded_is_our_400_that_says_to_shorten_the_context(fake_app, script,
+                                                                                mode):
+    """llama-server's and OpenAI's "context exceeded" 400 is the caller's to fix: our 400
+    context_length_exceeded with the server's figures, never a 502 nor the server's text."""
+    script.mode = mode
+    response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert error["type"] == "invalid_request_error"
+    assert "shorten" in error["message"]
+    assert error["details"]["needed_tokens"] == 5000
+    assert error["details"]["available_tokens"] == 4096
+    assert error["details"]["upstream_status"] == 400
+    assert "try increasing it" not in response.text and "Please reduce" not in response.text
+    assert len(script.requests) == 1  # the caller's to fix: not retried
+
+
+@pytest.mark.parametrize(("body", "figures"), [
+    (CONTEXT_EXCEEDED["exceed_context_size_error"], (5000, 4096)),  # llama-server
+    (CONTEXT_EXCEEDED["context_length_exceeded"]["error"], (5000, 4096)),  # OpenAI's object
+    ({"object": "error", "type": "BadRequestError", "code": 400, "param": None,  # vLLM
+      "message": "This model's maximum context length is 2048 tokens. However, you requested "
+                 "2100 tokens (1100 in the messages, 1000 in the completion)."}, (2100, 2048)),
+    ({"error": {"message": "the request exceeds the available context size, try increasing "
+                           "it", "type": "exceed_context_size_error", "code": 400}}, None),
+])
+def test_context_exceeded_answers_of_each_server_family_are_recognised(body, figures):
+    error = context_exceeded(400, body)
+    assert error is not None and error.code == "context_length_exceeded"
+    if figures is None:
+        assert "needed_tokens" not in error.details
+    else:
+        assert (error.details["needed_tokens"], error.details["available_tokens"]) == figures
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (400, {"error": {"message": "response_format json_schema is not supported",
+                     "type": "invalid_request_error"}}),
+    (400, "plain text"),
+    (500, CONTEXT_EXCEEDED["context_length_exceeded"]),
+])
+def test_other_answers_are_no_context_exceeded(status, body):
+    assert context_exceeded(status, body) is None
+
+
+def test_other_upstream_400s_are_502_without_the_servers_text(fake_app, script):
+    """Another 400 refuses a request we built (a schema mode the server lacks, say): nothing
+    the caller can change, so 502 generation_failed; the server's text goes to our log."""
+    script.mode, script.message = "400", "unsupported response_format at /srv/secret/grammar"
+    response = httpx.post(f"{fake_app}{CHAPTER}", json=seed_example(), timeout=60)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "generation_failed" and error["details"]["upstream_status"] == 400
+    assert "/srv/secret" not in response.text and "response_format" not in response.text
+
+
+def test_the_token_count_cache_is_bounded_in_bytes(upstream, script):
+    """Counts of long texts are remembered, not the texts: 10 distinct texts of 200 kB each
+    (2 MB) leave well under 500 kB behind."""
+    generator = RemoteGenerator.connect(Settings(llm_backend="openai",
+                                                 llm_base_url=f"{upstream}/v1").model)
+    assert generator.token_source == "llama-cpp-python"  # counts come from the server
+    first = generator.count_tokens("0 " + "word " * 40_000)
+    tracemalloc.start()  # traces what is allocated from here on: the texts below
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1, 11):
+            generator.count_tokens(f"{i} " + "word " * 40_000)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 500_000, f"{kept} bytes kept by the count cache"
+    script.fail_tokenize = ["400"]  # a call to the server would fail now
+    assert generator.count_tokens("0 " + "word " * 40_000) == first  # still cached
+    assert script.fail_tokenize == ["400"]
 
 
 def test_client_disconnect_closes_the_upstream_stream(fake_app, script):
