@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass, field
 from typing import Literal
 
 from fastapi import Request
@@ -11,12 +14,16 @@ from app.agents.runner import AgentRunner
 from app.api.sse import OpenStreams
 from app.archive.service import Archive, ArchiveState
 from app.config import Settings
-from app.errors import ModelUnavailable
+from app.errors import FeedbackUnavailable, ModelUnavailable
 from app.llm.prefix_cache import CacheStats, PrefixCache
 from app.llm.protocol import TextGenerator
 from app.llm.scheduler import Scheduler
 from app.observability.metrics import Metrics
 from app.tenancy import current_tenant
+from app.voice.feedback import FeedbackStore
+from app.voice.service import VoiceProfiles
+
+logger = logging.getLogger(__name__)
 
 ModelStatus = Literal["loading", "ready", "error"]
 
@@ -45,6 +52,9 @@ class Services:
     streams: OpenStreams
     metrics: Metrics
     runner: AgentRunner | None = None
+    feedback: FeedbackStore | None = None
+    voices: VoiceProfiles = field(default_factory=VoiceProfiles)
+    _feedback_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def set_ready(self, generator: TextGenerator, runner: AgentRunner, *, owned: bool) -> None:
         """Publish a loaded generator and the runner built on it; ``owned`` as in
@@ -81,6 +91,27 @@ class Services:
         if self.model.status == "error":
             raise ModelUnavailable(f"The model failed to load: {self.model.error}")
         raise ModelUnavailable("The model is still loading; retry in a few seconds.")
+
+
+    def require_feedback(self) -> FeedbackStore:
+        """The feedback database, opened on first use (``FEEDBACK_DB_PATH``).
+
+        Raises:
+            FeedbackUnavailable: it cannot be opened (HTTP 503; the cause is logged).
+        """
+        with self._feedback_lock:
+            if self.feedback is None:
+                path = self.settings.voice.feedback_db_path
+                try:
+                    self.feedback = FeedbackStore(path)
+                except (sqlite3.Error, OSError) as error:
+                    logger.warning("the feedback database %s could not be opened: %s: %s",
+                                   path, type(error).__name__, error)
+                    raise FeedbackUnavailable(
+                        "The feedback database could not be opened: make FEEDBACK_DB_PATH a "
+                        "writable file path (see the server log).",
+                        param="FEEDBACK_DB_PATH") from error
+            return self.feedback
 
 
 def get_services(request: Request) -> Services:
