@@ -57,6 +57,11 @@ class TargetWordsRequest(AgentRequest):
     rate_variants: bool = Field(
         default=False, description="With n > 1: have the rater agent score each variant too "
         "(one more call per variant).")
+    story_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                               max_length=200)] | None = Field(
+        default=None, description="Your id for the story: feedback notes sent for it with "
+        "carry_note (POST /api/v1/feedback) go into this request as high-priority user "
+        "requests, once.")
 
 
 class GenerateChapterRequest(TargetWordsRequest):

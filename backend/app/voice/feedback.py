@@ -17,6 +17,9 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from app.schemas.context import Priority, UserRequest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -132,3 +135,15 @@ def _record(row: sqlite3.Row) -> FeedbackRecord:
         operation=row["operation"], chosen=row["chosen"], rejected=json.loads(row["rejected"]),
         rating=row["rating"], note=row["note"], carry_note=bool(row["carry_note"]),
         carried_at=row["carried_at"], exemplar_file=row["exemplar_file"])
+
+
+def with_notes(request: Any, notes: list[str]) -> Any:
+    """``request`` with ``notes`` appended to its story's user requests (type ``feedback``,
+    high priority, ids ``feedback-note-<n>``)."""
+    if not notes:
+        return request
+    context = request.structured_context
+    added = [UserRequest(type="feedback", content=note, priority=Priority.high,
+                         id=f"feedback-note-{i}") for i, note in enumerate(notes, 1)]
+    context = context.model_copy(update={"user_requests": [*context.user_requests, *added]})
+    return request.model_copy(update={"structured_context": context})

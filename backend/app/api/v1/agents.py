@@ -23,6 +23,7 @@ from app.agents.variants import Scorer, Variants
 from app.api.disconnect import unless_disconnected
 from app.api.errors import AGENT_ERRORS, ARCHIVE_ERRORS, REFUSALS, error_responses
 from app.api.sse import sse_response
+from app.api.v1.voice import carry_notes
 from app.state import Services, get_services
 
 #: What a Server-Sent Events route answers with a 200.
@@ -67,6 +68,7 @@ def add_agent_routes(router: APIRouter, spec: AgentSpec,
     if spec.json_route:
         async def run(body: request_model, request: Request,  # type: ignore[valid-type]
                       services: Services = Depends(get_services)) -> BaseModel | Response:
+            body = await carry_notes(services, body)
             if getattr(body, "n", 1) > 1:
                 variants = await unless_disconnected(
                     request, _variants(services, team).run(spec, body))
@@ -89,6 +91,7 @@ def add_agent_routes(router: APIRouter, spec: AgentSpec,
 
     async def stream(body: request_model,  # type: ignore[valid-type]
                      services: Services = Depends(get_services)) -> EventSourceResponse:
+        body = await carry_notes(services, body)
         if getattr(body, "n", 1) > 1:
             events = await _variants(services, team).stream(spec, body)
         else:

@@ -7,8 +7,11 @@ routes)."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import asdict
+from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Query
 
 from app.api.errors import ARCHIVE_ERRORS, BODY_ERRORS, REFUSALS, error_responses
@@ -29,6 +32,7 @@ from app.schemas.voice import (
 )
 from app.state import Services, get_services
 from app.tenancy import current_tenant
+from app.voice.feedback import with_notes
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,23 @@ router = APIRouter(tags=["voice"])
 _VOICE = error_responses(*REFUSALS, *ARCHIVE_ERRORS, VoiceProfileMissing)
 _COMPARE = error_responses(*REFUSALS, *BODY_ERRORS, *ARCHIVE_ERRORS, VoiceProfileMissing)
 _FEEDBACK = error_responses(*REFUSALS, *BODY_ERRORS, FeedbackUnavailable)
+
+
+async def carry_notes(services: Services, body: Any) -> Any:
+    """``body`` with the notes waiting for its ``story_id`` (see
+    :func:`app.voice.feedback.with_notes`); unchanged without a story id or when the feedback
+    database cannot be read (logged: the notes wait for the next request)."""
+    story_id = getattr(body, "story_id", None)
+    if not story_id:
+        return body
+    tenant = current_tenant.get()
+    try:
+        store = services.require_feedback()
+        notes = await anyio.to_thread.run_sync(store.take_notes, tenant, story_id)
+    except (FeedbackUnavailable, sqlite3.Error) as error:
+        logger.warning("feedback notes not carried: %s", type(error).__name__)
+        return body
+    return with_notes(body, notes)
 
 
 @router.get("/voice", response_model=VoiceProfileResponse, responses=_VOICE)
