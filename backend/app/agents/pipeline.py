@@ -32,7 +32,7 @@ from app.agents.spec import AgentResult, AgentSpec
 from app.context.report import AssemblyReport
 from app.errors import GenerationFailed, WriterAssistantError
 from app.llm.protocol import TokenDelta
-from app.schemas.context import Priority
+from app.schemas.context import Chapter, Priority, StructuredContext
 from app.schemas.pipeline import (
     ChapterPipelineRequest,
     ChapterPipelineResponse,
@@ -195,7 +195,8 @@ class ChapterPipeline:
                 record.drafts.append(draft)
                 yield DRAFT, {"round": round_, "text": draft.text,
                               "quality": draft.quality.model_dump()}
-                async for event in self._critique(request, record, draft):
+                story = _with_draft(request, record, draft)
+                async for event in self._critique(request, story, record, draft):
                     yield event
                 if draft.mean_score is not None and draft.mean_score >= request.min_score:
                     stopped = "min_score"
@@ -207,8 +208,9 @@ class ChapterPipeline:
                 for suggestion in selected:
                     suggestion.applied = True
                 round_, phase = round_ + 1, "revise"
-                items = await self.runner.stream(self.specs["revise"],
-                                                 _revise_request(request, draft, selected))
+                items = await self.runner.stream(
+                    self.specs["revise"],
+                    _revise_request(request, story, record.chapter_number, selected))
         except WriterAssistantError as error:
             if not record.drafts:
                 raise
@@ -218,14 +220,15 @@ class ChapterPipeline:
                 await items.aclose()
         yield DONE, record.body(stopped, failure)
 
-    async def _critique(self, request: ChapterPipelineRequest, record: _Record,
-                        draft: PipelineDraft) -> Events:
-        """The editor's suggestions and every rater's score on ``draft`` (filled in place)."""
+    async def _critique(self, request: ChapterPipelineRequest, story: StructuredContext,
+                        record: _Record, draft: PipelineDraft) -> Events:
+        """The editor's suggestions and every rater's score on ``draft``, the chapter
+        ``record.chapter_number`` of ``story`` (filled in place)."""
         yield PHASE, {"round": draft.round, "phase": "review"}
         review = await self._call(self.specs["review"], EditorReviewRequest(
-            structured_context=request.structured_context,
+            structured_context=story,
             context_processing_config=request.context_processing_config,
-            chapter_to_review=draft.text))
+            chapter_number=record.chapter_number))
         record.call(draft.round, "review", review)
         for item in getattr(review.output, "suggestions", []):
             suggestion = PipelineSuggestion(source="editor", issue=item.issue,
@@ -236,9 +239,10 @@ class ChapterPipeline:
         for rater in request.raters:
             yield PHASE, {"round": draft.round, "phase": "rate", "rater": rater.name}
             rated = await self._call(self.specs["rate"], RaterFeedbackRequest(
-                structured_context=request.structured_context,
+                structured_context=story,
                 context_processing_config=request.context_processing_config,
-                plot_point=draft.text, rater_name=rater.name, criteria=rater.criteria))
+                chapter_number=record.chapter_number, rater_name=rater.name,
+                criteria=rater.criteria))
             record.call(draft.round, "rate", rated)
             output: Any = rated.output
             score = PipelineScore(rater=rater.name, criteria=list(rater.criteria),
@@ -272,13 +276,36 @@ def _draft_request(request: ChapterPipelineRequest) -> GenerateChapterRequest:
                                      for name in GenerateChapterRequest.model_fields})
 
 
-def _revise_request(request: ChapterPipelineRequest, draft: PipelineDraft,
+def _with_draft(request: ChapterPipelineRequest, record: _Record,
+                draft: PipelineDraft) -> StructuredContext:
+    """The request's story with ``draft`` as its chapter ``record.chapter_number`` (replacing
+    a chapter of that number, else in number order).
+
+    The editor, raters and reviser refer to the draft where it stands in the shared story
+    block (quoted in their task only when it does not fit whole), so after the first of them
+    processed it, the others reuse its KV state instead of processing it again.
+
+    Raises:
+        GenerationFailed: the draft is empty.
+    """
+    if not draft.text:
+        raise GenerationFailed("the writer's draft is empty")
+    context = request.structured_context
+    chapter = Chapter(number=record.chapter_number, title=record.title or "",
+                      content=draft.text)
+    chapters = sorted([c for c in context.chapters if c.number != chapter.number] + [chapter],
+                      key=lambda c: c.number)
+    return context.model_copy(update={"chapters": chapters})
+
+
+def _revise_request(request: ChapterPipelineRequest, story: StructuredContext, number: int,
                     selected: list[PipelineSuggestion]) -> ModifyChapterRequest:
-    """The writer's modify-chapter request revising ``draft`` with ``selected``."""
+    """The writer's modify-chapter request revising chapter ``number`` of ``story`` (the
+    draft) with ``selected``."""
     return ModifyChapterRequest(
-        structured_context=request.structured_context,
+        structured_context=story,
         context_processing_config=request.context_processing_config,
         temperature=request.temperature, max_tokens=request.max_tokens, seed=request.seed,
-        target_words=request.target_words, current_chapter=draft.text,
+        target_words=request.target_words, chapter_number=number,
         user_request=revision_request(selected) if selected else
         "Polish the chapter: tighten the prose and keep its events.")

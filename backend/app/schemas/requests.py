@@ -119,14 +119,25 @@ class CharacterFeedbackRequest(AgentRequest):
 
 
 class RaterFeedbackRequest(AgentRequest):
-    """A score and opinion on a plot point or passage (rater agent)."""
+    """A score and opinion on a plot point or passage, or on a chapter of the story by number
+    (rater agent). Give exactly one of ``plot_point`` or ``chapter_number``."""
 
-    plot_point: ElementText = Field(description="The plot point or passage to rate.")
+    plot_point: ElementText | None = Field(default=None,
+                                           description="The plot point or passage to rate.")
+    chapter_number: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="Rate this chapter of structured_context.chapters where it stands.")
     rater_name: ShortText = "rater"
     criteria: list[RequiredShort] = Field(
         default_factory=lambda: ["originality", "coherence with the story", "tension"],
         max_length=10,
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RaterFeedbackRequest:
+        if (self.chapter_number is None) == (self.plot_point is None):
+            raise ValueError("give exactly one of plot_point or chapter_number")
+        return self
 
 
 class CharacterDetailsRequest(AgentRequest):

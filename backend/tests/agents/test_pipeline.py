@@ -180,3 +180,33 @@ def test_bad_pipeline_fields_are_422(settings, field):
         answer = client.post(PATH, json=body(**field))
     assert answer.status_code == 422
     assert next(iter(field)) in answer.text
+
+
+def test_the_draft_stands_in_the_shared_block_of_the_editor_raters_and_reviser(settings):
+    """After the draft, every call's shared block is the story with the draft as its chapter,
+    byte for byte, so the KV state of the draft is processed once per draft, not per agent."""
+    team = Team(scores=[3])
+    generator = FakeGenerator(replies=[team])
+    with TestClient(create_app(settings, generator=generator)) as client:
+        record = client.post(PATH, json=body(max_rounds=2)).json()
+    assert [c["phase"] for c in record["calls"]][:4] == ["draft", "review", "rate", "revise"]
+
+    def shared(call: int) -> list[str]:
+        messages, _ = generator.calls[call]
+        prefix = generator.prefixes[call]
+        assert prefix is not None
+        return [m.content for m in messages[:prefix.messages]]
+
+    assert DRAFT not in "".join(shared(0))
+    assert DRAFT in "".join(shared(1))
+    assert shared(1) == shared(2) == shared(3)
+    for call in (1, 2, 3):
+        task = generator.calls[call][0][-1].content
+        assert "chapter 1 as it stands above" in task and DRAFT not in task
+
+
+@pytest.mark.parametrize("fields", [{}, {"plot_point": "A wolf.", "chapter_number": 1}])
+def test_the_rater_takes_exactly_one_of_plot_point_or_chapter_number(settings, fields):
+    with client_for(settings, Team(scores=[5])) as client:
+        answer = client.post("/api/v1/rater-feedback", json={**seed_example(), **fields})
+    assert answer.status_code == 422 and "plot_point or chapter_number" in answer.text
