@@ -612,6 +612,14 @@ class ArchiveSettings(_Group):
         env="CHROMA_PORT",
         default=8000, ge=1, le=65535, description="Port of the Chroma server at CHROMA_HOST."
     )
+    chroma_timeout_s: float = setting(
+        env="CHROMA_TIMEOUT_S",
+        default=10.0, gt=0, le=600,
+        description="Seconds one call to the Chroma server at CHROMA_HOST may take (connecting, "
+        "sending, each wait for an answer) before the archive counts as unavailable: archive "
+        "routes answer 503, agents run without archive passages, /ready answers 503. Raise it "
+        "when large ingests time out on a slow server. Ignored for the embedded store.",
+    )
     collection: str = setting(
         env="ARCHIVE_COLLECTION",
         default="story_archive",

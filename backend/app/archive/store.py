@@ -7,19 +7,23 @@ and Chroma's default embedding function (which downloads a model) is never used.
 
 Every failure of Chroma (server down, directory unwritable, a corrupt store) becomes
 :class:`~app.errors.ArchiveUnavailable`; the client is rebuilt on the next call, so a server
-that comes back is picked up without a restart.
+that comes back is picked up without a restart. Every request to a server times out after
+``CHROMA_TIMEOUT_S``, so a server that hangs (paused, wedged) fails calls instead of
+freezing them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import numpy as np
 
 from app.config import ArchiveSettings
@@ -62,6 +66,7 @@ class ChromaStore:
         self._client: Any = None
         self._collection: Any = None
         self._lock = threading.RLock()
+        self._timed_out_at: float | None = None  # monotonic time of the last connect timeout
 
     @property
     def location(self) -> str:
@@ -100,16 +105,38 @@ class ChromaStore:
             ) from error
 
     def _connect(self) -> Any:
+        """A new Chroma client: an ``HttpClient`` whose every request is bounded by
+        ``CHROMA_TIMEOUT_S`` (see :func:`_bounded_http_client`), or a ``PersistentClient``.
+
+        Raises:
+            ArchiveUnavailable: the server did not answer an attempt to connect within
+                ``CHROMA_TIMEOUT_S`` less than that long ago (failing at once, so the calls
+                queued behind this store's lock do not each wait out the timeout again).
+            Exception: whatever chromadb raises (``_guard`` turns it into
+                ArchiveUnavailable).
+        """
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
-        chroma_settings = ChromaSettings(anonymized_telemetry=False)
         if self.settings.chroma_host:
-            return chromadb.HttpClient(host=self.settings.chroma_host,
-                                       port=self.settings.chroma_port, settings=chroma_settings)
+            timeout = self.settings.chroma_timeout_s
+            if (self._timed_out_at is not None
+                    and time.monotonic() - self._timed_out_at < timeout):
+                raise ArchiveUnavailable(
+                    f"The archive store ({self.mode}) did not answer within {timeout:g} s a "
+                    "moment ago; retry in a few seconds.", retry_after=timeout)
+            try:
+                client = _bounded_http_client(self.settings)
+            except Exception as error:
+                if _timed_out(error):
+                    self._timed_out_at = time.monotonic()
+                raise
+            self._timed_out_at = None
+            return client
         path = Path(self.settings.db_path)
         path.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+        return chromadb.PersistentClient(path=str(path),
+                                         settings=ChromaSettings(anonymized_telemetry=False))
 
     def _model_metadata(self) -> Metadata:
         return {MODEL_KEY: self.model, DIMENSION_KEY: self.dimension}
@@ -155,6 +182,19 @@ class ChromaStore:
         """
         with self._guard("open the collection"):
             self._open()
+
+    def ping(self) -> None:
+        """Check now that the store answers (readiness): count the collection's chunks, a
+        round trip to the server bounded by ``CHROMA_TIMEOUT_S`` (the embedded store: a read
+        of its database), opening the collection first when needed. Blocks: call it off the
+        event loop.
+
+        Raises:
+            ArchiveUnavailable: Chroma did not answer, or failed.
+            EmbeddingModelMismatch: the collection was built with another embedding model.
+        """
+        with self._guard("answer a health check"):
+            self._open().count()
 
     def close(self) -> None:
         """Drop the Chroma client: an embedded store releases its SQLite files (once no other
@@ -288,3 +328,58 @@ class ChromaStore:
                    for i, d, m in zip(result["ids"], result["documents"], result["metadatas"],
                                       strict=True)]
         return model, records
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from or while handling, is an HTTP
+    timeout (chromadb re-raises some as ``ValueError``)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, httpx.TimeoutException):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _bound_session(server: Any, timeout: httpx.Timeout) -> None:
+    """Give chromadb's HTTP session (``FastAPI._session``, an ``httpx.Client`` built with
+    ``timeout=None`` in chromadb 1.5) ``timeout``."""
+    session = getattr(server, "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = timeout
+    else:  # a chromadb upgrade moved it: tests/archive/test_chroma_faults.py fails too
+        logger.error("chromadb's HTTP session was not found; Chroma calls have no timeout")
+
+
+def _bounded_http_client(settings: ArchiveSettings) -> Any:
+    """An ``HttpClient`` to ``CHROMA_HOST:CHROMA_PORT`` whose every request (connect, write,
+    each read, pool wait) times out after ``CHROMA_TIMEOUT_S`` seconds.
+
+    chromadb 1.5's ``HttpClient`` takes no timeout: it builds its ``httpx.Client`` with
+    ``timeout=None`` (``chromadb/api/fastapi.py``) and makes three requests while constructing
+    the client (user identity, tenant, database), so a server that accepts connections but
+    never answers (paused, overloaded) hangs the caller for good. This builds the same client
+    as ``chromadb.HttpClient`` and bounds the session before its first request (user identity),
+    and again once built in case a later chromadb calls something else first.
+
+    Raises:
+        httpx.TimeoutException, ValueError, Exception: as chromadb's client raises them.
+    """
+    from chromadb.api.client import Client
+    from chromadb.config import Settings as ChromaSettings
+
+    timeout = httpx.Timeout(settings.chroma_timeout_s)
+
+    class BoundedClient(Client):
+        def get_user_identity(self) -> Any:
+            _bound_session(self._server, timeout)
+            return super().get_user_identity()
+
+    client = BoundedClient(settings=ChromaSettings(
+        anonymized_telemetry=False, chroma_api_impl="chromadb.api.fastapi.FastAPI",
+        chroma_server_host=settings.chroma_host, chroma_server_http_port=settings.chroma_port,
+        chroma_server_ssl_enabled=False))
+    _bound_session(client._server, timeout)
+    return client

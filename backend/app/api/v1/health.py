@@ -40,9 +40,10 @@ async def _not_ready_reasons(services: Services) -> list[str]:
         reasons.append(f"archive_{archive.status}")
     elif archive.archive is not None:
         try:
-            # anyio's worker threads: archive uploads fill the default pool, never these
-            await anyio.to_thread.run_sync(archive.archive.store.check)
-        except WriterAssistantError:  # unreachable, or the collection no longer opens
+            # A real round trip (bounded by CHROMA_TIMEOUT_S), not the cached collection, on
+            # anyio's worker threads: archive uploads fill the default pool, never these.
+            await anyio.to_thread.run_sync(archive.archive.store.ping)
+        except WriterAssistantError:  # not answering, or the collection no longer opens
             reasons.append("archive_unreachable")
     return reasons
 
