@@ -103,7 +103,9 @@ def ingest(
         min=1, help="Embedding threads (default EMBEDDING_THREADS); all cores is fastest on "
         "an idle machine.")] = None,
 ) -> None:
-    """Archive files, replacing earlier versions of the same file names."""
+    """Archive files, replacing earlier versions of the same file names. A file found in a
+    directory is named by its path relative to that directory (drafts/notes.md), a file given
+    by itself by its base name."""
     from app.archive.documents import parse_document
     from app.archive.ingest import collect_paths
 
@@ -117,18 +119,31 @@ def ingest(
         raise typer.Exit(2)
     archive = _archive(ctx, threads)
     failed, work = 0, []
-    for path in files:
+    named: dict[str, Path] = {}
+    for path, name in files:
         try:
-            document = parse_document(path.name, path.read_bytes())
-            work.append((path, document, archive.prepare(document)))
+            document = parse_document(name, path.read_bytes())
         except WriterAssistantError as error:
             failed += 1
             typer.echo(f"skipped {path}: {error.message}", err=True)
-    total = sum(len(p.ids) for _, _, p in work)
+            continue
+        if document.file in named:
+            failed += 1
+            typer.echo(f"skipped {path}: {named[document.file]} is archived as "
+                       f"{document.file!r} too; ingest the folder that holds both, or one "
+                       "at a time", err=True)
+            continue
+        named[document.file] = path
+        try:
+            work.append((document, archive.prepare(document)))
+        except WriterAssistantError as error:
+            failed += 1
+            typer.echo(f"skipped {path}: {error.message}", err=True)
+    total = sum(len(p.ids) for _, p in work)
     results = []
     with tqdm(total=total, unit="chunk", desc="ingest", file=sys.stderr) as bar:
-        for path, document, prepared in work:
-            bar.set_postfix_str(path.name)
+        for document, prepared in work:
+            bar.set_postfix_str(document.file)
             try:
                 results.append(archive.ingest_document(document, bar.update, prepared))
             except WriterAssistantError as error:

@@ -25,6 +25,9 @@ FORMATS: dict[str, str] = {
 }
 #: Bytes at the start of a text file inspected for NUL bytes (the usual binary test).
 _SNIFF_BYTES = 8192
+#: Longest archive key (a file name or relative path), in characters.
+MAX_NAME_CHARS = 255
+_DRIVE = re.compile(r"[A-Za-z]:")
 #: Longest heading line, in characters; longer lines are prose.
 _MAX_HEADING_CHARS = 100
 
@@ -76,7 +79,8 @@ class Document:
     """A parsed file.
 
     Attributes:
-        file: the archive key: the file's base name (e.g. ``carroll-alice.txt``).
+        file: the archive key: the file's name or path relative to the folder ingested
+            (e.g. ``carroll-alice.txt``, ``drafts/notes.md``).
         title: the work's title (from the file, else the file name without extension).
         text: the text the archive stores and reconstructs (characters).
         chapters: chapter starts in ascending order; text before the first is front matter.
@@ -91,16 +95,29 @@ class Document:
 
 
 def archive_name(name: str) -> str:
-    """The archive key of a file name or path: its base name, stripped.
+    """The archive key of a file name or relative path, as given: ``a/notes.md`` and
+    ``b/notes.md`` are two files. Backslashes count as slashes; a leading ``/`` or drive
+    (``C:``), ``.`` and empty parts are dropped, and each part is stripped.
 
     Raises:
-        InvalidDocument: nothing is left of the name.
+        InvalidDocument: nothing is left of the name, a part is ``..``, or the key is longer
+            than ``MAX_NAME_CHARS``.
     """
-    base = PurePath(name.replace("\\", "/")).name.strip()
-    if not base or base in (".", ".."):
+    parts = [part.strip() for part in name.replace("\\", "/").split("/")]
+    if parts and _DRIVE.fullmatch(parts[0]):
+        parts = parts[1:]
+    parts = [part for part in parts if part not in ("", ".")]
+    if not parts:
         raise InvalidDocument(f"The file name {name!r} is empty; give the file a name.",
                               param="file")
-    return base
+    if ".." in parts:
+        raise InvalidDocument(f"The file name {name!r} has a '..' part; give a name or a "
+                              "path inside the folder (e.g. drafts/notes.md).", param="file")
+    key = "/".join(parts)
+    if len(key) > MAX_NAME_CHARS:
+        raise InvalidDocument(f"The file name {key[:40]!r}... is {len(key)} characters; the "
+                              f"archive takes names up to {MAX_NAME_CHARS}.", param="file")
+    return key
 
 
 def document_format(name: str) -> str:

@@ -2,10 +2,12 @@
 file's chunks in the store; and the rebuild of the whole collection (re-index).
 
 Chunk ids are ``<sha256(file)[:16]>-<version>-<index>``, where the version hashes the text,
-its chapter marks, the chunk settings and the embedding model: re-ingesting the same file
-gives the same ids (and writes nothing); a changed file gets new ids that replace the old
-ones. A failure before or during the write removes what was written, so the archive is as it
-was before.
+its chapter marks, the chunk settings and the embedding model, and ``<sha256(file)[:16]>-
+<version>`` is the chunk's revision: re-ingesting the same file gives the same ids (and writes
+nothing); a changed file gets a new revision that replaces the old one. Both writes commit at
+one point (:mod:`app.archive.store`): whatever step a failure or a crash interrupts, each file
+is at its old or its new version, never both or neither, and a rebuild never loses the
+archive.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 from app.archive.chunking import Chunk, chapter_marks, chunk_document, reconstruct
 from app.archive.documents import FORMATS, Document, chapter_key
 from app.archive.embeddings import Embedder
-from app.archive.store import ChromaStore, Metadata, Record
+from app.archive.store import REVISION_KEY, ChromaStore, Metadata, Record, revision_of
 from app.config import ArchiveSettings
 from app.errors import InvalidDocument
 from app.schemas.archive import IngestResult, ReindexResult
@@ -41,12 +43,14 @@ def _sha(text: str) -> str:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A document cut into chunks, with the ids and metadata they will be stored under."""
+    """A document cut into chunks, with the ids and metadata they will be stored under and
+    the revision they make (``<file key>-<version>``, the prefix of every id)."""
 
     document: Document
     chunks: list[Chunk]
     ids: list[str]
     metadatas: list[Metadata]
+    revision: str
 
 
 def prepare(document: Document, embedder: Embedder, settings: ArchiveSettings) -> Prepared:
@@ -64,8 +68,8 @@ def prepare(document: Document, embedder: Embedder, settings: ArchiveSettings) -
         sha, [(m.start, m.title) for m in document.chapters], document.title,
         settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.name,
     ]))[:12]
-    file_key = _sha(document.file)[:16]
-    ids = [f"{file_key}-{version}-{c.index:05d}" for c in chunks]
+    revision = f"{_sha(document.file)[:16]}-{version}"
+    ids = [f"{revision}-{c.index:05d}" for c in chunks]
     ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
     metadatas: list[Metadata] = []
     for chunk in chunks:
@@ -75,7 +79,7 @@ def prepare(document: Document, embedder: Embedder, settings: ArchiveSettings) -
             "file": document.file, "title": document.title, "chapter": chunk.chapter,
             "chapter_key": chapter_key(chunk.chapter), "chapter_number": chunk.chapter_number,
             "chunk_index": chunk.index, "start": chunk.start, "own_start": chunk.own_start,
-            "end": chunk.end,
+            "end": chunk.end, REVISION_KEY: revision,
         }
         if chunk.index == 0:
             metadata |= {
@@ -86,33 +90,28 @@ def prepare(document: Document, embedder: Embedder, settings: ArchiveSettings) -
                                             ensure_ascii=False),
             }
         metadatas.append(metadata)
-    return Prepared(document, chunks, ids, metadatas)
+    return Prepared(document, chunks, ids, metadatas, revision)
 
 
 def _write(store: ChromaStore, prepared: Prepared, embeddings: np.ndarray,
-           keep: set[str], collection: str | None = None) -> None:
-    """Upsert every chunk in batches; on failure delete what was written (except ``keep``)."""
+           collection: str | None = None) -> None:
+    """Upsert every chunk in batches (of at most Chroma's batch limit)."""
     batch = max(1, min(store.max_batch_size(), 1000))
-    written: list[str] = []
-    try:
-        for first in range(0, len(prepared.ids), batch):
-            ids = prepared.ids[first:first + batch]
-            store.upsert(ids, embeddings[first:first + batch],
-                         [c.text for c in prepared.chunks[first:first + batch]],
-                         prepared.metadatas[first:first + batch], collection=collection)
-            written += ids
-    except BaseException:
-        _rollback(store, [i for i in written if i not in keep], collection)
-        raise
+    for first in range(0, len(prepared.ids), batch):
+        store.upsert(prepared.ids[first:first + batch], embeddings[first:first + batch],
+                     [c.text for c in prepared.chunks[first:first + batch]],
+                     prepared.metadatas[first:first + batch], collection=collection)
 
 
-def _rollback(store: ChromaStore, ids: Sequence[str], collection: str | None) -> None:
-    if not ids:
-        return
+def _settle(settle: Callable[[str], bool], target: str, what: str) -> bool | None:
+    """``settle(target)``: whether the write committed, ``None`` when the store failed (the
+    next recovery finishes it; readers see one version meanwhile)."""
     try:
-        store.delete(ids=ids, collection=collection)
-    except Exception:  # the first failure is the one to report
-        logger.exception("could not roll back %d chunks after a failed ingest", len(ids))
+        return settle(target)
+    except Exception:  # logged; the caller reports its own outcome
+        logger.warning("could not finish the %s %s now; the next write or restart will",
+                       what, target, exc_info=True)
+        return None
 
 
 def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSettings,
@@ -120,9 +119,11 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSet
                     prepared: Prepared | None = None) -> IngestResult:
     """Archive ``document``, replacing any earlier version of the same file.
 
-    Steps: chunk (unless ``prepared`` by :func:`prepare` is given), embed every chunk, write
-    the new chunks, then delete the old ones. A failure in any step leaves the store as it
-    was (the chunks written so far are deleted again).
+    Steps: recover what an interrupted write left, chunk (unless ``prepared`` by
+    :func:`prepare` is given), embed every chunk, write the new chunks hidden from readers,
+    commit (the new version shows, the old one hides: one atomic write), delete the old
+    chunks. A failure before the commit leaves the file as it was (the new chunks are deleted
+    again, or by the next recovery); after it, the ingest has succeeded.
 
     Raises:
         InvalidDocument: nothing to archive.
@@ -130,6 +131,7 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSet
         EmbeddingModelMismatch: the collection was built with another embedding model.
     """
     started = time.perf_counter()
+    store.recover()
     prepared = prepared or prepare(document, embedder, settings)
     existing = store.ids({"file": document.file})
 
@@ -146,38 +148,48 @@ def ingest_document(store: ChromaStore, embedder: Embedder, settings: ArchiveSet
     embeddings = embedder.embed([c.text for c in prepared.chunks],
                                 batch_size=settings.embed_batch_size,
                                 progress=progress)
-    keep = set(existing)
-    _write(store, prepared, embeddings, keep)
-    stale = [i for i in existing if i not in set(prepared.ids)]
+    replaced = {revision_of(i) for i in existing}
+    write = store.begin(prepared.revision)
     try:
-        store.delete(ids=stale)
-    except BaseException:
-        _rollback(store, [i for i in prepared.ids if i not in keep], None)
-        raise
+        _write(store, prepared, embeddings)
+        store.commit(write, replaced)
+    except BaseException as error:
+        committed = _settle(store.settle, write, "write")
+        if not committed or not isinstance(error, Exception):
+            raise
+        logger.warning("archived %s although its write reported a failure after the commit",
+                       document.file)
+    else:
+        _settle(store.settle, write, "write")
+    stale = [i for i in existing if i not in set(prepared.ids)]
     logger.info("archived %s: %d chunks (%d replaced) in %.1f s", document.file,
                 len(prepared.ids), len(stale), time.perf_counter() - started)
     return result(replaced_chunks=len(stale), unchanged=False)
 
 
-def collect_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files to ingest from ``paths``: files as given, directories searched recursively for
-    supported extensions (hidden files skipped), in sorted order without duplicates.
+def collect_paths(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """Files to ingest from ``paths``, each with its archive name: a file as given is named by
+    its base name, a file found in a directory (searched recursively for supported
+    extensions, hidden files skipped) by its path relative to that directory
+    (``drafts/notes.md``). Sorted within each directory, without duplicate files; two files
+    may still get one name (from two directories): the caller decides.
 
     Raises:
         FileNotFoundError: a path does not exist.
     """
-    found: dict[Path, None] = {}
+    found: dict[Path, str] = {}
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
+                relative = child.relative_to(path)
                 if (child.is_file() and child.suffix.lower() in FORMATS
-                        and not any(p.startswith(".") for p in child.relative_to(path).parts)):
-                    found[child] = None
+                        and not any(p.startswith(".") for p in relative.parts)):
+                    found.setdefault(child.resolve(), relative.as_posix())
         elif path.exists():
-            found[path] = None
+            found.setdefault(path.resolve(), path.name)
         else:
             raise FileNotFoundError(f"{path} does not exist")
-    return list(found)
+    return list(found.items())
 
 
 def documents_from_records(records: Iterable[Record]) -> list[Document]:
@@ -205,31 +217,35 @@ def rebuild(store: ChromaStore, embedder: Embedder, settings: ArchiveSettings,
     swap it in for the old one (whatever model built that). ``on_total`` gets the number of
     chunks to embed before the work starts.
 
-    A failure before the swap deletes the new collection and leaves the old one as it was.
+    The swap is one atomic write (:meth:`~app.archive.store.ChromaStore.commit_build`); the old
+    collection is dropped only after it. A failure before the swap drops the new collection
+    (now or at the next recovery) and leaves the old one as it was.
 
     Raises:
         ArchiveUnavailable: the store failed.
     """
     started = time.perf_counter()
+    store.recover()
     previous_model, records = store.all_records_unchecked()
     documents = documents_from_records(records)
     prepared = [prepare(d, embedder, settings) for d in documents]
     if on_total is not None:
         on_total(sum(len(p.ids) for p in prepared))
-    staging = store.create_staging("reindex")
+    build = store.begin_build()
     try:
         for item in prepared:
             embeddings = embedder.embed([c.text for c in item.chunks],
                                         batch_size=settings.embed_batch_size,
                                         progress=progress)
-            _write(store, item, embeddings, set(), collection=staging)
-        store.replace_with(staging)
-    except BaseException:
-        try:
-            store.drop(staging)
-        except Exception:  # report the first failure
-            logger.exception("could not delete the staging collection %s", staging)
-        raise
+            _write(store, item, embeddings, collection=build)
+        store.commit_build(build)
+    except BaseException as error:
+        committed = _settle(store.settle_build, build, "rebuild")
+        if not committed or not isinstance(error, Exception):
+            raise
+        logger.warning("re-indexed although the rebuild reported a failure after the commit")
+    else:
+        _settle(store.settle_build, build, "rebuild")
     chunks = sum(len(p.ids) for p in prepared)
     logger.info("re-indexed %d files (%d chunks) with %s", len(prepared), chunks, embedder.name)
     return ReindexResult(files=len(prepared), chunks=chunks, embedding_model=embedder.name,

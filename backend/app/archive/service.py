@@ -86,8 +86,11 @@ class Archive:
         """Load the embedding model (unless given), set its threads (``EMBEDDING_THREADS``)
         and connect the store.
 
-        A store that cannot be reached now, or that holds another model's embeddings, is
-        logged and not fatal: each call retries it and reports the failure (503 or 409).
+        Opening recovers what an interrupted write left in the store
+        (:meth:`app.archive.store.ChromaStore.recover`). A store that cannot be reached now
+        (or, embedded, whose directory another process holds), or that holds another model's
+        embeddings, is logged and not fatal: each call retries it and reports the failure
+        (503 or 409).
 
         Raises:
             ArchiveUnavailable: the embedding model cannot be loaded, or ARCHIVE_CHUNK_TOKENS
@@ -104,6 +107,7 @@ class Archive:
         archive = cls(settings, embedder, ChromaStore(settings, embedder.name, embedder.dimension),
                       metrics)
         try:
+            archive.store.recover()
             archive.store.check()
         except (ArchiveUnavailable, EmbeddingModelMismatch) as error:
             logger.warning("archive store not usable yet: %s", error.message)
@@ -191,8 +195,9 @@ class Archive:
 
     def ingest_bytes(self, name: str, data: bytes,
                      progress: Progress | None = None) -> IngestResult:
-        """Parse and archive a file's bytes under its base name, replacing an earlier
-        version.
+        """Parse and archive a file's bytes under its name (a relative path such as
+        ``drafts/notes.md`` is kept: :func:`app.archive.documents.archive_name`), replacing an
+        earlier version.
 
         Raises:
             DocumentTooLarge: above ``ARCHIVE_MAX_UPLOAD_BYTES``.

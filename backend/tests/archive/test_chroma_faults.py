@@ -216,11 +216,9 @@ def test_waiting_on_a_paused_server_does_not_hold_the_model(
 @pytest.mark.parametrize("write", [
     pytest.param(1, id="before-the-first-write"),
     # The first write (chunk 0, which lists the file, and 99 more) was acknowledged and the
-    # rollback could not reach the dead server: the book is listed with 264 chunks and has
-    # 100. Issue 12 row 9's commit logic (branch i12-archive) is what fixes it; strict, so
-    # this mark must go when it lands.
-    pytest.param(2, id="between-writes", marks=pytest.mark.xfail(
-        strict=True, reason="a partly written file shows until row 9's ingest commit lands")),
+    # rollback could not reach the dead server: before the catalog's commits (issue 12 row
+    # 9) the book was listed with 264 chunks and had 100.
+    pytest.param(2, id="between-writes"),
 ])
 def test_a_server_killed_mid_ingest_leaves_nothing_half_written(
         server: ChromaServer, client: TestClient, monkeypatch: pytest.MonkeyPatch,

@@ -37,14 +37,16 @@ def test_ingest_search_files_delete_reindex(tmp_path: Path) -> None:
     assert found.exit_code == 0 and "CHAPTER 2. The Storm" in found.output
 
     listing = run(db, "files")
-    assert "lighthouse.txt\tThe Lighthouse" in listing.output and "recipes.md" in listing.output
+    assert "lighthouse.txt\tThe Lighthouse" in listing.output
+    assert "nested/recipes.md\t" in listing.output
     stats = json.loads(run(db, "stats").output)
     assert stats["files"] == 2 and stats["mode"] == "embedded"
 
     rebuilt = run(db, "reindex")
     assert rebuilt.exit_code == 0 and "re-indexed 2 files" in rebuilt.output
-    assert run(db, "delete", "recipes.md").output.startswith("deleted recipes.md")
-    gone = run(db, "delete", "recipes.md")
+    # A file found in a folder is named by its path there.
+    assert run(db, "delete", "nested/recipes.md").output.startswith("deleted nested/recipes.md")
+    gone = run(db, "delete", "nested/recipes.md")
     assert gone.exit_code == 1 and "archive_file_not_found" in gone.stderr
 
 

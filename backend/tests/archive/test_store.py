@@ -150,20 +150,30 @@ def test_a_failed_ingest_leaves_the_archive_as_it_was(
     assert sorted(r.id for r in archive.store.get(texts=False)) == before
     assert archive.file_text("lighthouse.txt").text == STORY
 
-    # 3. Deleting the old version fails: the new chunks are removed, the old ones stay.
+    # 3. Deleting the old version after the commit fails: the ingest has succeeded, readers
+    #    see only the new version, and the next write's recovery deletes the old chunks.
     monkeypatch.setattr(archive.store, "upsert", real_upsert)
-    real_delete = archive.store.delete
+    real_settle = archive.store.settle
 
-    def failing_stale_delete(*, ids=None, where=None, collection=None):
-        if ids and set(ids) <= set(before):
-            raise ArchiveUnavailable("The archive store failed to delete chunks.")
-        return real_delete(ids=ids, where=where, collection=collection)
+    def failing_settle(write: str) -> bool:
+        raise ArchiveUnavailable("The archive store failed to delete chunks.")
 
-    monkeypatch.setattr(archive.store, "delete", failing_stale_delete)
-    with pytest.raises(ArchiveUnavailable):
-        ingest(archive, "lighthouse.txt", edited)
-    assert sorted(r.id for r in archive.store.get(texts=False)) == before
-    assert archive.file_text("lighthouse.txt").text == STORY
+    monkeypatch.setattr(archive.store, "settle", failing_settle)
+    result = ingest(archive, "lighthouse.txt", edited)
+    assert not result.unchanged and result.replaced_chunks == len(before)
+    assert archive.file_text("lighthouse.txt").text == edited
+    assert [f.file for f in archive.files().files] == ["lighthouse.txt"]
+    assert archive.store.count() == result.chunks
+    assert stored_chunks(archive) == result.chunks + len(before)  # the old ones, hidden
+    monkeypatch.setattr(archive.store, "settle", real_settle)
+    ingest(archive, "recipes.md", RECIPES)
+    assert stored_chunks(archive) == archive.store.count()
+
+
+def stored_chunks(archive: Archive) -> int:
+    """Every chunk in the live collection, hidden ones included."""
+    store = archive.store
+    return int(store._collection(store._read_catalog().live).count())
 
 
 def test_another_embedding_model_is_refused_until_reindex(

@@ -69,13 +69,13 @@ def list_files(services: Services = Depends(get_services)) -> FileList:
     return services.require_archive().files()
 
 
-@router.get("/files/{file}/text", response_model=FileText, responses=_FILE)
+@router.get("/files/{file:path}/text", response_model=FileText, responses=_FILE)
 def file_text(file: str, services: Services = Depends(get_services)) -> FileText:
     """The archived text of ``file``, rebuilt exactly from its chunks."""
     return services.require_archive().file_text(file)
 
 
-@router.delete("/files/{file}", response_model=DeleteResult, responses=_FILE)
+@router.delete("/files/{file:path}", response_model=DeleteResult, responses=_FILE)
 def delete_file(file: str, services: Services = Depends(get_services)) -> DeleteResult:
     """Remove ``file`` and all its chunks from the archive."""
     return services.require_archive().delete_file(file)
