@@ -126,7 +126,8 @@ def build_runner(settings: Settings, generator: TextGenerator, scheduler: Schedu
     """
     cache = open_summary_cache(settings, generator.model_name, metrics)
     return AgentRunner(RunnerSettings.of(settings), generator, scheduler, metrics,
-                       extra_elements=archive_context(archive) if archive is not None else None,
+                       extra_elements=(archive_context(archive, settings.voice.exemplars)
+                                       if archive is not None else None),
                        retrieve=(archive_search(require_archive) if require_archive is not None
                                  else None),
                        summary_cache=cache)

@@ -33,7 +33,7 @@ class VoiceProfiles:
         if not signature:
             raise VoiceProfileMissing(
                 "No archive file is tagged as your own writing: upload or ingest samples of "
-                "it with voice=true (POST /api/v1/archive/upload?voice=true, or "
+                "it with voice=true (POST /api/v1/archive/files?voice=true, or "
                 "`writer-assistant ingest --voice`).")
         key = archive.store.name
         with self._lock:

@@ -10,6 +10,7 @@ models, summaries, tags and documented errors all come from the spec and the err
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations,
 # which are closure variables, at registration time.
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,7 +25,10 @@ from app.api.disconnect import unless_disconnected
 from app.api.errors import AGENT_ERRORS, ARCHIVE_ERRORS, REFUSALS, error_responses
 from app.api.sse import sse_response
 from app.api.v1.voice import carry_notes
+from app.errors import WriterAssistantError
 from app.state import Services, get_services
+
+logger = logging.getLogger(__name__)
 
 #: What a Server-Sent Events route answers with a 200.
 STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}},
@@ -45,9 +49,12 @@ def scorer_for(services: Services) -> Callable[[Any], Scorer]:
         story = [chapter.content for chapter in request.structured_context.chapters]
         if archive is None:
             return Scorer(story)
-        embedder = archive.embedder
-        return Scorer(story, embed=embedder.embed,
-                      voice=None)  # the voice profile comes with app.voice
+        try:
+            voice = services.voices.centroid(archive)
+        except WriterAssistantError as error:  # variants are still scored, without style
+            logger.warning("no voice profile for scoring variants: %s", error.code)
+            voice = None
+        return Scorer(story, embed=archive.embedder.embed, voice=voice)
 
     return scorer
 
