@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from typing import Literal
@@ -14,7 +12,7 @@ from app.agents.runner import AgentRunner
 from app.api.sse import OpenStreams
 from app.archive.service import Archive, ArchiveState
 from app.config import Settings
-from app.errors import FeedbackUnavailable, ModelUnavailable
+from app.errors import ModelUnavailable
 from app.llm.prefix_cache import CacheStats, PrefixCache
 from app.llm.protocol import TextGenerator
 from app.llm.scheduler import Scheduler
@@ -22,8 +20,6 @@ from app.observability.metrics import Metrics
 from app.tenancy import current_tenant
 from app.voice.feedback import FeedbackStore
 from app.voice.service import VoiceProfiles
-
-logger = logging.getLogger(__name__)
 
 ModelStatus = Literal["loading", "ready", "error"]
 
@@ -101,16 +97,7 @@ class Services:
         """
         with self._feedback_lock:
             if self.feedback is None:
-                path = self.settings.voice.feedback_db_path
-                try:
-                    self.feedback = FeedbackStore(path)
-                except (sqlite3.Error, OSError) as error:
-                    logger.warning("the feedback database %s could not be opened: %s: %s",
-                                   path, type(error).__name__, error)
-                    raise FeedbackUnavailable(
-                        "The feedback database could not be opened: make FEEDBACK_DB_PATH a "
-                        "writable file path (see the server log).",
-                        param="FEEDBACK_DB_PATH") from error
+                self.feedback = FeedbackStore.open(self.settings.voice.feedback_db_path)
             return self.feedback
 
 

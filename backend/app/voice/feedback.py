@@ -12,6 +12,7 @@ lock, used from worker threads.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.errors import FeedbackUnavailable
 from app.schemas.context import Priority, UserRequest
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -74,6 +78,22 @@ class FeedbackStore:
         with self._lock, self._db:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+
+    @classmethod
+    def open(cls, path: Path) -> FeedbackStore:
+        """The store at ``path``.
+
+        Raises:
+            FeedbackUnavailable: it cannot be opened (HTTP 503; the cause is logged).
+        """
+        try:
+            return cls(path)
+        except (sqlite3.Error, OSError) as error:
+            logger.warning("the feedback database %s could not be opened: %s: %s", path,
+                           type(error).__name__, error)
+            raise FeedbackUnavailable(
+                "The feedback database could not be opened: make FEEDBACK_DB_PATH a writable "
+                "file path (see the server log).", param="FEEDBACK_DB_PATH") from error
 
     def close(self) -> None:
         """Close the database."""
