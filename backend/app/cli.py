@@ -24,7 +24,7 @@ import typer
 from tqdm import tqdm
 
 from app.config import Settings
-from app.errors import WriterAssistantError
+from app.errors import ArchiveUnavailable, WriterAssistantError
 from app.tenancy import LOCAL_TENANT, current_tenant
 
 if TYPE_CHECKING:
@@ -75,6 +75,12 @@ def _archive(ctx: typer.Context, threads: int | None = None) -> Any:
     except WriterAssistantError as error:
         _fail(error)
     ctx.call_on_close(archive.close)  # when the command ends, whatever way
+    try:
+        archive.store.check()  # e.g. the server holds the embedded archive: say so now
+    except ArchiveUnavailable as error:
+        _fail(error)
+    except WriterAssistantError:  # another model's archive: reindex is for that
+        pass
     return archive.for_tenant(current_tenant.get())
 
 

@@ -27,10 +27,12 @@ small catalog collection, ``<collection>.catalog`` (one-dimensional dummy embedd
   rebuild.
 
 Readers read the catalog, then filter hidden revisions out; in one process a read-write lock
-keeps a commit from falling between the two. :meth:`ChromaStore.recover` (on opening and
-before each write) finishes or undoes what an interrupted writer left: it deletes hidden
-revisions and drops collections nothing points to. An archive from before the catalog (chunks
-without ``revision``) is migrated by its first recovery.
+keeps a commit from falling between the two (processes sharing a Chroma server have no such
+lock: a commit there may fall in the milliseconds between a reader's two calls).
+:meth:`ChromaStore.recover` (on opening and before each write) finishes or undoes what an
+interrupted writer left: it deletes hidden revisions and drops collections nothing points to.
+An archive from before the catalog (chunks without ``revision``) is migrated by its first
+recovery.
 """
 
 from __future__ import annotations
@@ -86,6 +88,17 @@ IN_USE = (
     "that process, or ingest through the running server (POST /api/v1/archive/files), or run "
     "a Chroma server (`chroma run`) and set CHROMA_HOST for both."
 )
+
+
+DISK_FULL = (
+    "The archive's disk filled up during a write. What was archived is intact, but Chroma's "
+    "embedded store cannot be trusted again in this process (it may hang): free space, then "
+    "restart the server or command."
+)
+#: Embedded directories whose store failed with a full disk in this process (SQLite's
+#: "database or disk is full"): every later call is refused (DISK_FULL) instead of risking a
+#: hang inside Chroma.
+_DISK_FULL: set[str] = set()
 
 
 def revision_of(chunk_id: str) -> str:
@@ -264,7 +277,8 @@ class ChromaStore:
         self._lock = threading.RLock()
         self._timed_out_at: float | None = None  # monotonic time of the last connect timeout
         self._commits = _ReadWriteLock()
-        self._directory: str | None = None
+        self._directory: str | None = None  # the directory locked, while it is
+        self._disk = None if settings.chroma_host else str(Path(settings.db_path).resolve())
         self._heartbeat = 0.0
 
     @property
@@ -286,7 +300,10 @@ class ChromaStore:
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
-        """Turn Chroma's failures during ``action`` into ArchiveUnavailable."""
+        """Turn Chroma's failures during ``action`` into ArchiveUnavailable; refuse at once
+        when this directory's disk filled up earlier in this process."""
+        if self._disk in _DISK_FULL:
+            raise ArchiveUnavailable(DISK_FULL, param="ARCHIVE_DB_PATH")
         try:
             yield
         except WriterAssistantError:
@@ -297,6 +314,12 @@ class ChromaStore:
             with self._lock:
                 self._client = self._catalog_collection = None
                 self._collections = {}
+            if self._disk is not None and "disk is full" in str(error):
+                # Chroma 1.5's embedded store can hang on any later call in this process.
+                logger.error("archive disk full at %s: the store is closed until a restart",
+                             self.location)
+                _DISK_FULL.add(self._disk)
+                raise ArchiveUnavailable(DISK_FULL, param="ARCHIVE_DB_PATH") from error
             # Chroma's own text can hold paths: it goes to the log above, not to clients.
             raise ArchiveUnavailable(
                 f"The archive store ({self.mode}) failed to {action} "
@@ -451,7 +474,7 @@ class ChromaStore:
 
     def check(self) -> None:
         """Connect and open the live collection now (startup, readiness), raising what a call
-        would raise. Writes nothing.
+        would raise. Creates nothing.
 
         Raises:
             ArchiveUnavailable: Chroma cannot be reached or opened, or the embedded directory

@@ -144,8 +144,11 @@ def test_bad_input_has_a_clear_error(name: str, data: bytes, error: type, words:
     assert raised.value.param == "file"
 
 
-def test_name_is_the_base_name() -> None:
-    assert parse_document("../../etc/notes.txt", b"Hello there.").file == "notes.txt"
+def test_name_is_the_relative_path_given_and_never_climbs() -> None:
+    assert parse_document("drafts/notes.txt", b"Hello there.").file == "drafts/notes.txt"
+    assert parse_document("/etc/notes.txt", b"Hello there.").file == "etc/notes.txt"
+    with pytest.raises(InvalidDocument, match=r"'\.\.' part"):
+        parse_document("../../etc/notes.txt", b"Hello there.")
 
 
 def test_chapter_key_ignores_numbering_case_and_quotes() -> None:
