@@ -126,7 +126,8 @@ def build_runner(settings: Settings, generator: TextGenerator, scheduler: Schedu
     """
     cache = open_summary_cache(settings, generator.model_name, metrics)
     return AgentRunner(RunnerSettings.of(settings), generator, scheduler, metrics,
-                       extra_elements=archive_context(archive) if archive is not None else None,
+                       extra_elements=(archive_context(archive, settings.voice.exemplars)
+                                       if archive is not None else None),
                        retrieve=(archive_search(require_archive) if require_archive is not None
                                  else None),
                        summary_cache=cache)
@@ -208,7 +209,8 @@ async def close_services(services: Services) -> None:
     summary cache (:func:`close_runner`); the generator, when the services opened it
     (``services.model.owned``; an injected one is left open): its ``aclose`` finishes the
     model thread and the prefix cache's disk writes, or closes the HTTP clients; the archive
-    loaded at startup (its Chroma clients, :meth:`app.archive.service.Archive.close`).
+    loaded at startup (its Chroma clients, :meth:`app.archive.service.Archive.close`); the
+    feedback database, when a request opened it.
 
     The metrics (an in-memory registry), the scheduler and the open-streams count hold
     nothing to release. Call it once, after serving. Never raises: a failing step is logged
@@ -228,6 +230,11 @@ async def close_services(services: Services) -> None:
             await asyncio.to_thread(archive.close)
         except Exception:
             logger.exception("closing the archive failed")
+    if services.feedback is not None:
+        try:
+            services.feedback.close()
+        except Exception:
+            logger.exception("closing the feedback database failed")
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ All read the same settings as the server (environment and ``.env``); ``--db-path
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -108,6 +109,9 @@ def ingest(
     threads: Annotated[int | None, typer.Option(
         min=1, help="Embedding threads (default EMBEDDING_THREADS); all cores is fastest on "
         "an idle machine.")] = None,
+    voice: Annotated[bool, typer.Option(
+        "--voice", help="The files are your own writing: they make your voice profile "
+        "(GET /api/v1/voice) and are never retrieved as story.")] = False,
 ) -> None:
     """Archive files, replacing earlier versions of the same file names. A file found in a
     directory is named by its path relative to that directory (drafts/notes.md), a file given
@@ -131,6 +135,8 @@ def ingest(
             document = parse_document(
                 name, path.read_bytes(),
                 max_expanded_bytes=archive.settings.max_expanded_bytes)
+            if voice:
+                document = dataclasses.replace(document, voice=True)
         except WriterAssistantError as error:
             failed += 1
             typer.echo(f"skipped {path}: {error.message}", err=True)

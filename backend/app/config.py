@@ -919,6 +919,32 @@ class QualitySettings(_Group):
     )
 
 
+class VoiceSettings(_Group):
+    """The author's voice and feedback.
+
+    Archive files tagged as the author's own writing (`voice` at upload or ingest) make the
+    tenant's voice profile (`GET /api/v1/voice`); the passages nearest a prose task go into its
+    context as style exemplars. The author's choices among variants and drafts are kept
+    (`POST /api/v1/feedback`).
+    """
+
+    title: ClassVar[str] = "Voice and feedback"
+
+    exemplars: int = setting(
+        env="VOICE_EXEMPLARS",
+        default=2, ge=0, le=10,
+        description="Passages of the author's voice (archive files tagged voice) put into a "
+        "prose task's context as style exemplars, nearest the task first, under the "
+        "plot-and-world budget (0: none).",
+    )
+    feedback_db_path: Path = setting(
+        env="FEEDBACK_DB_PATH",
+        default=Path("data/feedback.sqlite3"),
+        description="SQLite database of the author's feedback on variants and drafts "
+        "(relative paths are taken from the working directory).",
+    )
+
+
 #: The groups of :class:`Settings`, in the order the docs list them.
 GROUPS: dict[str, type[_Group]] = {
     "model": ModelSettings,
@@ -931,6 +957,7 @@ GROUPS: dict[str, type[_Group]] = {
     "observability": ObservabilitySettings,
     "lifecycle": LifecycleSettings,
     "quality": QualitySettings,
+    "voice": VoiceSettings,
 }
 
 
@@ -1077,6 +1104,7 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = ObservabilitySettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     quality: QualitySettings = QualitySettings()
+    voice: VoiceSettings = VoiceSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -123,6 +123,18 @@ class EmbeddingModelMismatch(WriterAssistantError):
     code = "embedding_model_mismatch"
 
 
+class VoiceProfileMissing(WriterAssistantError):
+    """No archive file of the tenant is tagged as the author's voice."""
+
+    code = "voice_profile_missing"
+
+
+class FeedbackUnavailable(WriterAssistantError):
+    """The feedback database cannot be opened or written (``FEEDBACK_DB_PATH``)."""
+
+    code = "feedback_unavailable"
+
+
 class UnsupportedDocument(WriterAssistantError):
     """A file the archive cannot ingest because of its type (unknown extension)."""
 

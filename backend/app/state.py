@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Literal
 
 from fastapi import Request
@@ -17,6 +18,8 @@ from app.llm.protocol import TextGenerator
 from app.llm.scheduler import Scheduler
 from app.observability.metrics import Metrics
 from app.tenancy import current_tenant
+from app.voice.feedback import FeedbackStore
+from app.voice.service import VoiceProfiles
 
 ModelStatus = Literal["loading", "ready", "error"]
 
@@ -45,6 +48,9 @@ class Services:
     streams: OpenStreams
     metrics: Metrics
     runner: AgentRunner | None = None
+    feedback: FeedbackStore | None = None
+    voices: VoiceProfiles = field(default_factory=VoiceProfiles)
+    _feedback_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def set_ready(self, generator: TextGenerator, runner: AgentRunner, *, owned: bool) -> None:
         """Publish a loaded generator and the runner built on it; ``owned`` as in
@@ -81,6 +87,18 @@ class Services:
         if self.model.status == "error":
             raise ModelUnavailable(f"The model failed to load: {self.model.error}")
         raise ModelUnavailable("The model is still loading; retry in a few seconds.")
+
+
+    def require_feedback(self) -> FeedbackStore:
+        """The feedback database, opened on first use (``FEEDBACK_DB_PATH``).
+
+        Raises:
+            FeedbackUnavailable: it cannot be opened (HTTP 503; the cause is logged).
+        """
+        with self._feedback_lock:
+            if self.feedback is None:
+                self.feedback = FeedbackStore.open(self.settings.voice.feedback_db_path)
+            return self.feedback
 
 
 def get_services(request: Request) -> Services:

@@ -53,7 +53,8 @@ def settings(tmp_path: Path) -> Settings:
     tests turn them on), and answers judged but not retried (scripted replies are short; the
     retry tests ask for retries)."""
     return Settings(summary_cache_dir=tmp_path / "summaries",
-                    archive_db_path=tmp_path / "archive", archive_enabled=False,
+                    archive_db_path=tmp_path / "archive",
+                    feedback_db_path=tmp_path / "feedback.sqlite3", archive_enabled=False,
                     rate_limit_per_minute=0, rate_limit_concurrent=0,
                     rate_limit_auth_failures_per_minute=0, quality_max_retries=0)
 
@@ -84,7 +85,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     One content-check retry (not the default two) keeps the suite's generations bounded."""
     state = tmp_path_factory.mktemp("live")
     settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive",
-                        quality_max_retries=1)
+                        feedback_db_path=state / "feedback.sqlite3", quality_max_retries=1)
     with serve(create_app(settings)) as base:
         yield base
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.agents.outputs import RaterFeedback
+from app.agents.references import braces, chapter_source
 from app.agents.spec import AgentSpec, TaskInput, json_answer
 from app.schemas.requests import RaterFeedbackRequest
 from app.schemas.responses import RaterFeedbackResponse
@@ -12,10 +13,13 @@ ROLE = "You are the rater."
 
 def rater_feedback_task(request: RaterFeedbackRequest) -> TaskInput:
     criteria = ", ".join(request.criteria)
-    return TaskInput(
-        f"As {request.rater_name}, rate this for {criteria}, with a short opinion and up to "
-        f"five suggestions:\n{request.plot_point}"
-    )
+    opening = f"As {request.rater_name}, rate "
+    closing = f" for {criteria}, with a short opinion and up to five suggestions"
+    if request.chapter_number is None:
+        return TaskInput(f"{opening}this{closing}:\n{request.plot_point}")
+    source = chapter_source(request.structured_context, request.chapter_number, None,
+                            "chapter_number")
+    return source.task(braces(opening) + "{where}" + braces(closing) + ".", "Text to rate")
 
 
 SPECS = [

@@ -51,6 +51,10 @@ ROUTE_EXAMPLES = {
     f"{API_PREFIX}/tokens/count": "tokens-count",
     f"{API_PREFIX}/tokens/validate": "tokens-validate",
     f"{API_PREFIX}/archive/search": "archive-search",
+    f"{API_PREFIX}/chapter-pipeline": "chapter-pipeline",
+    f"{API_PREFIX}/chapter-pipeline/stream": "chapter-pipeline",
+    f"{API_PREFIX}/voice/compare": "voice-compare",
+    f"{API_PREFIX}/feedback": "feedback",
 }
 #: The docs pages: what they load and what they contact is the app's own (inline scripts and
 #: styles are the pages' own; ReDoc draws with data: images and searches in a blob: worker).

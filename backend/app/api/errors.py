@@ -29,6 +29,7 @@ from app.errors import (
     ContextLengthExceeded,
     DocumentTooLarge,
     EmbeddingModelMismatch,
+    FeedbackUnavailable,
     GenerationFailed,
     GenerationTimeout,
     InvalidDocument,
@@ -46,6 +47,7 @@ from app.errors import (
     Unauthenticated,
     UnknownReference,
     UnsupportedDocument,
+    VoiceProfileMissing,
     WriterAssistantError,
 )
 from app.observability.logging import log_error_answer
@@ -67,6 +69,8 @@ STATUS: dict[type[WriterAssistantError], int] = {
     ArchiveUnavailable: 503,
     ArchiveFileNotFound: 404,
     EmbeddingModelMismatch: 409,
+    VoiceProfileMissing: 404,
+    FeedbackUnavailable: 503,
     UnsupportedDocument: 415,
     InvalidDocument: 422,
     DocumentTooLarge: 413,

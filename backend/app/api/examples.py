@@ -158,6 +158,20 @@ def _examples() -> dict[str, tuple[str, dict[str, Any]]]:
         "archive-search": (
             "Alice: search the archive",
             {"query": "a bottle marked DRINK ME", "file": "carroll-alice.txt", "top_k": 3}),
+        "chapter-pipeline": (
+            "Alice, chapter 2 drafted, reviewed, rated and revised",
+            _story(plot_point=PLOT_POINT, title="The Pool of Tears", max_tokens=300,
+                   max_rounds=2, min_score=8, story_id="alice",
+                   raters=[{"name": "a young reader", "criteria": ["whimsy", "clarity"]}])),
+        "voice-compare": (
+            "Alice: a sentence of Carroll's against your voice",
+            {"text": ALICE_CHAPTER_1_OPENING.split("\n\n")[0]}),
+        "feedback": (
+            "Alice: the author chose a variant of chapter 2",
+            {"story_id": "alice", "operation": "generate-chapter",
+             "chosen": "Alice stood by the pool of her own tears, nine feet tall and sorry.",
+             "rejected": ["Alice cried."], "rating": 8,
+             "note": "More of the Mouse, less of the crying.", "carry_note": True}),
     }
 
 

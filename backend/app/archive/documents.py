@@ -122,6 +122,8 @@ class Document:
         text: the text the archive stores and reconstructs (characters).
         chapters: chapter starts in ascending order; text before the first is front matter.
         format: ``text``, ``markdown``, ``docx`` or ``html``.
+        voice: the author's own writing (a sample of their voice, :mod:`app.voice`), not part
+            of a story.
     """
 
     file: str
@@ -129,6 +131,7 @@ class Document:
     text: str
     chapters: tuple[ChapterMark, ...]
     format: str
+    voice: bool = False
 
 
 def archive_name(name: str) -> str:

@@ -26,7 +26,14 @@ import numpy as np
 from app.archive.chunking import Chunk, chapter_marks, chunk_document, reconstruct
 from app.archive.documents import FORMATS, Document, chapter_key
 from app.archive.embeddings import Embedder
-from app.archive.store import REVISION_KEY, ChromaStore, Metadata, Record, revision_of
+from app.archive.store import (
+    REVISION_KEY,
+    VOICE_KEY,
+    ChromaStore,
+    Metadata,
+    Record,
+    revision_of,
+)
 from app.config import ArchiveSettings
 from app.errors import InvalidDocument
 from app.schemas.archive import IngestResult, ReindexResult
@@ -67,6 +74,7 @@ def prepare(document: Document, embedder: Embedder, settings: ArchiveSettings) -
     version = _sha(json.dumps([
         sha, [(m.start, m.title) for m in document.chapters], document.title,
         settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.name,
+        *(["voice"] if document.voice else []),
     ]))[:12]
     revision = f"{_sha(document.file)[:16]}-{version}"
     ids = [f"{revision}-{c.index:05d}" for c in chunks]
@@ -81,6 +89,8 @@ def prepare(document: Document, embedder: Embedder, settings: ArchiveSettings) -
             "chunk_index": chunk.index, "start": chunk.start, "own_start": chunk.own_start,
             "end": chunk.end, REVISION_KEY: revision,
         }
+        if document.voice:  # on every chunk: retrieval filters on it
+            metadata[VOICE_KEY] = True
         if chunk.index == 0:
             metadata |= {
                 "format": document.format, "file_chars": len(document.text),
@@ -206,7 +216,8 @@ def documents_from_records(records: Iterable[Record]) -> list[Document]:
                             for r in group])
         marks = chapter_marks([(int(r.metadata["own_start"]), str(r.metadata["chapter"]),
                                 int(r.metadata["chapter_number"])) for r in group])
-        documents.append(Document(file, str(first["title"]), text, marks, str(first["format"])))
+        documents.append(Document(file, str(first["title"]), text, marks, str(first["format"]),
+                                  bool(first.get(VOICE_KEY, False))))
     return documents
 
 

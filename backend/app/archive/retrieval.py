@@ -18,11 +18,12 @@ import anyio
 
 from app.archive.documents import chapter_key
 from app.archive.embeddings import Embedder
-from app.archive.store import ChromaStore, Record, Where
+from app.archive.store import VOICE_KEY, ChromaStore, Record, Where
 from app.context.elements import ContextElement, Layer
 from app.errors import WriterAssistantError
 from app.schemas.archive import ArchiveFilters, Passage
 from app.schemas.context import Priority
+from app.schemas.requests import TargetWordsRequest
 
 if TYPE_CHECKING:
     from app.agents.runner import ExtraElements, Retrieve
@@ -65,16 +66,31 @@ def passage(record: Record) -> Passage:
     )
 
 
+#: Chroma filters on the voice tag: story passages only, voice samples only (``$ne`` also
+#: matches chunks without the key, i.e. every story chunk).
+STORY_ONLY: Where = {VOICE_KEY: {"$ne": True}}
+VOICE_ONLY: Where = {VOICE_KEY: True}
+
+
+def _and(*terms: Where | None) -> Where | None:
+    present = [t for t in terms if t]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else {"$and": present}
+
+
 def search(store: ChromaStore, embedder: Embedder, query: str, top_k: int,
-           filters: ArchiveFilters | None = None) -> list[Passage]:
-    """The ``top_k`` passages closest to ``query`` (cosine similarity), best first.
+           filters: ArchiveFilters | None = None, scope: Where | None = None
+           ) -> list[Passage]:
+    """The ``top_k`` passages closest to ``query`` (cosine similarity), best first, within
+    ``filters`` and ``scope`` (:data:`STORY_ONLY`, :data:`VOICE_ONLY` or ``None``: all).
 
     Raises:
         ArchiveUnavailable: the store failed.
         EmbeddingModelMismatch: the collection was built with another embedding model.
     """
     embedding = embedder.embed([query])[0]
-    where = where_clause(filters) if filters is not None else None
+    where = _and(where_clause(filters) if filters is not None else None, scope)
     return [passage(r) for r in store.query(embedding, top_k, where)]
 
 
@@ -119,8 +135,24 @@ def context_elements(passages: list[Passage]) -> list[ContextElement]:
     return elements
 
 
-def archive_context(get_archive: Callable[[], Archive | None]) -> ExtraElements:
-    """The runner's ``extra_elements`` hook: retrieved archive passages for a request.
+def exemplar_elements(passages: list[Passage]) -> list[ContextElement]:
+    """The author's voice passages as style exemplars of a prose task (per request, placed
+    after the shared story block, in the plot-and-world layer, medium priority)."""
+    return [ContextElement(
+        id=f"exemplar[{i}]", kind="style_exemplar", layer=Layer.plot_world,
+        priority=Priority.medium, text=item.text.strip(),
+        heading="A passage in the author's own voice (match its style, not its content):",
+        label=f"style exemplar ({item.title or item.file})", order=i,
+        source={"file": item.file, "title": item.title, "chunk_index": item.chunk_index,
+                "score": item.score, "chunk_id": item.id},
+        per_request=True) for i, item in enumerate(passages)]
+
+
+def archive_context(get_archive: Callable[[], Archive | None],
+                    exemplars: int = 0) -> ExtraElements:
+    """The runner's ``extra_elements`` hook: retrieved archive passages for a request, and
+    for a prose request (one that takes ``target_words``) the ``exemplars`` voice passages
+    nearest it (``VOICE_EXEMPLARS``; :func:`exemplar_elements`).
 
     ``context_processing_config.use_archive``: ``False`` skips retrieval; ``None`` (default)
     retrieves when the archive is ready (an empty archive gives no passages); ``True`` asks
@@ -144,6 +176,10 @@ def archive_context(get_archive: Callable[[], Archive | None]) -> ExtraElements:
         try:
             # anyio's worker threads, not the default pool that archive uploads may fill
             passages = await anyio.to_thread.run_sync(archive.context_passages, query)
+            voice = []
+            if exemplars and isinstance(request, TargetWordsRequest):
+                voice = await anyio.to_thread.run_sync(archive.voice_exemplars, query,
+                                                       exemplars)
         except WriterAssistantError as error:
             logger.warning("archive retrieval failed (%s); request runs without archive "
                            "passages: %s", error.code, error.message)
@@ -151,7 +187,7 @@ def archive_context(get_archive: Callable[[], Archive | None]) -> ExtraElements:
         except Exception:  # retrieval must never fail the agent request
             logger.exception("archive retrieval failed; request runs without archive passages")
             return []
-        return context_elements(passages)
+        return context_elements(passages) + exemplar_elements(voice)
 
     return extra
 

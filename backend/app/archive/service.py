@@ -12,14 +12,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
+
+import numpy as np
 
 from app.archive.chunking import reconstruct
 from app.archive.documents import Document, archive_name, parse_document
 from app.archive.embeddings import Embedder, set_threads
 from app.archive.ingest import Prepared, Progress, ingest_document, prepare, rebuild
-from app.archive.retrieval import search
+from app.archive.retrieval import STORY_ONLY, VOICE_ONLY, search
 from app.archive.store import ChromaStore
 from app.config import ArchiveSettings
 from app.errors import (
@@ -134,9 +136,34 @@ class Archive:
                           top_k or self.settings.top_k, filters)
 
     def context_passages(self, query: str) -> list[Passage]:
-        """Passages for an agent's context: the top ``ARCHIVE_TOP_K`` at or above
-        ``ARCHIVE_MIN_SCORE``."""
-        return [p for p in self.search(query) if p.score >= self.settings.min_score]
+        """Story passages for an agent's context (never the author's voice samples): the top
+        ``ARCHIVE_TOP_K`` at or above ``ARCHIVE_MIN_SCORE``."""
+        with self.metrics.archive_operation("search"):
+            found = search(self.store, self.embedder, query, self.settings.top_k,
+                           scope=STORY_ONLY)
+        return [p for p in found if p.score >= self.settings.min_score]
+
+    def voice_exemplars(self, query: str, top_k: int) -> list[Passage]:
+        """The ``top_k`` passages of the author's voice samples closest to ``query``, best
+        first (style exemplars for a prose task)."""
+        with self.metrics.archive_operation("search"):
+            return search(self.store, self.embedder, query, top_k, scope=VOICE_ONLY)
+
+    def voice_signature(self) -> str:
+        """What the voice profile is built from: the voice files and their versions, as one
+        string (empty when no file is tagged voice)."""
+        records = self.store.get({"$and": [{"chunk_index": 0}, VOICE_ONLY]}, texts=False)
+        return "|".join(sorted(f"{r.metadata['file']}@{r.metadata.get('version')}"
+                               for r in records))
+
+    def voice_passages(self) -> tuple[list[str], list[str], np.ndarray]:
+        """The voice files (sorted), their chunks' texts in file and chunk order, and those
+        chunks' embeddings (shape ``(len(texts), dimension)``, unit-length rows)."""
+        records, embeddings = self.store.get_with_embeddings(VOICE_ONLY)
+        order = sorted(range(len(records)), key=lambda i: (
+            str(records[i].metadata["file"]), int(records[i].metadata["chunk_index"])))
+        files = sorted({str(r.metadata["file"]) for r in records})
+        return files, [records[i].text for i in order], embeddings[order]
 
     def files(self) -> FileList:
         """Every archived file, sorted by name."""
@@ -152,6 +179,7 @@ class Archive:
                 chars=int(meta["file_chars"]), chunks=int(meta["file_chunks"]),
                 chapters=json.loads(str(meta.get("chapters_json", "[]"))),
                 sha256=str(meta["file_sha256"]), ingested_at=str(meta["ingested_at"]),
+                voice=bool(meta.get("voice", False)),
             ))
         return FileList(files=sorted(infos, key=lambda i: i.file))
 
@@ -194,10 +222,10 @@ class Archive:
     # --- writes -----------------------------------------------------------------------------
 
     def ingest_bytes(self, name: str, data: bytes,
-                     progress: Progress | None = None) -> IngestResult:
+                     progress: Progress | None = None, *, voice: bool = False) -> IngestResult:
         """Parse and archive a file's bytes under its name (a relative path such as
         ``drafts/notes.md`` is kept: :func:`app.archive.documents.archive_name`), replacing an
-        earlier version.
+        earlier version; ``voice``: tag it as the author's own writing (:mod:`app.voice`).
 
         Raises:
             DocumentTooLarge: above ``ARCHIVE_MAX_UPLOAD_BYTES``, or a ``.docx`` that unpacks
@@ -213,9 +241,11 @@ class Archive:
                 f"{limit} bytes (ARCHIVE_MAX_UPLOAD_BYTES).", param="file",
                 size_bytes=len(data), limit_bytes=limit,
             )
-        return self.ingest_document(
-            parse_document(name, data, max_expanded_bytes=self.settings.max_expanded_bytes),
-            progress)
+        document = parse_document(name, data,
+                                  max_expanded_bytes=self.settings.max_expanded_bytes)
+        if voice:
+            document = replace(document, voice=True)
+        return self.ingest_document(document, progress)
 
     def ingest_document(self, document: Document, progress: Progress | None = None,
                         prepared: Prepared | None = None) -> IngestResult:

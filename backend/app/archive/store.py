@@ -63,6 +63,9 @@ logger = logging.getLogger(__name__)
 MODEL_KEY, DIMENSION_KEY = "embedding_model", "embedding_dimension"
 #: Chunk metadata key: the revision a chunk belongs to, ``<file key>-<version>``.
 REVISION_KEY = "revision"
+#: Chunk metadata key of the author's voice samples (``True`` on each of their chunks;
+#: absent on story chunks).
+VOICE_KEY = "voice"
 #: Suffix of the catalog collection's name.
 CATALOG_SUFFIX = ".catalog"
 #: The lock file an embedded store holds in ARCHIVE_DB_PATH while it is open.
@@ -546,6 +549,20 @@ class ChromaStore:
         documents = result.get("documents") or [""] * len(result["ids"])
         return [Record(i, d or "", dict(m or {}))
                 for i, d, m in zip(result["ids"], documents, result["metadatas"], strict=True)]
+
+    def get_with_embeddings(self, where: Where) -> tuple[list[Record], np.ndarray]:
+        """Chunks matching ``where`` with their texts, in no particular order, and their
+        embeddings (shape ``(len(records), dimension)``, in the same order)."""
+        with self._reading("read chunks") as (collection, hidden):
+            if collection is None:
+                return [], np.zeros((0, self.dimension), dtype=np.float32)
+            result = collection.get(where=_visible(where, hidden),
+                                    include=["metadatas", "documents", "embeddings"])
+        records = [Record(i, d or "", dict(m or {}))
+                   for i, d, m in zip(result["ids"], result["documents"], result["metadatas"],
+                                      strict=True)]
+        vectors = np.asarray(result["embeddings"], dtype=np.float32)
+        return records, vectors.reshape(len(records), self.dimension)
 
     def query(self, embedding: np.ndarray, top_k: int, where: Where | None = None) -> list[Record]:
         """The ``top_k`` chunks most similar to ``embedding`` (shape ``(dimension,)``), best

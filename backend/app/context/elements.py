@@ -174,7 +174,7 @@ class ContextElement:
     Attributes:
         id: where it came from in the request, e.g. ``plot_elements[0]`` or ``chapters[2]``.
         kind: ``plot_element``, ``character``, ``user_request``, ``system_instruction``,
-            ``chapter`` or ``archive_passage``.
+            ``chapter``, ``archive_passage`` or ``style_exemplar``.
         layer: the layer it competes for budget in.
         priority: high elements are never trimmed or dropped.
         text: the element's body (characters); what trimming cuts.

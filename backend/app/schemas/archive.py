@@ -92,6 +92,9 @@ class FileInfo(BaseModel):
     chapters: list[str]
     sha256: str = Field(description="SHA-256 of the archived text (UTF-8).")
     ingested_at: str = Field(description="UTC time of the ingest, ISO 8601.")
+    voice: bool = Field(default=False, description="A sample of the author's own writing "
+                        "(tagged voice): it makes the voice profile and is never retrieved "
+                        "as story.")
 
 
 class FileList(BaseModel):

@@ -18,6 +18,8 @@ from app.schemas.context import (
 
 RequiredShort = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                                  max_length=200)]
+#: Most variants one prose request may ask for.
+MAX_VARIANTS = 4
 #: Most chat messages in one /llm-chat request.
 MAX_CHAT_MESSAGES = 100
 
@@ -45,6 +47,21 @@ class TargetWordsRequest(AgentRequest):
         "most the operation's limit and a quarter of the window, reported in "
         "context_metadata.max_tokens_note).",
     )
+    n: int = Field(
+        default=1, ge=1, le=MAX_VARIANTS,
+        description="Variants to write (1-4), each with its own seed (seed, seed + 1, ...), "
+        "scored for style similarity to the author's voice, novelty against the story, "
+        "length fit and (with rate_variants) the rater's score, and returned ranked in "
+        "`variants`; the response's text is the best one's.",
+    )
+    rate_variants: bool = Field(
+        default=False, description="With n > 1: have the rater agent score each variant too "
+        "(one more call per variant).")
+    story_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                               max_length=200)] | None = Field(
+        default=None, description="Your id for the story: feedback notes sent for it with "
+        "carry_note (POST /api/v1/feedback) go into this request as high-priority user "
+        "requests, once.")
 
 
 class GenerateChapterRequest(TargetWordsRequest):
@@ -102,14 +119,25 @@ class CharacterFeedbackRequest(AgentRequest):
 
 
 class RaterFeedbackRequest(AgentRequest):
-    """A score and opinion on a plot point or passage (rater agent)."""
+    """A score and opinion on a plot point or passage, or on a chapter of the story by number
+    (rater agent). Give exactly one of ``plot_point`` or ``chapter_number``."""
 
-    plot_point: ElementText = Field(description="The plot point or passage to rate.")
+    plot_point: ElementText | None = Field(default=None,
+                                           description="The plot point or passage to rate.")
+    chapter_number: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="Rate this chapter of structured_context.chapters where it stands.")
     rater_name: ShortText = "rater"
     criteria: list[RequiredShort] = Field(
         default_factory=lambda: ["originality", "coherence with the story", "tension"],
         max_length=10,
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RaterFeedbackRequest:
+        if (self.chapter_number is None) == (self.plot_point is None):
+            raise ValueError("give exactly one of plot_point or chapter_number")
+        return self
 
 
 class CharacterDetailsRequest(AgentRequest):

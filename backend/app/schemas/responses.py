@@ -45,18 +45,57 @@ class GenerationInfo(BaseModel):
     context_metadata: AssemblyReport = Field(description="The assembly report of the prompt.")
 
 
-class ChapterResponse(GenerationInfo):
+class VariantScores(BaseModel):
+    """How one variant scores (see :mod:`app.agents.variants` for each measure)."""
+
+    style_similarity: float | None = Field(
+        description="Cosine between the variant's embedding and the author's voice profile "
+        "(-1 to 1); null without a voice profile or embedding model.")
+    novelty: float = Field(description="The lower of the two novelty measures (0 to 1).")
+    novelty_embedding: float | None = Field(
+        description="1 - the highest cosine between a passage of the variant and one of the "
+        "story's chapters; null without an embedding model.")
+    novelty_ngram: float = Field(description="1 - the largest share of the variant's word "
+                                 "3-grams found in one chapter of the story.")
+    length_fit: float | None = Field(description="1 - |words - target_words| / target_words "
+                                     "(floored at 0); null without target_words.")
+    rater_score: int | None = Field(description="The rater agent's score (1-10), when "
+                                    "rate_variants was set.")
+    overall: float = Field(description="Mean of the available scores (style floored at 0, "
+                           "rater / 10); the rank follows it.")
+
+
+class Variant(BaseModel):
+    """One variant: its seed, text, scores and rank (1: best)."""
+
+    index: int = Field(description="Order of generation, from 0.")
+    seed: int
+    rank: int
+    text: str
+    scores: VariantScores
+    quality: Quality
+    usage: Usage
+
+
+class VariantsInfo(BaseModel):
+    """The variants of a request with n > 1 (its text is the best one's)."""
+
+    variants: list[Variant] | None = Field(
+        default=None, description="Every variant, ranked (best first); null when n is 1.")
+
+
+class ChapterResponse(GenerationInfo, VariantsInfo):
     chapter_number: int
     title: str | None = None
     chapter_text: str
 
 
-class ModifyChapterResponse(GenerationInfo):
+class ModifyChapterResponse(GenerationInfo, VariantsInfo):
     chapter_number: int | None = None
     modified_chapter: str
 
 
-class FleshOutResponse(GenerationInfo):
+class FleshOutResponse(GenerationInfo, VariantsInfo):
     fleshed_out_text: str
 
 

@@ -118,7 +118,8 @@ def test_every_operation_streams(make_client):
     with make_client("x") as client:
         paths = client.get("/openapi.json").json()["paths"]
     streams = sorted(p for p in paths if p.endswith(("/stream", "/rag/chat")))
-    assert streams == sorted(f"/api/v1{spec.stream_route}" for spec in REGISTRY.values())
+    assert streams == sorted([f"/api/v1{spec.stream_route}" for spec in REGISTRY.values()]
+                             + ["/api/v1/chapter-pipeline/stream"])
     assert "/api/v1/editor-review/stream" in streams
     assert "/api/v1/archive/rag/query/stream" in streams
 

@@ -21,13 +21,16 @@ from app.api.v1.tokens import TokenCountRequest, TokenValidateRequest
 from app.llm.fake import FakeGenerator
 from app.main import create_app
 from app.schemas.archive import SearchRequest
+from app.schemas.pipeline import ChapterPipelineRequest
+from app.schemas.voice import FeedbackRequest, VoiceCompareRequest
 from tests.api.replies import reply
 
 KEY = "docs-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 #: The request models of the routes that are not agent operations.
 OTHER_MODELS = {"tokens-count": TokenCountRequest, "tokens-validate": TokenValidateRequest,
-                "archive-search": SearchRequest}
+                "archive-search": SearchRequest, "chapter-pipeline": ChapterPipelineRequest,
+                "voice-compare": VoiceCompareRequest, "feedback": FeedbackRequest}
 
 
 @pytest.fixture
@@ -101,7 +104,8 @@ def served(tmp_path_factory):
 
     state = tmp_path_factory.mktemp("docs")
     settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive",
-                        rate_limit_per_minute=0, rate_limit_concurrent=0,
+                        feedback_db_path=state / "feedback.sqlite3", rate_limit_per_minute=0,
+                        rate_limit_concurrent=0,
                         api_keys=SecretStr(f"me:{KEY}"))
     with TestClient(create_app(settings, generator=FakeGenerator(replies=[reply]))) as client:
         deadline = time.monotonic() + 120
@@ -124,7 +128,7 @@ def test_posting_every_example_answers_200(path, name, served):
         assert events[-1] == "done", events
         return
     response = served.post(path, json=example(name), headers=AUTH)
-    assert response.status_code == 200, response.text
+    assert response.status_code == (201 if path.endswith("/feedback") else 200), response.text
 
 
 def test_the_key_is_a_security_scheme_every_keyed_operation_requires(keyed):
@@ -195,4 +199,5 @@ def test_the_docs_do_not_count_against_a_user_s_limits(settings):
 
 
 def test_the_schema_stays_small(client):
-    assert len(json.dumps(client.get("/openapi.json").json())) < 200_000
+    # 218 KB with the pipeline, voice and feedback routes (issue 13); the docs pages load it
+    assert len(json.dumps(client.get("/openapi.json").json())) < 240_000

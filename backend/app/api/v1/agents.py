@@ -10,7 +10,8 @@ models, summaries, tags and documented errors all come from the spec and the err
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations,
 # which are closure variables, at registration time.
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -19,10 +20,15 @@ from sse_starlette import EventSourceResponse
 
 from app.agents.events import response_body, stream_events
 from app.agents.spec import AgentSpec
+from app.agents.variants import Scorer, Variants
 from app.api.disconnect import unless_disconnected
 from app.api.errors import AGENT_ERRORS, ARCHIVE_ERRORS, REFUSALS, error_responses
 from app.api.sse import sse_response
+from app.api.v1.voice import carry_notes
+from app.errors import WriterAssistantError
 from app.state import Services, get_services
+
+logger = logging.getLogger(__name__)
 
 #: What a Server-Sent Events route answers with a 200.
 STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}},
@@ -34,14 +40,48 @@ def _errors(spec: AgentSpec) -> dict[int | str, dict[str, Any]]:
     return error_responses(*REFUSALS, *AGENT_ERRORS, *archive)
 
 
-def add_agent_routes(router: APIRouter, spec: AgentSpec) -> None:
-    """Register ``spec``'s JSON route and, when it streams, its Server-Sent Events route."""
+def scorer_for(services: Services) -> Callable[[Any], Scorer]:
+    """The variant scorer of a request: its story's chapters, the tenant's archive embedding
+    model (none while the archive is off or loading) and the tenant's voice profile."""
+    archive = services.tenant_archive()
+
+    def scorer(request: Any) -> Scorer:
+        story = [chapter.content for chapter in request.structured_context.chapters]
+        if archive is None:
+            return Scorer(story)
+        try:
+            voice = services.voices.centroid(archive)
+        except WriterAssistantError as error:  # variants are still scored, without style
+            logger.warning("no voice profile for scoring variants: %s", error.code)
+            voice = None
+        return Scorer(story, embed=archive.embedder.embed, voice=voice)
+
+    return scorer
+
+
+def _variants(services: Services, registry: Mapping[str, AgentSpec]) -> Variants:
+    return Variants(services.require_runner(), registry, scorer_for(services))
+
+
+def add_agent_routes(router: APIRouter, spec: AgentSpec,
+                     registry: Mapping[str, AgentSpec] | None = None) -> None:
+    """Register ``spec``'s JSON route and, when it streams, its Server-Sent Events route. A
+    request with ``n`` > 1 (the prose operations) is answered with variants of ``registry``'s
+    team (:mod:`app.agents.variants`)."""
     request_model = spec.request_model
     name = spec.operation.replace("-", "_")
+    team = registry if registry is not None else {spec.operation: spec}
 
     if spec.json_route:
         async def run(body: request_model, request: Request,  # type: ignore[valid-type]
                       services: Services = Depends(get_services)) -> BaseModel | Response:
+            body = await carry_notes(services, body)
+            if getattr(body, "n", 1) > 1:
+                variants = await unless_disconnected(
+                    request, _variants(services, team).run(spec, body))
+                if isinstance(variants, Response):
+                    return variants
+                return spec.response_model.model_validate(variants)
             result = await unless_disconnected(request,
                                                services.require_runner().run(spec, body))
             if isinstance(result, Response):  # the client left
@@ -58,9 +98,12 @@ def add_agent_routes(router: APIRouter, spec: AgentSpec) -> None:
 
     async def stream(body: request_model,  # type: ignore[valid-type]
                      services: Services = Depends(get_services)) -> EventSourceResponse:
-        items = await services.require_runner().stream(spec, body)
-        return sse_response(stream_events(items), services.settings.http,
-                            services.streams)
+        body = await carry_notes(services, body)
+        if getattr(body, "n", 1) > 1:
+            events = await _variants(services, team).stream(spec, body)
+        else:
+            events = stream_events(await services.require_runner().stream(spec, body))
+        return sse_response(events, services.settings.http, services.streams)
 
     stream.__name__ = f"{name}_stream"
     summary = spec.summary or spec.operation
@@ -76,5 +119,5 @@ def agents_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
     """The routes of every operation in ``registry`` (paths relative to ``/api/v1``)."""
     router = APIRouter()
     for spec in registry.values():
-        add_agent_routes(router, spec)
+        add_agent_routes(router, spec, registry)
     return router

@@ -9,8 +9,9 @@ to FastAPI's thread pool, the async ones use ``asyncio.to_thread``. Every archiv
 from __future__ import annotations
 
 import asyncio
+import functools
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 
 from app.api.errors import (
@@ -93,12 +94,17 @@ def stats(services: Services = Depends(get_services)) -> ArchiveStats:
         "schema": {"type": "object", "required": ["file"],
                    "properties": {"file": {"type": "string", "format": "binary"}}}}}}},
 )
-async def upload(request: Request, services: Services = Depends(get_services)) -> IngestResult:
+async def upload(request: Request, services: Services = Depends(get_services),
+                 voice: bool = Query(default=False, description=(
+                     "The file is your own writing: it makes your voice profile "
+                     "(GET /api/v1/voice) and is never retrieved as story."))
+                 ) -> IngestResult:
     """Archive an uploaded .txt, .md, .docx or .html file (multipart field ``file``),
     replacing an earlier file of the same name."""
     archive = services.require_archive()
     name, data = await _read_upload(request, archive.settings.max_upload_bytes)
-    return await asyncio.to_thread(archive.ingest_bytes, name, data)
+    return await asyncio.to_thread(functools.partial(archive.ingest_bytes, name, data,
+                                                     voice=voice))
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:
