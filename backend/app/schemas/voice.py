@@ -66,6 +66,16 @@ class FeedbackList(BaseModel):
     feedback: list[FeedbackOut]
 
 
+class VoiceComparison(BaseModel):
+    """How a text compares with the voice: style similarity (embedding cosine, -1 to 1),
+    function-word similarity (cosine, 0 to 1) and each measure beside the profile's."""
+
+    style_similarity: float
+    function_word_similarity: float
+    measures: dict[str, dict[str, float]]
+    words: int
+
+
 class VoiceProfileResponse(BaseModel):
     """The tenant's voice profile: the files tagged voice, the passages it was built from,
     the embedding centroid's dimension and the stylometrics."""
@@ -75,6 +85,8 @@ class VoiceProfileResponse(BaseModel):
     embedding_model: str
     embedding_dimension: int
     stylometrics: dict[str, object]
+    comparison: VoiceComparison | None = Field(
+        default=None, description="How the `text` asked about compares (GET /voice?text=).")
 
 
 class VoiceCompareRequest(_Strict):
@@ -82,12 +94,3 @@ class VoiceCompareRequest(_Strict):
 
     text: ElementText
 
-
-class VoiceComparison(BaseModel):
-    """How a text compares with the voice: style similarity (embedding cosine, -1 to 1),
-    function-word similarity (cosine, 0 to 1) and each measure beside the profile's."""
-
-    style_similarity: float
-    function_word_similarity: float
-    measures: dict[str, dict[str, float]]
-    words: int

@@ -90,6 +90,8 @@ def test_voice_over_http_and_exemplars_in_a_prose_prompt(app_client: TestClient,
     assert profile["stylometrics"]["dialogue_share"] > 0.3
     compared = app_client.post("/api/v1/voice/compare", json={"text": VOICE_TEXT}).json()
     assert compared["style_similarity"] > 0.9
+    asked = app_client.get("/api/v1/voice", params={"text": "Holmes smiled."}).json()
+    assert asked["comparison"]["words"] == 2 and profile["comparison"] is None
     chapter = app_client.post("/api/v1/generate-chapter", json=seed_example()).json()
     exemplars = [e for e in chapter["context_metadata"]["elements"]
                  if e["kind"] == "style_exemplar"]

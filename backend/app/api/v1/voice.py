@@ -61,14 +61,21 @@ async def carry_notes(services: Services, body: Any) -> Any:
 
 
 @router.get("/voice", response_model=VoiceProfileResponse, responses=_VOICE)
-def voice(services: Services = Depends(get_services)) -> VoiceProfileResponse:
+def voice(text: str | None = Query(default=None, min_length=1, max_length=20_000,
+                                   description="A text to compare with the profile "
+                                   "(longer ones: POST /voice/compare)."),
+          services: Services = Depends(get_services)) -> VoiceProfileResponse:
     """Your voice profile, built from the archive files tagged as your own writing: its files,
     passages, embedding centroid's dimension and stylometrics (sentence length, dialogue
-    share, words per paragraph, type-token ratio, function-word profile)."""
+    share, words per paragraph, type-token ratio, function-word profile); with ``text``, how
+    that text compares with it."""
     archive = services.require_archive()
     profile = services.voices.profile(archive)
+    comparison = (VoiceComparison.model_validate(profile.compare(text, archive.embedder.embed))
+                  if text else None)
     return VoiceProfileResponse.model_validate(
-        {**profile.summary(), "embedding_model": archive.embedder.name})
+        {**profile.summary(), "embedding_model": archive.embedder.name,
+         "comparison": comparison})
 
 
 @router.post("/voice/compare", response_model=VoiceComparison, responses=_COMPARE)
