@@ -5,8 +5,8 @@ The story is Alice chapter 1 (``examples/alice_context.py``, about 4,000 prompt 
 chapter to write is chapter 2. Both sides make the same six calls with the same sampling
 (temperature 0, seed 1, ``--max-tokens`` for the writer, the agents' defaults otherwise):
 
-- **pipeline**: ``POST /api/v1/chapter-pipeline`` with ``max_rounds`` 2 and ``min_score`` 10
-  (so both rounds run): draft, editor review, rater, revision, editor review, rater;
+- **pipeline**: ``POST /api/v1/chapter-pipeline`` with ``max_rounds`` 2 and ``min_score``
+  null (so both rounds run): draft, editor review, rater, revision, editor review, rater;
 - **one by one**: the calls an author's client makes without the pipeline, each a separate
   request carrying the draft as text: generate-chapter; editor-review with
   ``chapter_to_review``; rater-feedback with ``plot_point``; modify-chapter with
@@ -132,7 +132,7 @@ def pipeline(http: httpx.Client, story: dict[str, Any], max_tokens: int) -> Side
     started = time.perf_counter()
     record = post(http, "/api/v1/chapter-pipeline", {
         **story, "temperature": 0, "seed": 1, "max_tokens": max_tokens, "max_rounds": 2,
-        "min_score": 10, "raters": [RATER]})
+        "min_score": None, "raters": [RATER]})
     side.wall_s = time.perf_counter() - started
     for call in record["calls"]:
         side.add(call["usage"], call["timings"], f"{call['phase']} {call['round']}")

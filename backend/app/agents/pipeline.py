@@ -198,7 +198,8 @@ class ChapterPipeline:
                 story = _with_draft(request, record, draft)
                 async for event in self._critique(request, story, record, draft):
                     yield event
-                if draft.mean_score is not None and draft.mean_score >= request.min_score:
+                if (request.min_score is not None and draft.mean_score is not None
+                        and draft.mean_score >= request.min_score):
                     stopped = "min_score"
                     break
                 if round_ >= request.max_rounds:

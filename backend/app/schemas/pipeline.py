@@ -42,9 +42,10 @@ class ChapterPipelineRequest(GenerateChapterRequest):
     raters: list[PipelineRater] = Field(
         default_factory=lambda: [PipelineRater()], min_length=1, max_length=MAX_RATERS,
         description="Who scores each draft (score 1-10 each); the mean decides when to stop.")
-    min_score: float = Field(
+    min_score: float | None = Field(
         default=8.0, ge=1.0, le=10.0,
-        description="Stop revising once a draft's mean rater score reaches this (1-10).")
+        description="Stop revising once a draft's mean rater score reaches this (1-10); "
+        "null: write all max_rounds drafts.")
     max_rounds: int = Field(
         default=2, ge=1, le=MAX_ROUNDS,
         description="Most drafts written: the first draft and up to max_rounds - 1 revisions.")

@@ -210,3 +210,11 @@ def test_the_rater_takes_exactly_one_of_plot_point_or_chapter_number(settings, f
     with client_for(settings, Team(scores=[5])) as client:
         answer = client.post("/api/v1/rater-feedback", json={**seed_example(), **fields})
     assert answer.status_code == 422 and "plot_point or chapter_number" in answer.text
+
+
+def test_without_min_score_every_round_runs(settings):
+    team = Team(scores=[10])
+    with client_for(settings, team) as client:
+        record = client.post(PATH, json=body(max_rounds=2, min_score=None)).json()
+    assert record["stopped_because"] == "max_rounds"
+    assert [d["mean_score"] for d in record["drafts"]] == [10, 10]
