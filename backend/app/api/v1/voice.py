@@ -19,6 +19,7 @@ from app.errors import (
     ArchiveUnavailable,
     FeedbackUnavailable,
     InvalidDocument,
+    InvalidRequest,
     VoiceProfileMissing,
     WriterAssistantError,
 )
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["voice"])
 
-_VOICE = error_responses(*REFUSALS, *ARCHIVE_ERRORS, VoiceProfileMissing)
+_VOICE = error_responses(*REFUSALS, InvalidRequest, *ARCHIVE_ERRORS, VoiceProfileMissing)
 _COMPARE = error_responses(*REFUSALS, *BODY_ERRORS, *ARCHIVE_ERRORS, VoiceProfileMissing)
 _FEEDBACK = error_responses(*REFUSALS, *BODY_ERRORS, FeedbackUnavailable)
 
