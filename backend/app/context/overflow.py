@@ -107,6 +107,10 @@ def fit_by_trimming(layer: Layer, slots: list[Slot], budget: int, counter: Token
             slot.drop()
         else:
             cut(slot, excess, counter)
+            if before - slot.cost < excess:
+                # a cut at a boundary could not free enough: it goes whole, before anything
+                # more important gives way
+                slot.drop()
         excess -= before - slot.cost
         slot.reason = (
             f"the {layer.value} layer was over its {budget}-token budget and this was the "
