@@ -32,7 +32,9 @@ from app.archive.retrieval import archive_context, archive_search
 from app.archive.service import ArchiveState, load_archive
 from app.config import Settings, warn_unknown_settings
 from app.context.summaries import SummaryCache
-from app.errors import ModelUnavailable
+from app.errors import GenerationStoreUnavailable, ModelUnavailable
+from app.generations.recorder import Recorder
+from app.generations.records import ModelIdentity
 from app.llm.protocol import TextGenerator
 from app.llm.scheduler import Scheduler
 from app.observability.metrics import Metrics
@@ -118,19 +120,41 @@ def build_runner(settings: Settings, generator: TextGenerator, scheduler: Schedu
     retrieved passages in each request's context; with ``require_archive`` (returns the
     request's archive or raises ``ArchiveUnavailable``), the archivist's retrieval.
 
-    Opens the summary cache (:func:`open_summary_cache`) and the runner's assembly threads;
-    :func:`close_runner` releases both.
+    Opens the summary cache (:func:`open_summary_cache`), the generation store (with
+    ``GENERATIONS_ENABLED``: :func:`open_recorder`) and the runner's assembly threads;
+    :func:`close_runner` releases them.
 
     Raises:
-        ModelUnavailable: ``SUMMARY_CACHE_DIR`` cannot be created or opened.
+        ModelUnavailable: ``SUMMARY_CACHE_DIR`` or ``GENERATIONS_DB_PATH`` cannot be created
+            or opened.
     """
     cache = open_summary_cache(settings, generator.model_name, metrics)
+    try:
+        recorder = (open_recorder(settings, generator, metrics)
+                    if settings.generations.enabled else None)
+    except BaseException:
+        cache.close()
+        raise
     return AgentRunner(RunnerSettings.of(settings), generator, scheduler, metrics,
                        extra_elements=(archive_context(archive, settings.voice.exemplars)
                                        if archive is not None else None),
                        retrieve=(archive_search(require_archive) if require_archive is not None
                                  else None),
-                       summary_cache=cache)
+                       summary_cache=cache, recorder=recorder)
+
+
+def open_recorder(settings: Settings, generator: TextGenerator, metrics: Metrics) -> Recorder:
+    """The generation records and response cache of ``generator``'s model (its identity:
+    name, file SHA-256, runtime) in ``GENERATIONS_DB_PATH``.
+
+    Raises:
+        ModelUnavailable: the store cannot be created or opened (the path and the cause are
+            logged, not put in the message, which ``/health`` shows).
+    """
+    try:
+        return Recorder.open(settings.generations, ModelIdentity.of(generator), metrics)
+    except GenerationStoreUnavailable as error:
+        raise ModelUnavailable(error.message) from error
 
 
 def open_summary_cache(settings: Settings, model: str, metrics: Metrics) -> SummaryCache:
@@ -156,10 +180,12 @@ def open_summary_cache(settings: Settings, model: str, metrics: Metrics) -> Summ
 
 def close_runner(runner: AgentRunner) -> None:
     """Stop the runner's assembly threads (without waiting for queued work) and close its
-    summary cache. Leaves the generator open."""
+    summary cache and generation store. Leaves the generator open."""
     runner.close()
     if runner.distiller is not None:
         runner.distiller.cache.close()
+    if runner.recorder is not None:
+        runner.recorder.close()
 
 
 def attach_generator(services: Services, generator: TextGenerator, *, owned: bool) -> None:

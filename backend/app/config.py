@@ -945,6 +945,65 @@ class VoiceSettings(_Group):
     )
 
 
+class GenerationSettings(_Group):
+    """Every generation on the record.
+
+    Every agent call and pipeline run is recorded (`GET /api/v1/generations`): the operation,
+    the request's SHA-256 (the request itself only with `store_request`), the model file's
+    SHA-256 and runtime, the sampling with the seed used, the prompt's SHA-256, the assembly
+    report, the output, usage and timings. `POST /api/v1/generations/{id}/replay` runs one
+    again. A request repeated with the same prompt, sampling and an explicit seed (or
+    temperature 0) answers from the store without generating (`cache: "hit"`).
+    """
+
+    title: ClassVar[str] = "Generation records and the response cache"
+
+    enabled: bool = setting(
+        env="GENERATIONS_ENABLED",
+        default=True,
+        description="Record every generation in the store (off: no records, no cache, no "
+        "replay; answers carry no generation_id).",
+    )
+    db_path: Path = setting(
+        env="GENERATIONS_DB_PATH",
+        default=Path("data/generations.sqlite3"),
+        description="SQLite database of the generation records and the response cache "
+        "(relative paths are taken from the working directory).",
+    )
+    retention_days: float = setting(
+        env="GENERATIONS_RETENTION_DAYS",
+        default=30.0, ge=0.0,
+        description="Days a record is kept; older ones are purged at startup and every "
+        "GENERATIONS_PURGE_INTERVAL_S (0: kept until deleted).",
+    )
+    purge_interval_s: float = setting(
+        env="GENERATIONS_PURGE_INTERVAL_S",
+        default=86_400.0, gt=0.0,
+        description="Seconds between purges of expired records while the server runs "
+        "(default: daily).",
+    )
+    cache_enabled: bool = setting(
+        env="GENERATION_CACHE_ENABLED",
+        default=True,
+        description="Answer a repeated request (same prompt, sampling with an explicit seed "
+        "or temperature 0, model file and tenant) from its record without generating. A "
+        "request skips it with `\"cache\": false` or `Cache-Control: no-cache`.",
+    )
+    cache_max_bytes: int = setting(
+        env="GENERATION_CACHE_MAX_BYTES",
+        default=64 * 1024 * 1024, ge=0,
+        description="Most bytes of answers (their records' size) the cache serves; past it "
+        "the entries of lowest frecency leave the cache (their records stay until "
+        "GENERATIONS_RETENTION_DAYS).",
+    )
+    cache_half_life_s: float = setting(
+        env="GENERATION_CACHE_HALF_LIFE_S",
+        default=86_400.0, gt=0.0,
+        description="Half-life of a cache entry's use count in its frecency (seconds): a use "
+        "a half-life ago counts half as much as one now.",
+    )
+
+
 #: The groups of :class:`Settings`, in the order the docs list them.
 GROUPS: dict[str, type[_Group]] = {
     "model": ModelSettings,
@@ -958,6 +1017,7 @@ GROUPS: dict[str, type[_Group]] = {
     "lifecycle": LifecycleSettings,
     "quality": QualitySettings,
     "voice": VoiceSettings,
+    "generations": GenerationSettings,
 }
 
 
@@ -1105,6 +1165,7 @@ class Settings(BaseSettings):
     lifecycle: LifecycleSettings = LifecycleSettings()
     quality: QualitySettings = QualitySettings()
     voice: VoiceSettings = VoiceSettings()
+    generations: GenerationSettings = GenerationSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -135,6 +135,25 @@ class FeedbackUnavailable(WriterAssistantError):
     code = "feedback_unavailable"
 
 
+class GenerationStoreUnavailable(WriterAssistantError):
+    """The generation store cannot be opened or read (``GENERATIONS_DB_PATH``)."""
+
+    code = "generation_store_unavailable"
+
+
+class GenerationNotFound(WriterAssistantError):
+    """No generation record of that id for this tenant (never made, deleted, purged, or
+    another tenant's)."""
+
+    code = "generation_not_found"
+
+
+class ReplayRequestMismatch(WriterAssistantError):
+    """A replay was given a request that is not the one recorded (its SHA-256 differs)."""
+
+    code = "replay_request_mismatch"
+
+
 class UnsupportedDocument(WriterAssistantError):
     """A file the archive cannot ingest because of its type (unknown extension)."""
 

@@ -116,10 +116,21 @@ def install_sigterm(services: Services) -> None:
         logger.debug("SIGTERM drain not installed (not in the main thread)")
 
 
+async def purge_generations(services: Services) -> None:
+    """Purge the generation records older than ``GENERATIONS_RETENTION_DAYS``: once the
+    runner is up (at startup), then every ``GENERATIONS_PURGE_INTERVAL_S``, until cancelled.
+    Ends at once when records are off."""
+    await services.runner_ready.wait()
+    recorder = services.runner.recorder if services.runner is not None else None
+    if recorder is not None:
+        await recorder.purge_forever()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start loading the archive and, unless a generator was injected (tests), the model, then
-    serve; at the end cancel the loads still running and close the services
+    """Start loading the archive and, unless a generator was injected (tests), the model, and
+    the purge of expired generation records (:func:`purge_generations`), then serve; at the
+    end cancel the loads still running and close the services
     (:func:`app.bootstrap.close_services`: runner threads, summary cache, the model when the
     services opened it, the archive's Chroma clients)."""
     services: Services = app.state.services
@@ -127,6 +138,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(load_archive(services.archive, services.settings.archive))]
     if services.runner is None:
         tasks.append(asyncio.create_task(load_model(services)))
+    tasks.append(asyncio.create_task(purge_generations(services)))
     try:
         yield
     finally:

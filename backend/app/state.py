@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from typing import Literal
@@ -50,6 +51,8 @@ class Services:
     runner: AgentRunner | None = None
     feedback: FeedbackStore | None = None
     voices: VoiceProfiles = field(default_factory=VoiceProfiles)
+    #: Set once the runner is published (:meth:`set_ready`).
+    runner_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _feedback_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def set_ready(self, generator: TextGenerator, runner: AgentRunner, *, owned: bool) -> None:
@@ -57,6 +60,7 @@ class Services:
         :class:`ModelState`."""
         self.model = ModelState(status="ready", generator=generator, owned=owned)
         self.runner = runner
+        self.runner_ready.set()
 
     def prefix_cache_stats(self) -> CacheStats | None:
         """The in-process model's prefix cache figures (``None`` without one)."""

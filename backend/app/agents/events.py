@@ -2,8 +2,9 @@
 
 The one mapping from the runner's results and stream items to what callers see, used by the
 HTTP routes (JSON bodies and Server-Sent Events) and the CLI alike. A stream's events are
-``progress`` (one per summary made while distilling), ``meta`` (the echoed fields and the
-assembly report), ``token`` (text as it is produced), then ``done`` (or ``error``, which the
+``progress`` (one per summary made while distilling), ``meta`` (the answer's
+``generation_id``, ``seed`` and ``cache``, the echoed fields and the assembly report),
+``token`` (text as it is produced), then ``done`` (or ``error``, which the
 transport adds when the stream raises).
 """
 
@@ -26,11 +27,19 @@ META, TOKEN, PROGRESS, DONE, ERROR = "meta", "token", "progress", "done", "error
 Events = AsyncGenerator[tuple[str, dict[str, Any]], None]
 
 
+def record_fields(result: AgentResult) -> dict[str, Any]:
+    """The answer's record: ``generation_id``, ``seed`` and ``cache`` (empty with records
+    off)."""
+    return result.generation.fields() if result.generation is not None else {}
+
+
 def generation_fields(result: AgentResult) -> dict[str, Any]:
-    """The fields every agent response shares: model, finish reason, usage (tokens), timings
-    (milliseconds), attempts and the assembly report."""
+    """The fields every agent response shares: its record (``generation_id``, ``seed``,
+    ``cache``), model, finish reason, usage (tokens), timings (milliseconds), attempts and
+    the assembly report."""
     completion = result.completion
     return {
+        **record_fields(result),
         "model": result.report.model,
         "finish_reason": completion.finish_reason,
         "usage": Usage.of(completion),
@@ -66,7 +75,8 @@ def done_fields(result: AgentResult) -> dict[str, Any]:
     }
     if result.output is not None:
         fields["output"] = result.output.model_dump(mode="json")
-    return {**fields, **spec.done_fields(result.text.strip(), result.report)}
+    return {**record_fields(result), **fields,
+            **spec.done_fields(result.text.strip(), result.report)}
 
 
 async def stream_events(items: AsyncGenerator[Any, None]) -> Events:
@@ -80,7 +90,8 @@ async def stream_events(items: AsyncGenerator[Any, None]) -> Events:
             if isinstance(item, Progress):
                 yield PROGRESS, item.data
             elif isinstance(item, Meta):
-                yield META, {**item.echo,
+                stamp = item.generation.fields() if item.generation is not None else {}
+                yield META, {**stamp, **item.echo,
                              "context_metadata": item.report.model_dump(mode="json")}
             elif isinstance(item, TokenDelta):
                 yield TOKEN, {"text": item.text}

@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -49,6 +49,14 @@ from app.errors import (
     ServiceDraining,
     WriterAssistantError,
 )
+from app.generations.recorder import Recorder, Stamp, now_utc
+from app.generations.records import (
+    GenerationRecord,
+    SamplingRecord,
+    request_json,
+    request_sha256,
+    sha256_text,
+)
 from app.llm.protocol import (
     ChatMessage,
     Completion,
@@ -56,6 +64,7 @@ from app.llm.protocol import (
     SharedPrefix,
     StreamItem,
     TextGenerator,
+    Timings,
     TokenDelta,
 )
 from app.llm.scheduler import JobClass, Scheduler, Turn
@@ -63,6 +72,8 @@ from app.observability.logging import log_error_answer, log_generation
 from app.observability.metrics import Metrics
 from app.schemas.archive import Passage
 from app.schemas.requests import AgentRequest
+from app.schemas.responses import Quality, TimingsOut
+from app.schemas.usage import Usage
 from app.tenancy import current_tenant
 
 T = TypeVar("T")
@@ -130,11 +141,25 @@ class Progress:
 @dataclass(frozen=True)
 class Meta:
     """The assembly report and the fields the response echoes (``spec.echo``; first after
-    any progress); ``messages`` is the prompt about to be generated from."""
+    any progress); ``messages`` is the prompt about to be generated from; ``generation`` the
+    answer's record stamp (``None`` with records off)."""
 
     report: AssemblyReport
     echo: dict[str, Any]
     messages: tuple[ChatMessage, ...] = ()
+    generation: Stamp | None = None
+
+
+@dataclass(frozen=True)
+class _Begun:
+    """A request planned, assembled and stamped: ready for its turn, or answered from the
+    response cache (``hit``)."""
+
+    plan: _Plan
+    lookup: _CountingLookup | None
+    prompt: AssembledPrompt
+    stamp: Stamp | None
+    hit: AgentResult | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +218,10 @@ class AgentRunner:
 
     ``extra_elements``, when given, supplies more context elements per request (the archive's
     retrieved passages); they go after the story's shared block. ``summary_cache``, when
-    given (and ``DISTILLATION_ENABLED``), lets the runner summarize what overflows. ``metrics``
+    given (and ``DISTILLATION_ENABLED``), lets the runner summarize what overflows.
+    ``recorder``, when given, records every agent call (``generation_id``, the seed drawn when
+    the request gave none) and answers a repeated seeded request from the response cache
+    without a turn at the model (:mod:`app.generations.recorder`). ``metrics``
     receives the figures of every request and generation, and every completed generation is
     logged as a ``generation`` event. Assembly and token counting run on the runner's own
     threads (never the event loop, never the default pool that archive uploads may fill).
@@ -209,8 +237,10 @@ class AgentRunner:
         extra_elements: ExtraElements | None = None,
         retrieve: Retrieve | None = None,
         summary_cache: SummaryCache | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.settings = settings
+        self.recorder = recorder
         self.generator = generator
         self.scheduler = scheduler
         self.metrics = metrics
@@ -488,10 +518,90 @@ class AgentRunner:
         done, completion = await self._in_turn(label, work, started, JobClass.background)
         return Prepared(plan.task, done, plan.params), completion
 
+    # --- records and the response cache ---------------------------------------------------
+    async def _begin(self, spec: AgentSpec, request: Any, sampling: SamplingRecord | None,
+                     started: float) -> _Begun:
+        """Plan and assemble ``request`` (:meth:`_prepare`; with ``sampling``, its sampling
+        replaced by the recorded one), then stamp it: a seed drawn when it has none, a
+        generation id, and, when the response cache may answer it and its prompt needs no
+        distilling, the tenant's cached answer for the same prompt and sampling (``hit``).
+
+        Raises what :meth:`_prepare` raises.
+        """
+        plan, lookup, prompt = await self._prepare(spec, request)
+        if sampling is not None:
+            plan = replace(plan, params=replace(
+                plan.params, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                top_p=sampling.top_p, top_k=sampling.top_k,
+                repeat_penalty=sampling.repeat_penalty, seed=sampling.seed,
+                stop=tuple(sampling.stop)))
+        if self.recorder is None:
+            return _Begun(plan, lookup, prompt, None)
+        params, stamp = self.recorder.stamp(
+            plan.params, caller_seeded=getattr(request, "seed", None) is not None,
+            use_cache=sampling is None and bool(getattr(request, "cache", True)))
+        plan = replace(plan, params=params)
+        if stamp.cache != "miss" or prompt.missing:  # no key until the summaries exist
+            return _Begun(plan, lookup, prompt, stamp)
+        key = self._cache_key(spec, prompt.messages, params)
+        stamp = replace(stamp, cache_key=key)
+        record = await self.recorder.cached(current_tenant.get(), key)
+        if record is None or record.context_metadata is None:
+            return _Begun(plan, lookup, prompt, stamp)
+        hit = _cached_result(spec, request, plan, record, time.perf_counter() - started)
+        return _Begun(plan, lookup, prompt, stamp, hit)
+
+    def _cache_key(self, spec: AgentSpec, messages: Sequence[ChatMessage],
+                   params: SamplingParams) -> str:
+        """The response cache's key of a prompt and its sampling (see
+        :meth:`app.generations.recorder.Recorder.key`)."""
+        assert self.recorder is not None
+        return self.recorder.key(current_tenant.get(), spec.operation,
+                                 self.generator.render_prompt(messages), params,
+                                 self.settings.quality_max_retries)
+
+    async def _keep(self, request: Any, params: SamplingParams, result: AgentResult,
+                    replay_of: str | None) -> AgentResult:
+        """Record ``result`` (generated with ``params``, first attempt) and, when the cache
+        may answer its request, cache it under its prompt's key. Returns ``result``; a store
+        that fails is logged and counted, never raised (the answer is not lost)."""
+        stamp = result.generation
+        if self.recorder is None or stamp is None:
+            return result
+        key = None
+        if stamp.cache == "miss" and result.completion.finish_reason != "cancelled":
+            key = stamp.cache_key or self._cache_key(result.spec, result.messages, params)
+        completion = result.completion
+        record = GenerationRecord(
+            id=stamp.generation_id, tenant=current_tenant.get(), created_at=now_utc(),
+            operation=result.spec.operation, story_id=story_id_of(request),
+            request_sha256=request_sha256(request),
+            request=request_json(request) if getattr(request, "store_request", False)
+            else None,
+            model=self.recorder.model_record(), sampling=SamplingRecord.of(params),
+            prompt_sha256=sha256_text(self.generator.render_prompt(result.messages))
+            if result.messages else None,
+            text=result.text, output=(result.output.model_dump(mode="json")
+                                      if result.output is not None else None),
+            finish_reason=completion.finish_reason, usage=Usage.of(completion),
+            timings=TimingsOut.model_validate(asdict(completion.timings)),
+            attempts=result.attempts,
+            quality=Quality(useful=not result.problems, problems=list(result.problems),
+                            repairs=list(result.repairs)),
+            context_metadata=result.report, replay_of=replay_of, cacheable=key is not None)
+        await self.recorder.keep(record, key)
+        return result
+
     # --- agents ---------------------------------------------------------------------------
-    async def run(self, spec: AgentSpec, request: Any) -> AgentResult:
+    async def run(self, spec: AgentSpec, request: Any, *,
+                  sampling: SamplingRecord | None = None,
+                  replay_of: str | None = None) -> AgentResult:
         """Assemble, take a turn at the model, then distill and generate until an answer is
-        accepted (see :meth:`_answer`).
+        accepted (see :meth:`_answer`); with a recorder, the answer is recorded, or found in
+        the response cache without a turn (see :meth:`_begin`).
+
+        ``sampling`` (a replay): generate with exactly this recorded sampling instead of the
+        request's (the cache is skipped); ``replay_of``: the record it replays.
 
         Raises:
             UnknownReference, InvalidRequest, ContextLengthExceeded: bad input (before any
@@ -501,20 +611,27 @@ class AgentRunner:
         """
         started = time.perf_counter()
         loop_started = asyncio.get_running_loop().time()
-        plan, lookup, prompt = await self._prepare(spec, request)
+        begun = await self._begin(spec, request, sampling, started)
+        if begun.hit is not None:
+            self.metrics.observe_request(spec.agent, spec.operation,
+                                         time.perf_counter() - started)
+            return begun.hit
+        plan, lookup, prompt = begun.plan, begun.lookup, begun.prompt
 
         async def work(turn: Turn) -> AgentResult:
-            items = self._answer(spec, request, plan, prompt, lookup, turn, streamed=False)
+            items = self._answer(spec, request, plan, prompt, lookup, turn, streamed=False,
+                                 stamp=begun.stamp)
             return await _final(items, AgentResult, "the answer ended without a result")
 
         result = await self._in_turn((spec.agent, spec.operation), work, loop_started)
+        result = await self._keep(request, plan.params, result, replay_of)
         self.metrics.observe_request(spec.agent, spec.operation, time.perf_counter() - started)
         return result
 
     async def _answer(
         self, spec: AgentSpec, request: Any, plan: _Plan, prompt: AssembledPrompt,
         lookup: _CountingLookup | None, turn: Turn, *, streamed: bool,
-        deadline: float | None = None,
+        deadline: float | None = None, stamp: Stamp | None = None,
     ) -> AsyncGenerator[Progress | Meta | TokenDelta | AgentResult, None]:
         """Distill, then generate attempts until one is accepted; yield :class:`Progress`
         (distillation steps when ``streamed``, and one before each further attempt),
@@ -547,7 +664,8 @@ class AgentRunner:
             prompt = distilled
         else:
             prompt = await self._distill(plan, prompt, lookup, None)
-        yield Meta(prompt.report, spec.echo(plan.task, prompt.report), tuple(prompt.messages))
+        first_prompt = tuple(prompt.messages)
+        yield Meta(prompt.report, spec.echo(plan.task, prompt.report), first_prompt, stamp)
         output_model = spec.output_model_for(request)
         stop = spec.stop_for(plan.task)
         params = replace(plan.params, stop=stop) if stop else plan.params
@@ -612,7 +730,7 @@ class AgentRunner:
             yield Progress({"stage": "retry", "attempt": attempt + 1,
                             "reason": "; ".join(problems)[:_REPAIR_ERROR_CHARS]})
         assert best is not None  # the loop leaves only with an attempt kept
-        yield replace(best, attempts=attempt)
+        yield replace(best, attempts=attempt, generation=stamp, messages=first_prompt)
 
     async def _distill_with_progress(
         self, plan: _Plan, prompt: AssembledPrompt, lookup: _CountingLookup | None,
@@ -643,7 +761,8 @@ class AgentRunner:
             distilling.cancel()
 
     async def stream(
-        self, spec: AgentSpec, request: Any
+        self, spec: AgentSpec, request: Any, *, sampling: SamplingRecord | None = None,
+        replay_of: str | None = None,
     ) -> AsyncGenerator[Progress | Meta | TokenDelta | AgentResult, None]:
         """Yield :class:`Progress` while distilling, then :class:`Meta`, then the token deltas
         as the model writes them, a :class:`Progress` before any further attempt (and its
@@ -654,34 +773,42 @@ class AgentRunner:
         4xx and a full queue with a plain 503. Waiting for its turn happens inside the stream
         (a client that leaves while queued never starts); a queue timeout or the deadline end
         the stream with an error. Closing the stream stops the generation within a token and
-        frees the model.
+        frees the model. An answer from the response cache takes no turn: its ``meta``, its
+        whole text as one token delta, and its result. ``sampling`` and ``replay_of`` as for
+        :meth:`run`.
         """
         started = time.perf_counter()
         loop_started = asyncio.get_running_loop().time()
-        plan, lookup, prompt = await self._prepare(spec, request)
+        begun = await self._begin(spec, request, sampling, started)
+        if begun.hit is not None:
+            return _from_cache(begun.hit)
         turn = self.scheduler.reserve()
-        return self._stream(spec, request, plan, prompt, lookup, turn, started, loop_started)
+        return self._stream(spec, request, begun, turn, started, loop_started, replay_of)
 
     async def _stream(
-        self, spec: AgentSpec, request: Any, plan: _Plan, prompt: AssembledPrompt,
-        lookup: _CountingLookup | None, turn: Turn, started: float, loop_started: float,
+        self, spec: AgentSpec, request: Any, begun: _Begun, turn: Turn, started: float,
+        loop_started: float, replay_of: str | None,
     ) -> AsyncGenerator[Progress | Meta | TokenDelta | AgentResult, None]:
         """The stream in its turn. An error raised here reaches the client as a stream
         ``error`` event, not an HTTP error answer, so it is counted here."""
         agent, operation = spec.agent, spec.operation
+        plan = begun.plan
         try:
             async with turn:
                 self.metrics.observe_queue(agent, operation, turn.queue_s)
                 deadline = self._deadline(loop_started, turn)
                 items = self._by_deadline(self._answer(
-                    spec, request, plan, prompt, lookup, turn, streamed=True,
-                    deadline=deadline), deadline)
+                    spec, request, plan, begun.prompt, begun.lookup, turn, streamed=True,
+                    deadline=deadline, stamp=begun.stamp), deadline)
                 try:
                     async for item in items:
                         if isinstance(item, AgentResult):
+                            kept = await self._keep(request, plan.params, item, replay_of)
                             self.metrics.observe_request(agent, operation,
                                                          time.perf_counter() - started)
-                        yield item
+                            yield kept
+                        else:
+                            yield item
                 finally:
                     await items.aclose()
         except WriterAssistantError as error:
@@ -813,3 +940,46 @@ def _parse(model: type[BaseModel], completion: Completion) -> BaseModel:
         return model.model_validate(data)
     except (json.JSONDecodeError, ValidationError) as error:
         raise ValueError(str(error)) from error
+
+
+def story_id_of(request: Any) -> str | None:
+    """The story a request is about: its ``story_id``, else its story metadata's
+    ``story_id`` (when a string)."""
+    own = getattr(request, "story_id", None)
+    if own:
+        return str(own)
+    context = getattr(request, "structured_context", None)
+    value = context.metadata.get("story_id") if context is not None else None
+    return value if isinstance(value, str) and value else None
+
+
+def _cached_result(spec: AgentSpec, request: Any, plan: _Plan, record: GenerationRecord,
+                   seconds: float) -> AgentResult:
+    """The answer of a cached ``record`` for ``request`` (planned as ``plan``): its text,
+    output, usage and report, with the timings of the lookup (``seconds``)."""
+    output_model = spec.output_model_for(request)
+    output = (output_model.model_validate(record.output)
+              if output_model is not None and record.output is not None else None)
+    elapsed_ms = seconds * 1000
+    completion = Completion(
+        record.text, record.usage.prompt_tokens, record.usage.completion_tokens,
+        record.finish_reason,
+        Timings(queue_ms=0.0, time_to_first_token_ms=elapsed_ms, total_ms=elapsed_ms),
+        record.usage.prompt_tokens_details.cached_tokens)
+    assert record.context_metadata is not None  # an agent call's record has its report
+    return AgentResult(spec, plan.task, record.text, output, completion,
+                       record.context_metadata,
+                       record.attempts, problems=tuple(record.quality.problems),
+                       repairs=tuple(record.quality.repairs),
+                       generation=Stamp(record.id, record.sampling.seed, "hit"))
+
+
+async def _from_cache(result: AgentResult
+                      ) -> AsyncGenerator[Progress | Meta | TokenDelta | AgentResult, None]:
+    """A stream's items for an answer from the response cache: ``meta``, its text as one
+    token delta, the result."""
+    yield Meta(result.report, result.spec.echo(result.task, result.report),
+               generation=result.generation)
+    if result.text:
+        yield TokenDelta(result.text)
+    yield result

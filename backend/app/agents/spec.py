@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.context.report import AssemblyReport, Fate
+from app.generations.recorder import Stamp
 from app.llm.protocol import ChatMessage, Completion
 
 
@@ -62,6 +63,10 @@ class AgentResult:
     attempts: int
     problems: tuple[str, ...] = ()
     repairs: tuple[str, ...] = ()
+    #: Its generation record: id, seed and cache outcome (``None`` with records off).
+    generation: Stamp | None = None
+    #: The prompt of the first attempt (after distillation), as generated from.
+    messages: tuple[ChatMessage, ...] = ()
 
 
 #: The response's own fields from an agent's result (besides the shared generation fields).

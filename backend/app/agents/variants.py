@@ -199,7 +199,8 @@ class Variants:
                     elif isinstance(item, Progress):
                         yield PROGRESS, {**item.data, "variant": index}
                     elif isinstance(item, Meta) and index == 0:
-                        yield "meta", {**item.echo, "context_metadata":
+                        stamp = item.generation.fields() if item.generation else {}
+                        yield "meta", {**stamp, **item.echo, "context_metadata":
                                        item.report.model_dump(mode="json")}
                     elif isinstance(item, AgentResult):
                         result = item
@@ -212,6 +213,8 @@ class Variants:
                 scores = await self.runner.off_loop(
                     scorer.score, result.text, getattr(request, "target_words", None), rating)
                 variant = Variant(index=index, seed=seed, text=result.text.strip(), rank=0,
+                                  generation_id=(result.generation.generation_id
+                                                 if result.generation else None),
                                   scores=scores, quality=quality(result),  # type: ignore[arg-type]
                                   usage=Usage.of(result.completion))
                 results.append((result, variant))
@@ -243,6 +246,8 @@ def replace_rank(variant: Variant, rank: int) -> Variant:
 
 
 def _with_seed(request: Any, seed: int) -> Any:
-    """``request`` for one variant: its seed, n = 1."""
-    return request.model_copy(update={"seed": seed, "n": 1})
+    """``request`` for one variant: its seed, n = 1; the response cache only when the caller
+    chose the seeds (drawn ones never repeat)."""
+    return request.model_copy(update={"seed": seed, "n": 1,
+                                      "cache": request.cache and request.seed is not None})
 

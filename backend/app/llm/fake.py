@@ -48,6 +48,9 @@ class FakeGenerator:
     replies: list[Reply] = field(default_factory=lambda: ["Once upon a time."])
     context_window: int = 8192
     name: str = "fake"
+    #: Stands for a model file's SHA-256 (generation records and the response cache key on it).
+    sha256: str = "fa4e" * 16
+    runtime: str = "fake"
     fail_after: int | None = None
     token_delay_s: float = 0.0
     calls: list[tuple[list[ChatMessage], SamplingParams]] = field(default_factory=list)

@@ -9,10 +9,11 @@ generation is asked for (``generate``, or a preview whose context must be distil
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncGenerator, Sequence
 
 from app.config import ModelSettings
-from app.llm.llama import GgufTokenizer, LlamaRuntime, default_model_path
+from app.llm.llama import GgufTokenizer, LlamaRuntime, default_model_path, file_sha256
 from app.llm.protocol import ChatMessage, Completion, SamplingParams, SharedPrefix, StreamItem
 
 
@@ -51,6 +52,16 @@ class LazyModel:
     @property
     def model_name(self) -> str:
         return self._tokenizer.name
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model (generation records name it)."""
+        return self._tokenizer.runtime
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The SHA-256 of the model file (hex), read once (about 0.3 s for 100 MB)."""
+        return file_sha256(self._settings.path or default_model_path())
 
     def count_tokens(self, text: str) -> int:
         return self._tokenizer.count_tokens(text)

@@ -158,6 +158,9 @@ class GgufTokenizer:
     file. Counting is thread-safe (llama.cpp's tokenizer only reads the vocabulary).
     """
 
+    #: What runs the model, as generation records name it.
+    runtime = f"llama-cpp-python {llama_cpp.__version__}"
+
     def __init__(self, llama: Llama, name: str) -> None:
         self._llama = llama
         self.name = name

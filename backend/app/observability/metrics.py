@@ -139,6 +139,11 @@ class Metrics:
             f"{PREFIX}_summary_cache_errors", "Summary cache operations that failed (a corrupt "
             "or unreadable database) and were skipped; a corrupt database is rebuilt.",
             ["operation"], registry=r)
+        self.generation_store_errors = Counter(
+            "writer_assistant_generation_store_errors_total",
+            "Generation store operations (get, put, cached, find, delete, purge) that failed; "
+            "an answer whose record could not be written was still served.",
+            ["operation"], registry=r)
 
     # --- gauges ------------------------------------------------------------------------------
 
@@ -164,6 +169,10 @@ class Metrics:
     def count_summary_cache_error(self, operation: str) -> None:
         """A summary cache ``operation`` (``open``, ``get``, ``set``) failed and was skipped."""
         self.summary_cache_errors.labels(operation=operation).inc()
+
+    def count_generation_store_error(self, operation: str) -> None:
+        """A generation store ``operation`` failed (see :mod:`app.generations.recorder`)."""
+        self.generation_store_errors.labels(operation=operation).inc()
 
     # --- generation --------------------------------------------------------------------------
 

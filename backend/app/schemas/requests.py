@@ -34,7 +34,20 @@ class AgentRequest(_Strict):
     max_tokens: int | None = Field(
         default=None, ge=1, description="Completion tokens; at most LLM_MAX_TOKENS_LIMIT."
     )
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    seed: int | None = Field(
+        default=None, ge=0, le=2**31 - 1,
+        description="Sampling seed. Without one a seed is drawn and returned (`seed` in the "
+        "answer), so the generation can be replayed; with one (or at temperature 0) an "
+        "identical request is answered from the response cache.")
+    cache: bool = Field(
+        default=True, description="Let the response cache answer this request when an "
+        "identical one was answered before (same prompt, sampling with an explicit seed or "
+        "temperature 0, model file); false (or the header `Cache-Control: no-cache`) always "
+        "generates.")
+    store_request: bool = Field(
+        default=False, description="Keep this request in its generation record (stories are "
+        "private, so by default only its SHA-256 is kept); a stored request can be replayed "
+        "without sending it again.")
 
 
 class TargetWordsRequest(AgentRequest):

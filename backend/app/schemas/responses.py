@@ -33,6 +33,17 @@ class Quality(BaseModel):
 class GenerationInfo(BaseModel):
     """What every agent response carries besides its payload."""
 
+    generation_id: str | None = Field(
+        default=None, description="The answer's generation record (GET "
+        "/api/v1/generations/{id}; replay with POST .../replay); null with "
+        "GENERATIONS_ENABLED off.")
+    seed: int | None = Field(default=None, description="The seed of the first attempt: the "
+                             "request's, or one drawn for it.")
+    cache: Literal["hit", "miss", "off"] | None = Field(
+        default=None, description="hit: answered from the response cache without "
+        "generating; miss: generated, and kept for an identical request; off: generated "
+        "without the cache (no explicit seed and temperature above 0, `cache: false`, or the "
+        "cache is off).")
     model: str
     finish_reason: Literal["stop", "length", "cancelled"]
     usage: Usage
@@ -69,6 +80,8 @@ class Variant(BaseModel):
     """One variant: its seed, text, scores and rank (1: best)."""
 
     index: int = Field(description="Order of generation, from 0.")
+    generation_id: str | None = Field(default=None, description="This variant's generation "
+                                      "record (each variant is a generation of its own).")
     seed: int
     rank: int
     text: str
