@@ -41,6 +41,13 @@ def seed_example() -> dict:
     return json.loads(json.dumps(SEED_EXAMPLE))
 
 
+@pytest.fixture(autouse=True)
+def _own_generation_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's generation records and response cache in its own file: a cache shared
+    between tests would answer one test with another's reply."""
+    monkeypatch.setenv("GENERATIONS_DB_PATH", str(tmp_path / "generations.sqlite3"))
+
+
 @pytest.fixture
 def fake() -> FakeGenerator:
     return FakeGenerator(replies=["The forest was quiet. Aria listened."])
@@ -54,7 +61,8 @@ def settings(tmp_path: Path) -> Settings:
     retry tests ask for retries)."""
     return Settings(summary_cache_dir=tmp_path / "summaries",
                     archive_db_path=tmp_path / "archive",
-                    feedback_db_path=tmp_path / "feedback.sqlite3", archive_enabled=False,
+                    feedback_db_path=tmp_path / "feedback.sqlite3",
+                    generations_db_path=tmp_path / "generations.sqlite3", archive_enabled=False,
                     rate_limit_per_minute=0, rate_limit_concurrent=0,
                     rate_limit_auth_failures_per_minute=0, quality_max_retries=0)
 
@@ -85,7 +93,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     One content-check retry (not the default two) keeps the suite's generations bounded."""
     state = tmp_path_factory.mktemp("live")
     settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive",
-                        feedback_db_path=state / "feedback.sqlite3", quality_max_retries=1)
+                        feedback_db_path=state / "feedback.sqlite3",
+                        generations_db_path=state / "generations.sqlite3",
+                        quality_max_retries=1)
     with serve(create_app(settings)) as base:
         yield base
 

@@ -27,10 +27,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app.agents.events import DONE, PROGRESS, TOKEN, Events, quality
-from app.agents.runner import AgentRunner, Meta, Progress
+from app.agents.runner import AgentRunner, Meta, Progress, story_id_of
 from app.agents.spec import AgentResult, AgentSpec
 from app.context.report import AssemblyReport
 from app.errors import GenerationFailed, WriterAssistantError
+from app.generations.recorder import draw_seed, new_generation_id, now_utc
+from app.generations.records import (
+    GenerationRecord,
+    SamplingRecord,
+    request_json,
+    request_sha256,
+)
 from app.llm.protocol import TokenDelta
 from app.schemas.context import Chapter, Priority, StructuredContext
 from app.schemas.pipeline import (
@@ -48,13 +55,18 @@ from app.schemas.requests import (
     ModifyChapterRequest,
     RaterFeedbackRequest,
 )
+from app.schemas.responses import TimingsOut
 from app.schemas.usage import PromptTokensDetails, Usage
+from app.tenancy import current_tenant
 
 #: Event names of the pipeline's own (besides ``progress``, ``token``, ``done``, ``error``).
 PHASE, DRAFT, SUGGESTION, SCORE = "phase", "draft", "suggestion", "score"
 
 #: Priority order: a suggestion is applied when its rank reaches the request's min_priority.
 _RANK = {Priority.low: 1, Priority.medium: 2, Priority.high: 3}
+
+#: The operation name of a pipeline run's record.
+PIPELINE_OPERATION = "chapter-pipeline"
 
 #: The operations the pipeline calls, by role.
 OPERATIONS = {"draft": "generate-chapter", "review": "editor-review", "rate": "rater-feedback",
@@ -69,6 +81,7 @@ class _Record:
     title: str | None = None
     model: str = ""
     report: AssemblyReport | None = None
+    sampling: SamplingRecord | None = None
     drafts: list[PipelineDraft] = field(default_factory=list)
     calls: list[PipelineCall] = field(default_factory=list)
 
@@ -76,17 +89,20 @@ class _Record:
         completion = result.completion
         self.calls.append(PipelineCall(
             round=round_, phase=phase,  # type: ignore[arg-type]
+            generation_id=result.generation.generation_id if result.generation else None,
             agent=result.spec.agent, operation=result.spec.operation,
             usage=Usage.of(completion), timings=asdict(completion.timings),  # type: ignore[arg-type]
             attempts=result.attempts, quality=quality(result)))  # type: ignore[arg-type]
 
-    def body(self, stopped_because: str, error: WriterAssistantError | None) -> dict[str, Any]:
+    def body(self, stopped_because: str, error: WriterAssistantError | None,
+             generation_id: str | None, seed: int | None) -> dict[str, Any]:
         best = _best(self.drafts)
         for draft in self.drafts:
             draft.best = draft is best
         assert self.report is not None  # a record exists once a draft was written
         return ChapterPipelineResponse(
-            model=self.model, chapter_number=self.chapter_number, title=self.title,
+            generation_id=generation_id, seed=seed, model=self.model,
+            chapter_number=self.chapter_number, title=self.title,
             drafts=self.drafts, best_round=best.round, chapter_text=best.text,
             stopped_because=stopped_because,  # type: ignore[arg-type]
             error=None if error is None else PipelineError(
@@ -136,25 +152,41 @@ class ChapterPipeline:
         self.runner = runner
         self.specs = {phase: registry[operation] for phase, operation in OPERATIONS.items()}
 
-    async def stream(self, request: ChapterPipelineRequest) -> Events:
+    async def stream(self, request: ChapterPipelineRequest, *,
+                     replay_of: str | None = None) -> Events:
         """The run's events (see the module). The first draft is validated and assembled, and
         its place in the queue taken, before this returns, so bad input and a full queue are
         plain error answers; closing the events stops the call in progress within a token.
+
+        With the runner's recorder, the run is recorded (``generation_id`` in ``done``; its
+        calls are records of their own): a seed is drawn when the request has none, the
+        writer's calls use it and the editor's and raters' seeds are derived from it
+        (:func:`call_seed`), so the run can be replayed (``replay_of``: the record it
+        replays).
 
         Raises:
             UnknownReference, InvalidRequest, ContextLengthExceeded, QueueFull: as
                 :meth:`AgentRunner.stream` raises them for the first draft.
         """
-        first = await self.runner.stream(self.specs["draft"], _draft_request(request))
-        return self._events(request, first)
+        recorder = self.runner.recorder
+        seeded = request.seed is not None
+        if recorder is not None and request.seed is None:  # drawn, so a replay repeats it
+            request = request.model_copy(update={"seed": draw_seed()})
+        # the cache may answer the calls only when the caller chose the seed
+        request = request.model_copy(update={"cache": request.cache and seeded})
+        first = await self.runner.stream(self.specs["draft"], _draft_request(request),
+                                         replay_of=None)
+        generation_id = new_generation_id() if recorder is not None else None
+        return self._events(request, first, generation_id, replay_of)
 
-    async def run(self, request: ChapterPipelineRequest) -> ChapterPipelineResponse:
+    async def run(self, request: ChapterPipelineRequest, *,
+                  replay_of: str | None = None) -> ChapterPipelineResponse:
         """The run's full record (the ``done`` event's payload).
 
         Raises what :meth:`stream` raises, and what the first draft's generation raises
         (a later failure is in the record's ``error``).
         """
-        events = await self.stream(request)
+        events = await self.stream(request, replay_of=replay_of)
         try:
             async for name, data in events:
                 if name == DONE:
@@ -164,7 +196,8 @@ class ChapterPipeline:
         raise GenerationFailed("the pipeline ended without its record")
 
     async def _events(self, request: ChapterPipelineRequest,
-                      first: AsyncGenerator[Any, None]) -> Events:
+                      first: AsyncGenerator[Any, None], generation_id: str | None,
+                      replay_of: str | None) -> Events:
         record = _Record()
         items: AsyncGenerator[Any, None] | None = first
         round_, phase = 1, "draft"
@@ -189,6 +222,7 @@ class ChapterPipeline:
                     record.chapter_number = int(result.task.summary.get("chapter_number") or 0)
                     record.title = request.title
                     record.model = result.report.model
+                    record.sampling = result.generation.sampling if result.generation else None
                 record.call(round_, phase, result)
                 draft = PipelineDraft(round=round_, text=result.text.strip(),
                                       quality=quality(result))  # type: ignore[arg-type]
@@ -219,7 +253,34 @@ class ChapterPipeline:
         finally:
             if items is not None:
                 await items.aclose()
-        yield DONE, record.body(stopped, failure)
+        body = record.body(stopped, failure, generation_id, request.seed)
+        if generation_id is not None and record.sampling is not None:
+            await self._keep(request, generation_id, record.sampling, body, replay_of)
+        yield DONE, body
+
+    async def _keep(self, request: ChapterPipelineRequest, generation_id: str,
+                    sampling: SamplingRecord, body: dict[str, Any],
+                    replay_of: str | None) -> None:
+        """Record the run (its calls were recorded as they finished) with the first draft's
+        ``sampling``; a store that fails is logged and counted, never raised."""
+        recorder = self.runner.recorder
+        assert recorder is not None
+        tenant = current_tenant.get()
+        response = ChapterPipelineResponse.model_validate(body)
+        await recorder.keep(GenerationRecord(
+            id=generation_id, kind="pipeline", tenant=tenant, created_at=now_utc(),
+            operation=PIPELINE_OPERATION, story_id=story_id_of(request),
+            request_sha256=request_sha256(request),
+            request=request_json(request) if request.store_request else None,
+            model=recorder.model_record(),
+            sampling=sampling,
+            text=response.chapter_text, usage=response.usage,
+            timings=TimingsOut(queue_ms=0.0, time_to_first_token_ms=0.0,
+                               total_ms=sum(c.timings.total_ms for c in response.calls),
+                               decode_tokens_per_s=0.0),
+            attempts=len(response.calls), context_metadata=response.context_metadata,
+            response=body, children=[c.generation_id for c in response.calls
+                                     if c.generation_id], replay_of=replay_of))
 
     async def _critique(self, request: ChapterPipelineRequest, story: StructuredContext,
                         record: _Record, draft: PipelineDraft) -> Events:
@@ -229,7 +290,8 @@ class ChapterPipeline:
         review = await self._call(self.specs["review"], EditorReviewRequest(
             structured_context=story,
             context_processing_config=request.context_processing_config,
-            chapter_number=record.chapter_number))
+            chapter_number=record.chapter_number, cache=request.cache,
+            seed=call_seed(request.seed, draft.round, 1)))
         record.call(draft.round, "review", review)
         for item in getattr(review.output, "suggestions", []):
             suggestion = PipelineSuggestion(source="editor", issue=item.issue,
@@ -237,13 +299,14 @@ class ChapterPipeline:
                                             priority=item.priority, applied=False)
             draft.suggestions.append(suggestion)
             yield SUGGESTION, {"round": draft.round, **suggestion.model_dump(mode="json")}
-        for rater in request.raters:
+        for slot, rater in enumerate(request.raters, start=2):
             yield PHASE, {"round": draft.round, "phase": "rate", "rater": rater.name}
             rated = await self._call(self.specs["rate"], RaterFeedbackRequest(
                 structured_context=story,
                 context_processing_config=request.context_processing_config,
                 chapter_number=record.chapter_number, rater_name=rater.name,
-                criteria=rater.criteria))
+                criteria=rater.criteria, cache=request.cache,
+                seed=call_seed(request.seed, draft.round, slot)))
             record.call(draft.round, "rate", rated)
             output: Any = rated.output
             score = PipelineScore(rater=rater.name, criteria=list(rater.criteria),
@@ -307,6 +370,14 @@ def _revise_request(request: ChapterPipelineRequest, story: StructuredContext, n
         structured_context=story,
         context_processing_config=request.context_processing_config,
         temperature=request.temperature, max_tokens=request.max_tokens, seed=request.seed,
-        target_words=request.target_words, chapter_number=number,
+        cache=request.cache, target_words=request.target_words, chapter_number=number,
         user_request=revision_request(selected) if selected else
         "Polish the chapter: tighten the prose and keep its events.")
+
+
+def call_seed(seed: int | None, round_: int, slot: int) -> int | None:
+    """The seed of the editor's (``slot`` 1) or a rater's (``slot`` 2, 3, ...) call on the
+    draft of ``round_``, derived from the run's ``seed`` (``None``: none)."""
+    if seed is None:
+        return None
+    return (seed + 1009 * round_ + slot) % (2**31 - 1)

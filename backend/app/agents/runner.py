@@ -578,7 +578,8 @@ class AgentRunner:
             request_sha256=request_sha256(request),
             request=request_json(request) if getattr(request, "store_request", False)
             else None,
-            model=self.recorder.model_record(), sampling=SamplingRecord.of(params),
+            model=self.recorder.model_record(),
+            sampling=stamp.sampling or SamplingRecord.of(params),
             prompt_sha256=sha256_text(self.generator.render_prompt(result.messages))
             if result.messages else None,
             text=result.text, output=(result.output.model_dump(mode="json")
@@ -971,7 +972,8 @@ def _cached_result(spec: AgentSpec, request: Any, plan: _Plan, record: Generatio
                        record.context_metadata,
                        record.attempts, problems=tuple(record.quality.problems),
                        repairs=tuple(record.quality.repairs),
-                       generation=Stamp(record.id, record.sampling.seed, "hit"))
+                       generation=Stamp(record.id, record.sampling.seed, "hit",
+                                        sampling=record.sampling))
 
 
 async def _from_cache(result: AgentResult

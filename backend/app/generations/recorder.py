@@ -35,6 +35,7 @@ from app.generations.records import (
     ModelIdentity,
     ModelRecord,
     RecordQuery,
+    SamplingRecord,
     canonical_json,
     sha256_text,
 )
@@ -71,6 +72,8 @@ class Stamp:
     seed: int
     cache: CacheOutcome
     cache_key: str | None = None
+    #: The sampling of the first attempt (seed included).
+    sampling: SamplingRecord | None = None
 
     def fields(self) -> dict[str, Any]:
         """The fields answers and ``meta`` events carry."""
@@ -133,15 +136,20 @@ class Recorder:
         assert params.seed is not None
         cacheable = (self.settings.cache_enabled and self.identity.sha256 is not None
                      and use_cache and (caller_seeded or params.temperature == 0))
-        return params, Stamp(new_generation_id(), params.seed, "miss" if cacheable else "off")
+        return params, Stamp(new_generation_id(), params.seed, "miss" if cacheable else "off",
+                             sampling=SamplingRecord.of(params))
 
     def key(self, tenant: str, operation: str, prompt: str, params: SamplingParams,
             retries: int) -> str:
-        """The cache key of a generation (see the module): SHA-256, hex."""
+        """The cache key of a generation (see the module): SHA-256, hex. At temperature 0
+        the seed is left out: greedy decoding does not use it."""
+        sampling = asdict(params)
+        if params.temperature == 0:
+            sampling["seed"] = None
         return sha256_text(canonical_json({
             "tenant": tenant, "operation": operation, "model": self.identity.sha256,
             "runtime": self.identity.runtime, "prompt": prompt,
-            "sampling": asdict(params), "retries": retries,
+            "sampling": sampling, "retries": retries,
         }))
 
     def model_record(self) -> ModelRecord:

@@ -80,6 +80,8 @@ class PipelineCall(BaseModel):
     round: int = Field(description="The draft the call made (draft, revise) or judged "
                        "(review, rate), from 1.")
     phase: Literal["draft", "review", "rate", "revise"]
+    generation_id: str | None = Field(default=None, description="The call's own generation "
+                                      "record.")
     agent: str
     operation: str
     usage: Usage = Field(description="Tokens; prompt_tokens_details.cached_tokens counts "
@@ -116,6 +118,13 @@ class ChapterPipelineResponse(BaseModel):
     """The full record of a pipeline run: every draft with its scores and suggestions, the
     best draft marked, every call with its usage, and the usage per agent."""
 
+    generation_id: str | None = Field(
+        default=None, description="The run's generation record (its calls have their own, "
+        "in `calls`); null with GENERATIONS_ENABLED off.")
+    seed: int | None = Field(
+        default=None, description="The run's seed: the request's, or one drawn for it. The "
+        "writer's drafts use it; the editor and raters use seeds derived from it, so a "
+        "replay repeats every call.")
     model: str
     chapter_number: int
     title: str | None = None

@@ -59,6 +59,16 @@ def scorer_for(services: Services) -> Callable[[Any], Scorer]:
     return scorer
 
 
+def cache_control(request: Request, body: Any) -> Any:
+    """``body`` with ``cache`` false when the request says ``Cache-Control: no-cache`` (or
+    ``no-store``): the response cache is skipped and the answer generated."""
+    directives = {part.strip().lower()
+                  for part in request.headers.get("cache-control", "").split(",")}
+    if directives & {"no-cache", "no-store"} and getattr(body, "cache", False):
+        return body.model_copy(update={"cache": False})
+    return body
+
+
 def _variants(services: Services, registry: Mapping[str, AgentSpec]) -> Variants:
     return Variants(services.require_runner(), registry, scorer_for(services))
 
@@ -75,7 +85,7 @@ def add_agent_routes(router: APIRouter, spec: AgentSpec,
     if spec.json_route:
         async def run(body: request_model, request: Request,  # type: ignore[valid-type]
                       services: Services = Depends(get_services)) -> BaseModel | Response:
-            body = await carry_notes(services, body)
+            body = await carry_notes(services, cache_control(request, body))
             if getattr(body, "n", 1) > 1:
                 variants = await unless_disconnected(
                     request, _variants(services, team).run(spec, body))
@@ -96,9 +106,9 @@ def add_agent_routes(router: APIRouter, spec: AgentSpec,
     if not spec.streams:
         return
 
-    async def stream(body: request_model,  # type: ignore[valid-type]
+    async def stream(body: request_model, request: Request,  # type: ignore[valid-type]
                      services: Services = Depends(get_services)) -> EventSourceResponse:
-        body = await carry_notes(services, body)
+        body = await carry_notes(services, cache_control(request, body))
         if getattr(body, "n", 1) > 1:
             events = await _variants(services, team).stream(spec, body)
         else:

@@ -14,6 +14,7 @@ from app.agents.spec import AgentSpec
 from app.api.disconnect import unless_disconnected
 from app.api.errors import AGENT_ERRORS, ARCHIVE_ERRORS, REFUSALS, error_responses
 from app.api.sse import sse_response
+from app.api.v1.agents import cache_control
 from app.api.v1.voice import carry_notes
 from app.schemas.pipeline import ChapterPipelineRequest, ChapterPipelineResponse
 from app.state import Services, get_services
@@ -43,18 +44,19 @@ def pipeline_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
         draft still answers 200 with every draft so far and the error
         (``stopped_because: "error"``)."""
         pipeline = ChapterPipeline(services.require_runner(), registry)
-        body = await carry_notes(services, body)
+        body = await carry_notes(services, cache_control(request, body))
         return await unless_disconnected(request, pipeline.run(body))
 
     @router.post("/chapter-pipeline/stream", responses=STREAM_RESPONSE,
                  summary="Chapter pipeline, streamed as Server-Sent Events")
-    async def chapter_pipeline_stream(body: ChapterPipelineRequest,
+    async def chapter_pipeline_stream(body: ChapterPipelineRequest, request: Request,
                                       services: Services = Depends(get_services)
                                       ) -> EventSourceResponse:
         """The pipeline's progress as it happens; closing the stream stops the call in
         progress within a token."""
         pipeline = ChapterPipeline(services.require_runner(), registry)
-        events = await pipeline.stream(await carry_notes(services, body))
+        events = await pipeline.stream(
+            await carry_notes(services, cache_control(request, body)))
         return sse_response(events, services.settings.http, services.streams)
 
     return router

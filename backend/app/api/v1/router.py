@@ -11,6 +11,7 @@ from app.agents.spec import AgentSpec
 from app.api.v1 import archive, health, metrics, tokens, voice
 from app.api.v1.agents import agents_router
 from app.api.v1.context import context_router
+from app.api.v1.generations import generations_router
 from app.api.v1.pipeline import pipeline_router
 
 API_PREFIX = "/api/v1"
@@ -23,6 +24,7 @@ def build_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
     router.include_router(tokens.router, prefix=API_PREFIX)
     router.include_router(context_router(registry), prefix=API_PREFIX)
     router.include_router(pipeline_router(registry), prefix=API_PREFIX)
+    router.include_router(generations_router(registry), prefix=API_PREFIX)
     router.include_router(archive.router, prefix=API_PREFIX)
     router.include_router(voice.router, prefix=API_PREFIX)
     router.include_router(health.router, prefix=API_PREFIX)
