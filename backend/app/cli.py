@@ -5,6 +5,7 @@ tokenizer), ``preview`` (the assembly report or exact prompt for a context file,
 generating) and ``generate`` (streams the answer for a context file to the terminal); they run
 the same :class:`app.agents.runner.AgentRunner` as the service. Archive commands: ``ingest
 PATH...`` (with a progress bar), ``reindex``, ``search``, ``files``, ``delete``, ``stats``.
+``generations list|show|replay|export``: the generation records (:mod:`app.generations.cli`).
 All read the same settings as the server (environment and ``.env``); ``--db-path``,
 ``--chroma-host`` and ``--chroma-port`` override the store's location.
 """
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from app.config import Settings
 from app.errors import ArchiveUnavailable, WriterAssistantError
+from app.generations.cli import app as generations_app
 from app.tenancy import LOCAL_TENANT, current_tenant
 
 if TYPE_CHECKING:
@@ -39,6 +41,9 @@ T = TypeVar("T")
 
 app = typer.Typer(help="Writer Assistant: command-line tools.", no_args_is_help=True,
                   add_completion=False)
+
+
+app.add_typer(generations_app, name="generations")
 
 
 @app.callback()
@@ -372,10 +377,13 @@ def _report_table(report: AssemblyReport) -> str:
 
 
 def _usage_line(done: dict[str, Any]) -> str:
-    """A ``done`` event's usage (tokens) and timings (milliseconds) in one line."""
+    """A ``done`` event's usage (tokens) and timings (milliseconds) in one line, with its
+    generation record (id, seed, cache) when there is one."""
     usage, t = done["usage"], done["timings"]
-    return (f"finish_reason {done['finish_reason']} | prompt {usage['prompt_tokens']} + "
-            f"completion {usage['completion_tokens']} tokens | queue {t['queue_ms']:.0f} ms, "
+    record = (f"{done['generation_id']} seed {done['seed']} cache {done['cache']} | "
+              if done.get("generation_id") else "")
+    return (f"{record}finish_reason {done['finish_reason']} | prompt {usage['prompt_tokens']} "
+            f"+ completion {usage['completion_tokens']} tokens | queue {t['queue_ms']:.0f} ms, "
             f"first token {t['time_to_first_token_ms']:.0f} ms, total {t['total_ms']:.0f} ms, "
             f"{t['decode_tokens_per_s']:.1f} tokens/s")
 
