@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from app.errors import (
+    AdapterMismatch,
     AgentOutputInvalid,
     ArchiveFileNotFound,
     ArchiveUnavailable,
@@ -32,6 +33,7 @@ from app.errors import (
     FeedbackUnavailable,
     GenerationFailed,
     GenerationTimeout,
+    InvalidAdapter,
     InvalidDocument,
     InvalidJson,
     InvalidRequest,
@@ -82,6 +84,8 @@ STATUS: dict[type[WriterAssistantError], int] = {
     GenerationTimeout: 504,
     RateLimited: 429,
     Unauthenticated: 401,
+    InvalidAdapter: 422,
+    AdapterMismatch: 409,
 }
 
 #: Fixed headers by error class (found along the class hierarchy like :data:`STATUS`). Every
