@@ -197,3 +197,18 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(sherlock_dataset, tmp_pat
     assert record.resumed_from_step == step
     assert record.steps == 8
     assert f"resumed from step {step}" in result.output
+
+
+def test_the_time_cap_saves_and_stops_after_a_step():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from app.finetune.training import TimeLimit
+
+    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
+    spent, fresh = TimeLimit(0.0), TimeLimit(3600.0)
+    for limit in (spent, fresh):
+        limit.on_train_begin(args, TrainerState(), TrainerControl())
+    stopped = spent.on_step_end(args, TrainerState(), TrainerControl())
+    assert stopped.should_save and stopped.should_training_stop and spent.fired
+    going = fresh.on_step_end(args, TrainerState(), TrainerControl())
+    assert not going.should_save and not going.should_training_stop and not fresh.fired
