@@ -215,3 +215,25 @@ class Unauthenticated(WriterAssistantError):
     """No API key, or an unknown one, on a route that requires one."""
 
     code = "unauthenticated"
+
+
+class DatasetTooSmall(InvalidRequest):
+    """A fine-tuning corpus with too little text: no files, fewer tokens than
+    ``FINETUNE_MIN_CORPUS_TOKENS``, or a split with no text in validation or training (a single
+    file cannot be split by file). ``details`` carries the counts."""
+
+    code = "dataset_too_small"
+
+
+class InvalidAdapter(WriterAssistantError):
+    """A LoRA adapter that cannot be exported or loaded: not a GGUF LoRA adapter, or a peft
+    adapter with parts llama.cpp cannot apply (DoRA, per-module alpha, trained biases)."""
+
+    code = "invalid_adapter"
+
+
+class AdapterMismatch(WriterAssistantError):
+    """A LoRA adapter made for another base model (architecture or base file SHA-256);
+    ``details`` carries both hashes. Train the adapter again on this base."""
+
+    code = "adapter_mismatch"

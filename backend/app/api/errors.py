@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from app.errors import (
+    AdapterMismatch,
     AgentOutputInvalid,
     ArchiveFileNotFound,
     ArchiveUnavailable,
@@ -34,6 +35,7 @@ from app.errors import (
     GenerationNotFound,
     GenerationStoreUnavailable,
     GenerationTimeout,
+    InvalidAdapter,
     InvalidDocument,
     InvalidJson,
     InvalidRequest,
@@ -88,6 +90,8 @@ STATUS: dict[type[WriterAssistantError], int] = {
     GenerationTimeout: 504,
     RateLimited: 429,
     Unauthenticated: 401,
+    InvalidAdapter: 422,
+    AdapterMismatch: 409,
 }
 
 #: Fixed headers by error class (found along the class hierarchy like :data:`STATUS`). Every
