@@ -135,7 +135,7 @@ def main() -> None:
     print(f"\nrecord size: {min(sizes)}-{max(sizes)} bytes (the assembly report is most of it)")
     print(f"store write per generation: {write_ms:.2f} ms (median of {args.writes}); a "
           f"{args.max_tokens}-token generation: {generation_ms:.0f} ms (median, regenerated); "
-          f"overhead {100 * write_ms / generation_ms:.2f}% (goal < 2%)")
+          f"overhead {100 * write_ms / generation_ms:.4f}% (goal < 2%)")
     print(f"cache lookup in the store: {lookup_ms:.2f} ms (median of {args.writes})")
 
 
