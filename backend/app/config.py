@@ -945,6 +945,47 @@ class VoiceSettings(_Group):
     )
 
 
+class FinetuneSettings(_Group):
+    """The author's own model: datasets, LoRA adapters and their evaluation.
+
+    Datasets (`writer-assistant dataset`) live under `FINETUNE_DIR`, adapters under
+    `ADAPTERS_DIR`. An evaluation (`writer-assistant evaluate`, `POST /api/v1/evaluations`)
+    compares the base model with base plus an adapter on a dataset's validation split:
+    perplexity, ROUGE-L, BLEU, style similarity to the voice profile and side-by-side samples.
+    Requests name files under these directories only (relative paths, no `..`).
+    """
+
+    title: ClassVar[str] = "Fine-tuning"
+
+    dir: Path = setting(
+        env="FINETUNE_DIR",
+        default=Path("data/finetune"),
+        description="Directory of the fine-tuning datasets (each a directory with "
+        "train.jsonl, validation.jsonl and report.json); evaluation requests name their "
+        "validation file relative to it.",
+    )
+    adapters_dir: Path = setting(
+        env="ADAPTERS_DIR",
+        default=Path("data/adapters"),
+        description="Directory of the LoRA adapters (GGUF files llama.cpp loads onto the base "
+        "model); evaluation requests name an adapter relative to it.",
+    )
+    evaluations_dir: Path = setting(
+        env="EVALUATIONS_DIR",
+        default=Path("data/evaluations"),
+        description="Directory where evaluation jobs keep their state, report.json and "
+        "chart.png (one directory per tenant and job), so results survive a restart.",
+    )
+    evaluation_n_ctx: int = setting(
+        env="EVALUATION_N_CTX",
+        default=1024, ge=256, le=32_768,
+        description="Context window (tokens) of the models an evaluation opens beside the "
+        "served one; each keeps the logits of every position, n_ctx x 49,152 floats "
+        "(about 200 MB at 1024 for the embedded model). A longer example's context is cut "
+        "from its start to fit.",
+    )
+
+
 #: The groups of :class:`Settings`, in the order the docs list them.
 GROUPS: dict[str, type[_Group]] = {
     "model": ModelSettings,
@@ -958,6 +999,7 @@ GROUPS: dict[str, type[_Group]] = {
     "lifecycle": LifecycleSettings,
     "quality": QualitySettings,
     "voice": VoiceSettings,
+    "finetune": FinetuneSettings,
 }
 
 
@@ -1105,6 +1147,7 @@ class Settings(BaseSettings):
     lifecycle: LifecycleSettings = LifecycleSettings()
     quality: QualitySettings = QualitySettings()
     voice: VoiceSettings = VoiceSettings()
+    finetune: FinetuneSettings = FinetuneSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -196,3 +196,36 @@ class Unauthenticated(WriterAssistantError):
     """No API key, or an unknown one, on a route that requires one."""
 
     code = "unauthenticated"
+
+
+class AdapterNotFound(WriterAssistantError):
+    """No LoRA adapter of that name (or path) under ``ADAPTERS_DIR``."""
+
+    code = "adapter_not_found"
+
+
+class AdapterInvalid(WriterAssistantError):
+    """The adapter file is not a GGUF LoRA adapter that llama.cpp loads onto the base model
+    (not GGUF, or made for another base model: its tensors' names or shapes differ)."""
+
+    code = "adapter_invalid"
+
+
+class DatasetNotFound(WriterAssistantError):
+    """No dataset file of that name (or path) under ``FINETUNE_DIR``."""
+
+    code = "dataset_not_found"
+
+
+class DatasetInvalid(InvalidRequest):
+    """A dataset file that cannot be used: a line that is not a JSON object with the fields
+    an example needs, or no example at all."""
+
+    code = "dataset_invalid"
+
+
+class EvaluationNotFound(WriterAssistantError):
+    """No evaluation job of that id for the caller (another tenant's job is not found
+    either)."""
+
+    code = "evaluation_not_found"

@@ -23,12 +23,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from app.errors import (
+    AdapterInvalid,
+    AdapterNotFound,
     AgentOutputInvalid,
     ArchiveFileNotFound,
     ArchiveUnavailable,
     ContextLengthExceeded,
+    DatasetInvalid,
+    DatasetNotFound,
     DocumentTooLarge,
     EmbeddingModelMismatch,
+    EvaluationNotFound,
     FeedbackUnavailable,
     GenerationFailed,
     GenerationTimeout,
@@ -82,6 +87,11 @@ STATUS: dict[type[WriterAssistantError], int] = {
     GenerationTimeout: 504,
     RateLimited: 429,
     Unauthenticated: 401,
+    AdapterNotFound: 404,
+    AdapterInvalid: 422,
+    DatasetNotFound: 404,
+    DatasetInvalid: 422,
+    EvaluationNotFound: 404,
 }
 
 #: Fixed headers by error class (found along the class hierarchy like :data:`STATUS`). Every
