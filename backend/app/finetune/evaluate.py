@@ -40,7 +40,9 @@ from scipy.special import log_softmax
 from app.errors import DatasetInvalid, DatasetNotFound
 
 if TYPE_CHECKING:
+    from app.archive.service import Archive
     from app.voice.profile import Embed, VoiceProfile
+    from app.voice.service import VoiceProfiles
 
 #: Defaults small enough for a CPU run (about a minute for both models on 2 cores).
 DEFAULT_EXAMPLES = 8
@@ -373,24 +375,43 @@ class Evaluator:
             seconds=round(seconds, 3))
 
 
-def open_scorers(model_path: Path, adapter_path: Path, n_ctx: int,
+def open_scorers(model_path: Path | None, adapter_path: Path, n_ctx: int,
                  n_threads: int | None = None) -> tuple[Scorer, Scorer]:
-    """The base model at ``model_path`` and the same with the adapter at ``adapter_path``,
-    opened for scoring with ``n_ctx`` tokens of window (blocking: about a second each).
+    """The base model at ``model_path`` (``None``: the embedded model) and the same with the
+    adapter at ``adapter_path``, opened for scoring with ``n_ctx`` tokens of window
+    (blocking: about a second each).
 
     Raises:
         ModelUnavailable: the base model cannot be loaded.
         AdapterInvalid: the adapter is not GGUF or llama.cpp refuses it for this base.
     """
-    from app.llm.llama import LlamaScorer  # llama.cpp only where a model is opened
+    from app.llm.llama import LlamaScorer, default_model_path  # llama.cpp only when used
 
-    base = LlamaScorer.load(model_path, n_ctx=n_ctx, n_threads=n_threads)
+    path = model_path or default_model_path()
+    base = LlamaScorer.load(path, n_ctx=n_ctx, n_threads=n_threads)
     try:
-        tuned = LlamaScorer.load(model_path, adapter_path, n_ctx=n_ctx, n_threads=n_threads)
+        tuned = LlamaScorer.load(path, adapter_path, n_ctx=n_ctx, n_threads=n_threads)
     except BaseException:
         base.close()
         raise
     return base, tuned
+
+
+def voice_style(voices: VoiceProfiles, archive: Archive | None
+                ) -> tuple[StyleReference | None, str | None]:
+    """The style reference of ``archive``'s voice profile, or ``None`` and why not (the
+    archive is off, no file is tagged as the author's, the store failed). Blocking: reads
+    Chroma and may build the profile."""
+    from app.errors import WriterAssistantError
+
+    if archive is None:
+        return None, ("The archive is off or not loaded, so there is no voice profile or "
+                      "embedding model to compare with (ARCHIVE_ENABLED).")
+    try:
+        profile = voices.profile(archive)
+    except WriterAssistantError as error:
+        return None, error.message
+    return StyleReference(profile, archive.embedder.embed), None
 
 
 def evaluate(base: Scorer, tuned: Scorer, examples: Sequence[ValidationExample], *,
