@@ -198,17 +198,32 @@ class Unauthenticated(WriterAssistantError):
     code = "unauthenticated"
 
 
+class DatasetTooSmall(InvalidRequest):
+    """A fine-tuning corpus with too little text: no files, fewer tokens than
+    ``FINETUNE_MIN_CORPUS_TOKENS``, or a split with no text in validation or training (a single
+    file cannot be split by file). ``details`` carries the counts."""
+
+    code = "dataset_too_small"
+
+
+class InvalidAdapter(WriterAssistantError):
+    """A LoRA adapter that cannot be exported or loaded: not a GGUF LoRA adapter, or a peft
+    adapter with parts llama.cpp cannot apply (DoRA, per-module alpha, trained biases)."""
+
+    code = "invalid_adapter"
+
+
+class AdapterMismatch(WriterAssistantError):
+    """A LoRA adapter made for another base model (architecture or base file SHA-256);
+    ``details`` carries both hashes. Train the adapter again on this base."""
+
+    code = "adapter_mismatch"
+
+
 class AdapterNotFound(WriterAssistantError):
     """No LoRA adapter of that name (or path) under ``ADAPTERS_DIR``."""
 
     code = "adapter_not_found"
-
-
-class AdapterInvalid(WriterAssistantError):
-    """The adapter file is not a GGUF LoRA adapter that llama.cpp loads onto the base model
-    (not GGUF, or made for another base model: its tensors' names or shapes differ)."""
-
-    code = "adapter_invalid"
 
 
 class DatasetNotFound(WriterAssistantError):

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from app.errors import (
-    AdapterInvalid,
+    AdapterMismatch,
     AdapterNotFound,
     AgentOutputInvalid,
     ArchiveFileNotFound,
@@ -37,6 +37,7 @@ from app.errors import (
     FeedbackUnavailable,
     GenerationFailed,
     GenerationTimeout,
+    InvalidAdapter,
     InvalidDocument,
     InvalidJson,
     InvalidRequest,
@@ -88,10 +89,11 @@ STATUS: dict[type[WriterAssistantError], int] = {
     RateLimited: 429,
     Unauthenticated: 401,
     AdapterNotFound: 404,
-    AdapterInvalid: 422,
     DatasetNotFound: 404,
     DatasetInvalid: 422,
     EvaluationNotFound: 404,
+    InvalidAdapter: 422,
+    AdapterMismatch: 409,
 }
 
 #: Fixed headers by error class (found along the class hierarchy like :data:`STATUS`). Every

@@ -375,19 +375,39 @@ class Evaluator:
             seconds=round(seconds, 3))
 
 
+def check_base(model_path: Path | None, adapter_path: Path) -> Path:
+    """The base model's path (``None``: the embedded model), once the adapter at
+    ``adapter_path`` is checked to be made for it (:func:`app.finetune.export.check_adapter`:
+    architecture and base file SHA-256). Blocking: hashes the base file once per process.
+
+    Raises:
+        InvalidAdapter: the adapter is not a GGUF LoRA adapter.
+        AdapterMismatch: it records another base model, or none.
+        ModelUnavailable: the base file is missing or not GGUF.
+    """
+    from app.finetune.export import check_adapter
+    from app.llm.llama import default_model_path
+
+    path = model_path or default_model_path()
+    check_adapter(adapter_path, path)
+    return path
+
+
 def open_scorers(model_path: Path | None, adapter_path: Path, n_ctx: int,
                  n_threads: int | None = None) -> tuple[Scorer, Scorer]:
     """The base model at ``model_path`` (``None``: the embedded model) and the same with the
     adapter at ``adapter_path``, opened for scoring with ``n_ctx`` tokens of window
-    (blocking: about a second each).
+    (blocking: about a second each), once the adapter is checked to be made for this base
+    (:func:`check_base`).
 
     Raises:
         ModelUnavailable: the base model cannot be loaded.
-        AdapterInvalid: the adapter is not GGUF or llama.cpp refuses it for this base.
+        InvalidAdapter: the adapter is not a GGUF LoRA adapter, or llama.cpp refuses it.
+        AdapterMismatch: the adapter was made for another base model.
     """
-    from app.llm.llama import LlamaScorer, default_model_path  # llama.cpp only when used
+    from app.llm.llama import LlamaScorer  # llama.cpp only when a model is opened
 
-    path = model_path or default_model_path()
+    path = check_base(model_path, adapter_path)
     base = LlamaScorer.load(path, n_ctx=n_ctx, n_threads=n_threads)
     try:
         tuned = LlamaScorer.load(path, adapter_path, n_ctx=n_ctx, n_threads=n_threads)

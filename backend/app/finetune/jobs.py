@@ -43,6 +43,7 @@ from app.finetune.evaluate import (
     Scorer,
     StyleReference,
     ValidationExample,
+    check_base,
     open_scorers,
     read_examples,
     write_outputs,
@@ -194,11 +195,14 @@ class EvaluationJobs:
 
         Raises:
             AdapterNotFound, DatasetNotFound: a named file does not exist (HTTP 404).
+            InvalidAdapter: the adapter is no GGUF LoRA adapter (HTTP 422).
+            AdapterMismatch: it was made for another base model (HTTP 409).
             DatasetInvalid: the validation file has a bad line or no example (HTTP 422).
         """
         adapter = resolve_adapter(self.settings.adapters_dir, request.adapter)
         validation = resolve_validation(self.settings.dir, request.validation)
         examples = read_examples(validation, request.examples)
+        check_base(self.model_path, adapter)
         job = EvaluationJob(id=uuid.uuid4().hex, status="queued",
                             progress=Progress(done=0, total=len(examples)), request=request,
                             created_at=_now())

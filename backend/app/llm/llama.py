@@ -30,7 +30,7 @@ from llama_cpp import Llama, LlamaGrammar, StoppingCriteriaList, llama_types
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.config import ModelSettings
-from app.errors import AdapterInvalid, GenerationFailed, ModelUnavailable
+from app.errors import GenerationFailed, InvalidAdapter, ModelUnavailable
 from app.llm.prefix_cache import Match, PrefixCache, Snapshot, as_tokens, common_prefix
 from app.llm.protocol import (
     ChatMessage,
@@ -256,15 +256,16 @@ class LlamaScorer:
 
         Raises:
             ModelUnavailable: the base file is missing, not GGUF or fails to load.
-            AdapterInvalid: the adapter is not GGUF, or llama.cpp refuses it for this base
-                (another architecture, tensor names or shapes that do not match).
+            InvalidAdapter: the adapter is not GGUF, or llama.cpp refuses it for this base
+                (another architecture, tensor names or shapes that do not match;
+                :func:`app.finetune.export.check_adapter` says so earlier and better).
         """
         check_gguf(model_path)
         if adapter_path is not None:
             try:
                 check_gguf(adapter_path, "the adapter")
-            except ModelUnavailable as error:
-                raise AdapterInvalid(error.message.replace("model file", "adapter file"),
+            except ModelUnavailable:
+                raise InvalidAdapter(f"{adapter_path.name} is not a readable GGUF file.",
                                      param="adapter") from None
         threads = n_threads or os.cpu_count() or 1
         try:
@@ -276,7 +277,7 @@ class LlamaScorer:
             logger.error("llama.cpp could not load %s (adapter %s): %s", model_path,
                          adapter_path, error)
             if adapter_path is not None and "LoRA" in str(error):
-                raise AdapterInvalid(
+                raise InvalidAdapter(
                     f"llama.cpp refused the adapter {adapter_path.name} for the base model "
                     f"{model_path.stem}: it was made for another base model, or is no LoRA "
                     "adapter (see the server log).", param="adapter") from error

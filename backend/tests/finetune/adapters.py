@@ -1,48 +1,52 @@
-"""Tiny GGUF LoRA adapters for the tests, written with the ``gguf`` package in the layout
-llama.cpp's ``convert_lora_to_gguf.py`` writes (``general.type = adapter``,
-``adapter.type = lora``, ``adapter.lora.alpha``, and ``<tensor>.lora_a`` / ``<tensor>.lora_b``
-beside each adapted base tensor).
+"""Tiny LoRA adapters for the tests: a peft adapter directory (``adapter_config.json`` and
+``adapter_model.safetensors``, as ``PeftModel.save_pretrained`` writes them) made with numpy,
+exported to GGUF by the fine-tune's own exporter (:func:`app.finetune.export.export_lora_gguf`),
+so the evaluation loads exactly what a fine-tune produces.
 
-Shapes (ggml order, as llama.cpp's ``llama-adapter.cpp`` checks them): for a base tensor of
-``ne = [n_in, n_out]``, ``lora_a`` has ``ne = [n_in, r]`` and ``lora_b`` ``ne = [r, n_out]``;
-numpy arrays give them reversed, ``(r, n_in)`` and ``(n_out, r)``.
+Shapes are peft's: ``lora_A.weight`` ``(rank, in_features)``, ``lora_B.weight``
+``(out_features, rank)``, read from the base GGUF's tensor (ggml ``ne = [in, out]``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import gguf
 import numpy as np
+from safetensors.numpy import save_file
 
+from app.finetune.export import export_lora_gguf
 from app.llm.llama import default_model_path
 
-#: Base tensors adapted by default: the first block's query and value projections.
-TARGETS = ("blk.0.attn_q.weight", "blk.0.attn_v.weight")
+#: Modules adapted by default: the first block's query and value projections.
+TARGETS = ("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj")
 
 
 def write_lora(path: Path, *, scale_b: float, rank: int = 4, alpha: float = 8.0,
-               targets: Sequence[str] = TARGETS, base: Path | None = None,
-               seed: int = 0) -> Path:
-    """Write a rank-``rank`` LoRA adapter for ``targets`` of ``base`` (default: the embedded
-    model) at ``path``: ``lora_a`` random normal, ``lora_b`` random normal times ``scale_b``
-    (0: the adapter changes nothing). Returns ``path``."""
-    reader = gguf.GGUFReader(str(base or default_model_path()))
+               targets: Sequence[str] = TARGETS, seed: int = 0) -> Path:
+    """Write a rank-``rank`` LoRA adapter of ``targets`` for the embedded model as the GGUF
+    ``path`` (its peft form beside it, in ``path.stem``-peft): ``lora_A`` random normal,
+    ``lora_B`` random normal times ``scale_b`` (0: the adapter changes nothing). Returns
+    ``path``."""
+    base = default_model_path()
+    reader = gguf.GGUFReader(str(base))
     shapes = {t.name: [int(n) for n in t.shape] for t in reader.tensors}
+    blocks = int(reader.get_field("llama.block_count").contents())
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, blocks)
     rng = np.random.default_rng(seed)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-    for name in targets:
-        n_in, n_out = shapes[name]
-        writer.add_tensor(f"{name}.lora_a",
-                          rng.normal(0, 0.5, (rank, n_in)).astype(np.float32))
-        writer.add_tensor(f"{name}.lora_b",
-                          (rng.normal(0, 0.5, (n_out, rank)) * scale_b).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    weights = {}
+    for module in targets:
+        n_in, n_out = shapes[f"{names.get_name(module)}.weight"]
+        prefix = f"base_model.model.{module}"
+        weights[f"{prefix}.lora_A.weight"] = rng.normal(0, 0.5, (rank, n_in)).astype(np.float32)
+        weights[f"{prefix}.lora_B.weight"] = (rng.normal(0, 0.5, (n_out, rank))
+                                              * scale_b).astype(np.float32)
+    peft_dir = path.with_name(f"{path.stem}-peft")
+    peft_dir.mkdir(parents=True, exist_ok=True)
+    (peft_dir / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": rank, "lora_alpha": alpha,
+         "target_modules": sorted({m.rsplit(".", 1)[1] for m in targets})}))
+    save_file(weights, str(peft_dir / "adapter_model.safetensors"))
+    return export_lora_gguf(peft_dir, base, path)

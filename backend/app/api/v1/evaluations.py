@@ -11,7 +11,15 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from app.api.errors import BODY_ERRORS, REFUSALS, error_responses
-from app.errors import AdapterNotFound, DatasetInvalid, DatasetNotFound, EvaluationNotFound
+from app.errors import (
+    AdapterMismatch,
+    AdapterNotFound,
+    DatasetInvalid,
+    DatasetNotFound,
+    EvaluationNotFound,
+    InvalidAdapter,
+    ModelUnavailable,
+)
 from app.finetune.evaluate import voice_style
 from app.schemas.evaluations import EvaluationJob, EvaluationRequest
 from app.state import Services, get_services
@@ -20,7 +28,7 @@ from app.tenancy import current_tenant
 router = APIRouter(tags=["evaluations"])
 
 _CREATE = error_responses(*REFUSALS, *BODY_ERRORS, AdapterNotFound, DatasetNotFound,
-                          DatasetInvalid)
+                          DatasetInvalid, InvalidAdapter, AdapterMismatch, ModelUnavailable)
 _READ = error_responses(*REFUSALS, EvaluationNotFound)
 
 JobId = PathParam(description="The id POST /api/v1/evaluations answered.", max_length=64)
