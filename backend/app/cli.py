@@ -5,6 +5,8 @@ tokenizer), ``preview`` (the assembly report or exact prompt for a context file,
 generating) and ``generate`` (streams the answer for a context file to the terminal); they run
 the same :class:`app.agents.runner.AgentRunner` as the service. Archive commands: ``ingest
 PATH...`` (with a progress bar), ``reindex``, ``search``, ``files``, ``delete``, ``stats``.
+The author's own model: ``dataset`` (a training set from the voice files or paths) and
+``finetune`` (a LoRA adapter of the embedded model, exported as a GGUF LoRA adapter).
 All read the same settings as the server (environment and ``.env``); ``--db-path``,
 ``--chroma-host`` and ``--chroma-port`` override the store's location.
 """
@@ -84,9 +86,9 @@ def _archive(ctx: typer.Context, threads: int | None = None) -> Any:
     return archive.for_tenant(current_tenant.get())
 
 
-def _fail(error: WriterAssistantError) -> None:
+def _fail(error: WriterAssistantError, exit_code: int = 1) -> None:
     typer.echo(f"error ({error.code}): {error.message}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(exit_code)
 
 
 @app.command()
@@ -498,6 +500,175 @@ def generate(
     typer.echo(_usage_line(_with_runner(Settings(**ctx.obj), archive, work)), err=True)
 
 
+# --- the author's own model -------------------------------------------------------------------
+
+def _base_model_path(settings: Settings) -> Path:
+    """The GGUF the server loads (MODEL_PATH, default the embedded model)."""
+    from app.llm.llama import default_model_path
+
+    return settings.model.path or default_model_path()
+
+
+@app.command()
+def dataset(
+    ctx: typer.Context,
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Files or directories (searched recursively for .txt .md .docx .html) of the "
+        "author's own writing; none: the tenant's archive files tagged voice.")] = None,
+    name: Annotated[str, typer.Option(help="Dataset name: written to "
+                                           "FINETUNE_DIR/datasets/NAME.")] = "default",
+    out: Annotated[Path | None, typer.Option(help="Output directory (instead of the "
+                                                  "named one).")] = None,
+    split_by: Annotated[str, typer.Option(
+        help="Unit of the train/validation split: file, chapter, or auto (file with two "
+        "files or more, else chapter).")] = "auto",
+    validation_fraction: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Share of units held out (FINETUNE_VALIDATION_FRACTION).")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed (FINETUNE_SEED).")] = None,
+    passage_tokens: Annotated[int | None, typer.Option(
+        min=16, help="Most tokens of a passage (FINETUNE_PASSAGE_TOKENS).")] = None,
+    min_corpus_tokens: Annotated[int | None, typer.Option(
+        min=1, help="Fewest tokens of a corpus (FINETUNE_MIN_CORPUS_TOKENS).")] = None,
+) -> None:
+    """Build a training set (train.jsonl, validation.jsonl, report.json) of continuation and
+    scene-from-summary pairs, split by file or chapter. Exit code 2: too little text."""
+    from app.finetune.dataset import (
+        CachedSummaries,
+        build_dataset,
+        documents_from_archive,
+        documents_from_paths,
+    )
+    from app.llm.llama import GgufTokenizer
+
+    if split_by not in ("file", "chapter", "auto"):
+        typer.echo("error: --split-by is file, chapter or auto", err=True)
+        raise typer.Exit(2)
+    settings = Settings(**ctx.obj)
+    ft = settings.finetune
+    tenant = current_tenant.get()
+    try:
+        tokenizer = GgufTokenizer.load(_base_model_path(settings))
+        if paths:
+            documents = documents_from_paths(paths, settings.archive.max_expanded_bytes)
+            source = " ".join(str(p) for p in paths)
+        else:
+            documents = documents_from_archive(_archive(ctx))
+            source = f"archive:{tenant}"
+    except FileNotFoundError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    except WriterAssistantError as error:
+        _fail(error, 2)
+    summaries = None
+    distillation = settings.distillation
+    if distillation.cache_dir.is_dir():  # never create a cache just to look into it
+        from app.context.summaries import SummaryCache
+
+        cache = SummaryCache(distillation.cache_dir, distillation.cache_max_bytes,
+                             tokenizer.model_name)
+        ctx.call_on_close(cache.close)
+        summaries = CachedSummaries(cache, tenant, distillation.chunk_summary_tokens,
+                                    tokenizer.count_tokens)
+    out_dir = out or ft.dir / "datasets" / name
+    try:
+        report = build_dataset(
+            documents, out_dir, tokenizer=tokenizer, source=source,
+            split_by=split_by,  # type: ignore[arg-type]
+            passage_tokens=passage_tokens or ft.passage_tokens,
+            validation_fraction=(validation_fraction if validation_fraction is not None
+                                 else ft.validation_fraction),
+            seed=seed if seed is not None else ft.seed,
+            min_corpus_tokens=min_corpus_tokens or ft.min_corpus_tokens, summaries=summaries)
+    except WriterAssistantError as error:
+        _fail(error, 2)
+    for split in ("train", "validation"):
+        part = getattr(report, split)
+        typer.echo(f"{split}: {part.examples} examples ({part.continuation} continuation, "
+                   f"{part.scene_from_summary} scene-from-summary), {part.prompt_tokens} prompt "
+                   f"+ {part.completion_tokens} completion tokens, {len(part.units)} "
+                   f"{report.split_by}s from {len(part.files)} files")
+    typer.echo(f"written to {out_dir}")
+
+
+@app.command()
+def finetune(
+    ctx: typer.Context,
+    dataset_dir: Annotated[Path | None, typer.Option(
+        "--dataset", help="Dataset directory (default FINETUNE_DIR/datasets/default).")]
+    = None,
+    name: Annotated[str, typer.Option(help="Adapter name: written to "
+                                           "FINETUNE_DIR/adapters/NAME.")] = "default",
+    out: Annotated[Path | None, typer.Option(help="Adapter directory (instead of the "
+                                                  "named one).")] = None,
+    r: Annotated[int | None, typer.Option("--r", min=1, help="LoRA rank (FINETUNE_LORA_R).")]
+    = None,
+    alpha: Annotated[int | None, typer.Option(min=1, help="LoRA alpha (FINETUNE_LORA_ALPHA).")]
+    = None,
+    dropout: Annotated[float | None, typer.Option(
+        min=0.0, max=0.99, help="LoRA dropout (FINETUNE_LORA_DROPOUT).")] = None,
+    target_modules: Annotated[str | None, typer.Option(
+        help="Comma-separated projections (FINETUNE_TARGET_MODULES).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(
+        "--learning-rate", "--lr", min=0.0, help="FINETUNE_LEARNING_RATE.")] = None,
+    epochs: Annotated[float | None, typer.Option(min=0.0, help="FINETUNE_EPOCHS.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="FINETUNE_BATCH_SIZE.")] = None,
+    max_seq_len: Annotated[int | None, typer.Option(
+        min=8, help="Tokens per example (FINETUNE_MAX_SEQ_LEN).")] = None,
+    max_steps: Annotated[int | None, typer.Option(
+        min=1, help="Hard cap on steps (FINETUNE_MAX_STEPS).")] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        min=0.0, help="Hard cap on seconds of training (FINETUNE_MAX_SECONDS).")] = None,
+    save_steps: Annotated[int | None, typer.Option(
+        min=1, help="Steps between checkpoints (FINETUNE_SAVE_STEPS).")] = None,
+    eval_examples: Annotated[int | None, typer.Option(
+        min=0, help="Validation examples for the record's loss (FINETUNE_EVAL_EXAMPLES).")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="FINETUNE_SEED.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Fine-tune a LoRA adapter of the served model on a dataset (CUDA when present, else
+    CPU), resuming from the adapter directory's last checkpoint; export it as a GGUF LoRA
+    adapter (adapter.gguf) with its training record (training.json). Exit code 2: no usable
+    dataset."""
+    from app.finetune.training import Hyperparameters
+    from app.finetune.training import finetune as run_finetune
+
+    settings = Settings(**ctx.obj)
+    ft = settings.finetune
+
+    def pick(value: T | None, default: T) -> T:
+        return default if value is None else value
+
+    hyperparameters = Hyperparameters(
+        lora_r=pick(r, ft.lora_r), lora_alpha=pick(alpha, ft.lora_alpha),
+        lora_dropout=pick(dropout, ft.lora_dropout),
+        target_modules=tuple(m.strip() for m in pick(target_modules, ft.target_modules)
+                             .split(",") if m.strip()),
+        learning_rate=pick(learning_rate, ft.learning_rate), epochs=pick(epochs, ft.epochs),
+        batch_size=pick(batch_size, ft.batch_size), max_seq_len=pick(max_seq_len, ft.max_seq_len),
+        max_steps=pick(max_steps, ft.max_steps), max_seconds=pick(max_seconds, ft.max_seconds),
+        save_steps=pick(save_steps, ft.save_steps),
+        eval_examples=pick(eval_examples, ft.eval_examples), seed=pick(seed, ft.seed),
+    )
+    adapter_dir = out or ft.dir / "adapters" / name
+    try:
+        record = run_finetune(dataset_dir or ft.dir / "datasets" / "default", adapter_dir,
+                              base_gguf=_base_model_path(settings),
+                              hyperparameters=hyperparameters, progress=progress,
+                              threads=threads)
+    except WriterAssistantError as error:
+        _fail(error, 2)
+    resumed = (f", resumed from step {record.resumed_from_step}"
+               if record.resumed_from_step is not None else "")
+    validation = (f", validation loss {record.validation_loss:.3f}"
+                  if record.validation_loss is not None else "")
+    typer.echo(f"{record.steps} steps on {record.device}{resumed} ({record.stopped_by}), train "
+               f"loss {record.train_loss:.3f}{validation}, {record.seconds:.0f} s")
+    typer.echo(f"adapter: {adapter_dir / record.adapter_gguf}")
+
+
 # --- evaluation -------------------------------------------------------------------------------
 
 def _evaluation_style(ctx: typer.Context, enabled: bool) -> tuple[Any, str | None]:
@@ -563,8 +734,9 @@ def evaluate(
         help="The validation split: a JSONL file, or a dataset directory holding "
         "validation.jsonl (`writer-assistant dataset`).", exists=True, readable=True)],
     adapter: Annotated[Path, typer.Option(
-        help="The LoRA adapter (GGUF) to apply to the base model (MODEL_PATH).",
-        exists=True, dir_okay=False, readable=True)],
+        help="The LoRA adapter to apply to the base model (MODEL_PATH): its GGUF file, or "
+        "the adapter directory of `writer-assistant finetune` (its adapter.gguf).",
+        exists=True, readable=True)],
     examples: Annotated[int, typer.Option(min=1, help="Examples evaluated (the file's "
                                           "first ones).")] = 8,
     max_tokens: Annotated[int, typer.Option(min=1, help="Completion tokens of each "
@@ -581,14 +753,15 @@ def evaluate(
     chart.png."""
     from app.finetune.evaluate import evaluate as run_evaluation
     from app.finetune.evaluate import open_scorers, read_examples, write_outputs
-    from app.finetune.jobs import VALIDATION_FILE
+    from app.finetune.jobs import resolve_adapter, resolve_validation
 
     settings = Settings(**ctx.obj)
-    path = validation / VALIDATION_FILE if validation.is_dir() else validation
     try:
+        path = resolve_validation(validation.parent, validation.name)
+        adapter = resolve_adapter(adapter.parent, adapter.name)
         rows = read_examples(path, examples)
         reference, note = _evaluation_style(ctx, style)
-        base, tuned = open_scorers(settings.model.path, adapter,
+        base, tuned = open_scorers(_base_model_path(settings), adapter,
                                    settings.finetune.evaluation_n_ctx, settings.model.n_threads)
     except WriterAssistantError as error:
         _fail(error)

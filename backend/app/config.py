@@ -946,13 +946,20 @@ class VoiceSettings(_Group):
 
 
 class FinetuneSettings(_Group):
-    """The author's own model: datasets, LoRA adapters and their evaluation.
+    """The author's own model: the training set and the LoRA fine-tune.
 
-    Datasets (`writer-assistant dataset`) live under `FINETUNE_DIR`, adapters under
-    `ADAPTERS_DIR`. An evaluation (`writer-assistant evaluate`, `POST /api/v1/evaluations`)
-    compares the base model with base plus an adapter on a dataset's validation split:
-    perplexity, ROUGE-L, BLEU, style similarity to the voice profile and side-by-side samples.
-    Requests name files under these directories only (relative paths, no `..`).
+    `writer-assistant dataset` builds a training set from the tenant's archive files tagged
+    voice (or from paths); `writer-assistant finetune` trains a LoRA adapter of the embedded
+    model on it and exports it as a GGUF LoRA adapter for llama.cpp. The LoRA defaults (rank
+    16, alpha 32, learning rate 2e-4, 3 epochs) are the ones of the project's reference
+    pipeline. On these 2-core CPUs a step at 1 x 256 tokens takes about 25 s, so cap real runs
+    with `FINETUNE_MAX_STEPS` and `FINETUNE_MAX_SECONDS`; a CUDA GPU is used when present.
+
+    `writer-assistant evaluate` and `POST /api/v1/evaluations` compare the base model with base
+    plus an adapter on a dataset's validation split (perplexity, ROUGE-L, BLEU, style
+    similarity, side-by-side samples); the service keeps its evaluations under
+    `FINETUNE_DIR/evaluations`. Requests name datasets and adapters by name, under
+    `FINETUNE_DIR/datasets` and `FINETUNE_DIR/adapters` (relative paths, no `..`).
     """
 
     title: ClassVar[str] = "Fine-tuning"
@@ -960,21 +967,78 @@ class FinetuneSettings(_Group):
     dir: Path = setting(
         env="FINETUNE_DIR",
         default=Path("data/finetune"),
-        description="Directory of the fine-tuning datasets (each a directory with "
-        "train.jsonl, validation.jsonl and report.json); evaluation requests name their "
-        "validation file relative to it.",
+        description="Directory of datasets (`<dir>/datasets/<name>`) and adapters "
+        "(`<dir>/adapters/<name>`) (relative paths are taken from the working directory).",
     )
-    adapters_dir: Path = setting(
-        env="ADAPTERS_DIR",
-        default=Path("data/adapters"),
-        description="Directory of the LoRA adapters (GGUF files llama.cpp loads onto the base "
-        "model); evaluation requests name an adapter relative to it.",
+    passage_tokens: int = setting(
+        env="FINETUNE_PASSAGE_TOKENS",
+        default=128, ge=16, le=4096,
+        description="Most tokens (the model's own tokenizer) of one passage of a continuation "
+        "pair; whole paragraphs are grouped up to it, a longer one split at sentences.",
     )
-    evaluations_dir: Path = setting(
-        env="EVALUATIONS_DIR",
-        default=Path("data/evaluations"),
-        description="Directory where evaluation jobs keep their state, report.json and "
-        "chart.png (one directory per tenant and job), so results survive a restart.",
+    validation_fraction: float = setting(
+        env="FINETUNE_VALIDATION_FRACTION",
+        default=0.1, gt=0.0, lt=1.0,
+        description="Share of the files (or chapters) held out for validation; at least one "
+        "is, and at least one is left for training.",
+    )
+    seed: int = setting(env="FINETUNE_SEED", default=0, ge=0,
+                        description="Seed of the train/validation split and of training.")
+    min_corpus_tokens: int = setting(
+        env="FINETUNE_MIN_CORPUS_TOKENS",
+        default=2000, ge=1,
+        description="Fewest tokens of text a corpus must hold to build a training set; less "
+        "is refused before any training (`dataset_too_small`).",
+    )
+    lora_r: int = setting(env="FINETUNE_LORA_R", default=16, ge=1, le=1024,
+                          description="LoRA rank (r).")
+    lora_alpha: int = setting(
+        env="FINETUNE_LORA_ALPHA", default=32, ge=1,
+        description="LoRA alpha: the update is scaled by alpha / r.",
+    )
+    lora_dropout: float = setting(env="FINETUNE_LORA_DROPOUT", default=0.05, ge=0.0, lt=1.0,
+                                  description="Dropout on the LoRA input during training.")
+    target_modules: str = setting(
+        env="FINETUNE_TARGET_MODULES",
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        min_length=1,
+        description="Comma-separated projections LoRA adapts (the attention and MLP "
+        "projections of a llama model).",
+    )
+    learning_rate: float = setting(env="FINETUNE_LEARNING_RATE", default=2e-4, gt=0, le=1.0,
+                                   description="Peak learning rate (AdamW, linear decay).")
+    epochs: float = setting(env="FINETUNE_EPOCHS", default=3.0, gt=0, le=100,
+                            description="Passes over the training split (unless a cap stops "
+                            "it first).")
+    batch_size: int = setting(env="FINETUNE_BATCH_SIZE", default=1, ge=1, le=512,
+                              description="Examples per training step (per device).")
+    max_seq_len: int = setting(
+        env="FINETUNE_MAX_SEQ_LEN",
+        default=256, ge=8, le=8192,
+        description="Most tokens of one training example (prompt and completion); the prompt "
+        "is cut from its start first.",
+    )
+    max_steps: int = setting(
+        env="FINETUNE_MAX_STEPS",
+        default=200, ge=1,
+        description="Hard cap on optimizer steps, whatever the epochs ask for.",
+    )
+    max_seconds: float = setting(
+        env="FINETUNE_MAX_SECONDS",
+        default=1800.0, gt=0,
+        description="Hard cap on training time in seconds (wall clock, checked after each "
+        "step); the run saves a checkpoint and stops.",
+    )
+    eval_examples: int = setting(
+        env="FINETUNE_EVAL_EXAMPLES",
+        default=16, ge=0,
+        description="Validation examples the training record's validation loss is computed "
+        "on, at the end of a run (0: none; on a CPU each costs about a third of a step).",
+    )
+    save_steps: int = setting(
+        env="FINETUNE_SAVE_STEPS",
+        default=25, ge=1,
+        description="Steps between checkpoints; a run killed midway resumes from the last.",
     )
     evaluation_n_ctx: int = setting(
         env="EVALUATION_N_CTX",

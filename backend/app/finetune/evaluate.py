@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -49,42 +49,33 @@ DEFAULT_EXAMPLES = 8
 DEFAULT_MAX_TOKENS = 64
 #: Characters of context shown in a sample (its end, where the continuation follows).
 EXCERPT_CHARS = 400
-#: What joins a context and its next passage: they are consecutive passages of prose.
-SEPARATOR = "\n\n"
-
-#: Field names of an example's context and of the passage that follows it, first found wins.
-CONTEXT_FIELDS = ("prompt", "context", "input")
-CONTINUATION_FIELDS = ("completion", "continuation", "output")
+#: The kind of dataset record evaluated (``app.finetune.dataset``): a passage, then the next
+#: passage. Scene-from-summary records (a summary, then a whole chapter) are left out.
+CONTINUATION_KIND = "continuation"
 
 
 @dataclass(frozen=True)
 class ValidationExample:
-    """One validation example: ``context`` (the text before) and ``continuation`` (the real
-    next passage), and ``source`` (the file or chapter it came from, when the line says)."""
+    """One validation example: ``context`` (the prompt, as trained on: the passage before,
+    ending with the paragraph break) and ``continuation`` (the real next passage), and
+    ``source`` (the file or chapter it came from, when the record says)."""
 
     context: str
     continuation: str
     source: str | None = None
 
 
-def _field(row: dict[str, Any], names: Sequence[str]) -> str | None:
-    for name in names:
-        value = row.get(name)
-        if isinstance(value, str) and value.strip():
-            return value
-    return None
-
-
 def read_examples(path: Path, limit: int | None = None) -> list[ValidationExample]:
-    """The first ``limit`` (all with ``None``) examples of the JSONL file at ``path``: one JSON
-    object a line with a context (``prompt``, ``context`` or ``input``) and the next passage
-    (``completion``, ``continuation`` or ``output``), both non-empty text; blank lines are
+    """The first ``limit`` (all with ``None``) continuation examples of the dataset JSONL at
+    ``path`` (``validation.jsonl`` of ``writer-assistant dataset``: one JSON object a line with
+    ``prompt`` and ``completion`` text, ``kind``, and ``unit`` or ``file``). Records of another
+    ``kind`` are skipped; a record without ``kind`` counts as a continuation. Blank lines are
     skipped.
 
     Raises:
         DatasetNotFound: no file at ``path``.
         DatasetInvalid: a line is not such an object (its number is named), or the file holds
-            no example.
+            no continuation example.
     """
     if not path.is_file():
         raise DatasetNotFound(f"No validation file {path.name}: build a dataset first "
@@ -102,20 +93,20 @@ def read_examples(path: Path, limit: int | None = None) -> list[ValidationExampl
             except json.JSONDecodeError as error:
                 raise DatasetInvalid(f"{path.name} line {number} is not JSON ({error.msg}).",
                                      param="validation", line=number) from None
-            context = _field(row, CONTEXT_FIELDS) if isinstance(row, dict) else None
-            continuation = (_field(row, CONTINUATION_FIELDS) if isinstance(row, dict)
-                            else None)
-            if context is None or continuation is None:
-                raise DatasetInvalid(
-                    f"{path.name} line {number} needs a context ({', '.join(CONTEXT_FIELDS)}) "
-                    f"and a next passage ({', '.join(CONTINUATION_FIELDS)}), both non-empty "
-                    "text.", param="validation", line=number)
-            source = row.get("source")
-            examples.append(ValidationExample(context, continuation,
+            if not isinstance(row, dict) or not all(
+                    isinstance(row.get(key), str) and row[key].strip()
+                    for key in ("prompt", "completion")):
+                raise DatasetInvalid(f"{path.name} line {number} needs prompt and completion, "
+                                     "both non-empty text.", param="validation", line=number)
+            if row.get("kind", CONTINUATION_KIND) != CONTINUATION_KIND:
+                continue
+            source = row.get("unit") or row.get("file")
+            examples.append(ValidationExample(row["prompt"], row["completion"],
                                               source if isinstance(source, str) else None))
     if not examples:
-        raise DatasetInvalid(f"{path.name} holds no example: the validation split is empty "
-                             "(build the dataset from more text).", param="validation")
+        raise DatasetInvalid(f"{path.name} holds no continuation example: the validation "
+                             "split is empty (build the dataset from more text).",
+                             param="validation")
     return examples
 
 
@@ -299,11 +290,12 @@ class Evaluator:
         self.n_ctx = min(base.n_ctx, tuned.n_ctx)
 
     def plan(self, example: ValidationExample) -> tuple[list[int], list[int]]:
-        """The prompt tokens (the context and :data:`SEPARATOR`, BOS first where the model
-        wants one) and target tokens (the real passage) of ``example``, cut to fit ``n_ctx``:
+        """The prompt tokens (the context as written, BOS first where the model wants one;
+        tokenized apart from the passage, as training does) and target tokens (the real
+        passage) of ``example``, cut to fit ``n_ctx``:
         the target to at most half the window, the context from its start so that both the
         target and ``max_tokens`` of continuation fit after it."""
-        prompt = self.base.tokenize(example.context + SEPARATOR, bos=True)
+        prompt = self.base.tokenize(example.context, bos=True)
         target = self.base.tokenize(example.continuation, bos=False)[:self.n_ctx // 2]
         room = self.n_ctx - max(len(target), self.max_tokens)
         return prompt[-room:], target

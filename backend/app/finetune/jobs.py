@@ -1,7 +1,9 @@
 """Evaluation jobs of the service: queued by ``POST /api/v1/evaluations``, run in the
 background, kept on disk.
 
-Each job is a directory ``EVALUATIONS_DIR/<tenant>/<id>/`` holding ``job.json`` (an
+Requests name an adapter under ``FINETUNE_DIR/adapters`` and a dataset under
+``FINETUNE_DIR/datasets``, where ``writer-assistant finetune`` and ``dataset`` write them.
+Each job is a directory ``FINETUNE_DIR/evaluations/<tenant>/<id>/`` holding ``job.json`` (an
 :class:`app.schemas.evaluations.EvaluationJob` without its report), and once done
 ``report.json`` and ``chart.png``; so results survive a restart, and another tenant's id is
 simply not found. A job still ``queued`` or ``running`` on disk that no task of this process
@@ -36,6 +38,7 @@ from app.errors import (
     QueueTimeout,
     WriterAssistantError,
 )
+from app.finetune.dataset import VALIDATION_FILE
 from app.finetune.evaluate import (
     EvaluationReport,
     Evaluator,
@@ -59,8 +62,10 @@ T = TypeVar("T")
 StyleSource = Callable[[], tuple[StyleReference | None, str | None]]
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-#: The file a dataset directory holds its validation split in.
-VALIDATION_FILE = "validation.jsonl"
+#: Where, under ``FINETUNE_DIR``, adapters, datasets and evaluations are.
+ADAPTERS = "adapters"
+DATASETS = "datasets"
+EVALUATIONS = "evaluations"
 
 
 def _below(root: Path, name: str) -> Path | None:
@@ -84,8 +89,9 @@ def resolve_adapter(adapters_dir: Path, name: str) -> Path:
             return candidate
         if candidate.is_dir() and len(found := sorted(candidate.glob("*.gguf"))) == 1:
             return found[0]
-    raise AdapterNotFound(f"No adapter {name!r} under ADAPTERS_DIR: name an adapter file "
-                          "(or its directory) relative to that directory.", param="adapter")
+    raise AdapterNotFound(f"No adapter {name!r} under FINETUNE_DIR/{ADAPTERS}: name one that "
+                          "`writer-assistant finetune --name NAME` made (or its .gguf file, "
+                          "relative to that directory).", param="adapter")
 
 
 def resolve_validation(finetune_dir: Path, name: str) -> Path:
@@ -99,9 +105,9 @@ def resolve_validation(finetune_dir: Path, name: str) -> Path:
     if path is not None and path.is_dir():
         path = path / VALIDATION_FILE
     if path is None or not path.is_file():
-        raise DatasetNotFound(f"No validation file {name!r} under FINETUNE_DIR: name a "
-                              "dataset directory (from `writer-assistant dataset`) or its "
-                              f"{VALIDATION_FILE}, relative to that directory.",
+        raise DatasetNotFound(f"No validation file {name!r} under FINETUNE_DIR/{DATASETS}: "
+                              "name a dataset that `writer-assistant dataset --name NAME` "
+                              f"made (or its {VALIDATION_FILE}, relative to that directory).",
                               param="validation")
     return path
 
@@ -129,7 +135,7 @@ def _now() -> datetime:
 
 
 class EvaluationJobs:
-    """The evaluation jobs of one service: on disk under ``settings.evaluations_dir``, run
+    """The evaluation jobs of one service: on disk under ``FINETUNE_DIR/evaluations``, run
     as background turns of ``scheduler``, on the base model at ``model_path`` (``None``: the
     embedded one) with ``n_threads`` threads (``None``: all cores)."""
 
@@ -143,7 +149,7 @@ class EvaluationJobs:
 
     # --- disk ---------------------------------------------------------------------------
     def _dir(self, tenant: str, job_id: str) -> Path:
-        return self.settings.evaluations_dir / tenant / job_id
+        return self.settings.dir / EVALUATIONS / tenant / job_id
 
     def _save(self, tenant: str, job: EvaluationJob) -> None:
         directory = self._dir(tenant, job.id)
@@ -199,8 +205,8 @@ class EvaluationJobs:
             AdapterMismatch: it was made for another base model (HTTP 409).
             DatasetInvalid: the validation file has a bad line or no example (HTTP 422).
         """
-        adapter = resolve_adapter(self.settings.adapters_dir, request.adapter)
-        validation = resolve_validation(self.settings.dir, request.validation)
+        adapter = resolve_adapter(self.settings.dir / ADAPTERS, request.adapter)
+        validation = resolve_validation(self.settings.dir / DATASETS, request.validation)
         examples = read_examples(validation, request.examples)
         check_base(self.model_path, adapter)
         job = EvaluationJob(id=uuid.uuid4().hex, status="queued",

@@ -192,7 +192,13 @@ class GgufTokenizer:
         """Tokens of ``text`` on its own: no BOS, special-token text not parsed."""
         if not text:
             return 0
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self.tokenize(text))
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` on its own: no BOS, special-token text not parsed."""
+        if not text:
+            return []
+        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
         """The prompt text with the chat template applied and the generation prompt added."""

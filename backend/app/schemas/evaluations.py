@@ -39,11 +39,12 @@ class EvaluationRequest(_Strict):
     """An evaluation of an adapter against the base model."""
 
     adapter: RelativePath = Field(
-        description="The adapter: its name or a path relative to ADAPTERS_DIR (a .gguf file, "
-        "or a directory holding one).", examples=["holmes"])
+        description="The adapter: its name (`writer-assistant finetune --name`), or a .gguf "
+        "path relative to FINETUNE_DIR/adapters.", examples=["holmes"])
     validation: RelativePath = Field(
-        description="The validation split: a path relative to FINETUNE_DIR (a JSONL file, "
-        "or a dataset directory holding validation.jsonl).", examples=["holmes"])
+        description="The dataset: its name (`writer-assistant dataset --name`), whose "
+        "validation.jsonl is evaluated, or a JSONL path relative to FINETUNE_DIR/datasets.",
+        examples=["holmes"])
     examples: int = Field(default=DEFAULT_EXAMPLES, ge=1, le=MAX_EXAMPLES,
                           description="Examples evaluated (the file's first ones).")
     max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_EVALUATION_TOKENS,

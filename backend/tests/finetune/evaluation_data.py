@@ -1,10 +1,14 @@
 """Validation examples for the evaluation tests: consecutive paragraphs of a Sherlock Holmes
-story (``../shared/corpus``), written as the dataset's JSONL (``prompt``, ``completion``)."""
+story (``../shared/corpus``), written as ``writer-assistant dataset`` writes its JSONL
+(:meth:`app.finetune.dataset.Example.record`: a continuation prompt ends with the paragraph
+break)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from app.finetune.dataset import PASSAGE_BREAK
 
 CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus"
 STORY = CORPUS / "doyle-adventures-of-sherlock-holmes.txt"
@@ -23,6 +27,7 @@ def write_validation(path: Path, examples: int = 2) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
         for context, following in zip(chosen[::2], chosen[1::2], strict=True):
-            out.write(json.dumps({"prompt": context, "completion": following,
-                                  "source": STORY.name}) + "\n")
+            out.write(json.dumps({"kind": "continuation", "prompt": context + PASSAGE_BREAK,
+                                  "completion": following, "file": STORY.name,
+                                  "unit": STORY.name}) + "\n")
     return path

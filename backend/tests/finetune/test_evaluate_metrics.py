@@ -125,11 +125,13 @@ def test_without_a_voice_profile_style_is_null_with_the_reason(zero_pair, exampl
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("", "holds no example"),
-    ("\n\n", "holds no example"),
-    ('{"prompt": "a"}\n', "line 1 needs a context"),
+    ("", "holds no continuation example"),
+    ("\n\n", "holds no continuation example"),
+    ('{"kind": "scene_from_summary", "prompt": "a", "completion": "b"}\n',
+     "holds no continuation example"),
+    ('{"prompt": "a"}\n', "line 1 needs prompt and completion"),
     ('{"prompt": "a", "completion": "b"}\nnot json\n', "line 2 is not JSON"),
-    ('["prompt", "completion"]\n', "line 1 needs a context"),
+    ('["prompt", "completion"]\n', "line 1 needs prompt and completion"),
 ])
 def test_bad_validation_files_are_refused_with_what_to_fix(tmp_path, content, message):
     path = tmp_path / "validation.jsonl"
@@ -141,3 +143,18 @@ def test_bad_validation_files_are_refused_with_what_to_fix(tmp_path, content, me
 def test_a_missing_validation_file_is_not_found(tmp_path):
     with pytest.raises(DatasetNotFound):
         read_examples(tmp_path / "nothing.jsonl")
+
+
+def test_the_validation_split_of_a_built_dataset_is_read(tmp_path):
+    from app.finetune.dataset import build_dataset, documents_from_paths
+    from app.llm.llama import GgufTokenizer, default_model_path
+    from tests.finetune.evaluation_data import STORY
+
+    documents = documents_from_paths([STORY], 50_000_000)
+    build_dataset(documents, tmp_path, tokenizer=GgufTokenizer.load(default_model_path()),
+                  source=str(STORY), split_by="chapter")
+    records = [json.loads(line) for line in (tmp_path / "validation.jsonl").open()]
+    examples = read_examples(tmp_path / "validation.jsonl")
+    assert len(examples) == sum(r["kind"] == "continuation" for r in records) > 0
+    assert examples[0].context == records[0]["prompt"] and examples[0].context.endswith("\n\n")
+    assert examples[0].source == records[0]["unit"]

@@ -38,11 +38,11 @@ JobId = PathParam(description="The id POST /api/v1/evaluations answered.", max_l
              responses=_CREATE)
 async def create_evaluation(body: EvaluationRequest, response: Response,
                             services: Services = Depends(get_services)) -> EvaluationJob:
-    """Queue an evaluation of ``adapter`` (under ADAPTERS_DIR) against the base model on the
-    validation split ``validation`` (under FINETUNE_DIR): perplexity of the real next
-    passages, ROUGE-L and BLEU of greedy continuations, style similarity to your voice
-    profile, and side-by-side samples. Answers at once with the job; poll
-    ``GET /api/v1/evaluations/{id}``. The files are checked, and the examples read, before
+    """Queue an evaluation of the adapter ``adapter`` against the base model on the
+    validation split of the dataset ``validation`` (both by name, under FINETUNE_DIR):
+    perplexity of the real next passages, ROUGE-L and BLEU of greedy continuations, style
+    similarity to your voice profile, and side-by-side samples. Answers at once with the job;
+    poll ``GET /api/v1/evaluations/{id}``. The files are checked, and the examples read, before
     anything is queued."""
     tenant = current_tenant.get()
     jobs = services.evaluations
