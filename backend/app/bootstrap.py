@@ -33,6 +33,7 @@ from app.archive.service import ArchiveState, load_archive
 from app.config import Settings, warn_unknown_settings
 from app.context.summaries import SummaryCache
 from app.errors import GenerationStoreUnavailable, ModelUnavailable
+from app.finetune.jobs import EvaluationJobs
 from app.generations.recorder import Recorder
 from app.generations.records import ModelIdentity
 from app.llm.protocol import TextGenerator
@@ -82,8 +83,9 @@ def build_services(settings: Settings, generator: TextGenerator | None = None) -
     """The services of one app (or one command), every collaborator created here: the
     metrics (their own registry, tracking the queue and the prefix cache), the scheduler
     (``QUEUE_MAX_WAITING``, ``QUEUE_MAX_WAIT_S``, ``PROMOTE_AFTER_S``), the open-streams
-    count and the archive's state (``disabled`` unless ``ARCHIVE_ENABLED``, else ``loading``
-    until :func:`app.archive.service.load_archive` runs).
+    count, the archive's state (``disabled`` unless ``ARCHIVE_ENABLED``, else ``loading``
+    until :func:`app.archive.service.load_archive` runs) and the evaluation jobs (on disk
+    under ``EVALUATIONS_DIR``, taking background turns of the scheduler).
 
     With ``generator`` (tests), the runner is built on it at once (:func:`attach_generator`,
     which opens the summary cache) and the generator is marked as not the services' own:
@@ -101,8 +103,11 @@ def build_services(settings: Settings, generator: TextGenerator | None = None) -
                           limits.promote_after_s)
     archive = ArchiveState(status="loading" if settings.archive.enabled else "disabled",
                            metrics=metrics)
+    evaluations = EvaluationJobs(settings.finetune, scheduler, settings.model.path,
+                                 settings.model.n_threads)
     services = Services(settings=settings, model=ModelState(), archive=archive,
-                        scheduler=scheduler, streams=OpenStreams(), metrics=metrics)
+                        scheduler=scheduler, streams=OpenStreams(), metrics=metrics,
+                        evaluations=evaluations)
     metrics.track_queue(lambda: scheduler.running, lambda: scheduler.waiting)
     metrics.track_prefix_cache(services.prefix_cache_stats)
     if generator is not None:
@@ -239,9 +244,14 @@ async def close_services(services: Services) -> None:
     feedback database, when a request opened it.
 
     The metrics (an in-memory registry), the scheduler and the open-streams count hold
-    nothing to release. Call it once, after serving. Never raises: a failing step is logged
-    and the others still run.
+    nothing to release. Running evaluation jobs are cancelled first (each records itself as
+    interrupted and closes its models). Call it once, after serving. Never raises: a failing
+    step is logged and the others still run.
     """
+    try:
+        await services.evaluations.aclose()
+    except Exception:
+        logger.exception("stopping the evaluation jobs failed")
     runner = services.runner
     if runner is not None:
         try:

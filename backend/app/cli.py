@@ -675,3 +675,115 @@ def finetune(
     typer.echo(f"{record.steps} steps on {record.device}{resumed} ({record.stopped_by}), train "
                f"loss {record.train_loss:.3f}{validation}, {record.seconds:.0f} s")
     typer.echo(f"adapter: {adapter_dir / record.adapter_gguf}")
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+def _evaluation_style(ctx: typer.Context, enabled: bool) -> tuple[Any, str | None]:
+    """The voice profile to compare continuations with (the tenant's archive), or ``None``
+    and why not."""
+    from app.finetune.evaluate import voice_style
+    from app.voice.service import VoiceProfiles
+
+    if not enabled:
+        return None, "Not measured (--no-style)."
+    settings = Settings(**ctx.obj)
+    if not settings.archive.enabled:
+        return voice_style(VoiceProfiles(), None)  # the note says why
+    from app.archive.service import Archive
+    from app.observability.metrics import Metrics
+
+    try:
+        archive = Archive.open(settings.archive, Metrics())
+    except WriterAssistantError as error:
+        return None, error.message
+    ctx.call_on_close(archive.close)
+    return voice_style(VoiceProfiles(), archive.for_tenant(current_tenant.get()))
+
+
+def _clip(text: str, limit: int = 240) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _print_evaluation(report: Any) -> None:
+    """The metrics, base against tuned, then the samples side by side (rich tables)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    metrics = Table(title=f"{report.settings.examples} examples, {report.settings.max_tokens} "
+                    f"completion tokens at most, {report.seconds:.1f} s")
+    for column in ("metric", "base", "tuned"):
+        metrics.add_column(column, justify="left" if column == "metric" else "right")
+    for label, name in (("perplexity (lower is better)", "perplexity"),
+                        ("NLL, nats per token", "nll_nats_per_token"),
+                        ("ROUGE-L F1", "rouge_l"), ("BLEU", "bleu"),
+                        ("style similarity", "style_similarity"),
+                        ("completion tokens", "completion_tokens"), ("seconds", "seconds")):
+        values = [getattr(report.base, name), getattr(report.tuned, name)]
+        metrics.add_row(label, *("n/a" if v is None else f"{v:g}" for v in values))
+    console.print(metrics)
+    if report.style_note:
+        console.print(f"style similarity: {report.style_note}")
+    samples = Table(title="Side by side", show_lines=True)
+    for column in ("#", "context (end)", "real next passage", "base", "tuned"):
+        samples.add_column(column, overflow="fold")
+    for sample in report.samples:
+        samples.add_row(str(sample.index), _clip(sample.context_excerpt, 160),
+                        _clip(sample.reference), _clip(sample.base), _clip(sample.tuned))
+    console.print(samples)
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    validation: Annotated[Path, typer.Option(
+        help="The validation split: a JSONL file, or a dataset directory holding "
+        "validation.jsonl (`writer-assistant dataset`).", exists=True, readable=True)],
+    adapter: Annotated[Path, typer.Option(
+        help="The LoRA adapter to apply to the base model (MODEL_PATH): its GGUF file, or "
+        "the adapter directory of `writer-assistant finetune` (its adapter.gguf).",
+        exists=True, readable=True)],
+    examples: Annotated[int, typer.Option(min=1, help="Examples evaluated (the file's "
+                                          "first ones).")] = 8,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Completion tokens of each "
+                                            "continuation at most.")] = 64,
+    out: Annotated[Path, typer.Option(help="Directory for report.json and chart.png.")]
+    = Path("evaluation"),
+    style: Annotated[bool, typer.Option(
+        "--style/--no-style", help="Measure style similarity to your voice profile (needs "
+        "the archive: loads the embedding model).")] = True,
+) -> None:
+    """Compare the base model with base plus ADAPTER on the validation split: perplexity of
+    the real next passages, ROUGE-L and BLEU of greedy continuations, style similarity to
+    your voice; print the metrics and the samples side by side, write report.json and
+    chart.png."""
+    from app.finetune.evaluate import evaluate as run_evaluation
+    from app.finetune.evaluate import open_scorers, read_examples, write_outputs
+    from app.finetune.jobs import resolve_adapter, resolve_validation
+
+    settings = Settings(**ctx.obj)
+    try:
+        path = resolve_validation(validation.parent, validation.name)
+        adapter = resolve_adapter(adapter.parent, adapter.name)
+        rows = read_examples(path, examples)
+        reference, note = _evaluation_style(ctx, style)
+        base, tuned = open_scorers(_base_model_path(settings), adapter,
+                                   settings.finetune.evaluation_n_ctx, settings.model.n_threads)
+    except WriterAssistantError as error:
+        _fail(error)
+    try:
+        with tqdm(total=len(rows), desc="examples", unit="example", file=sys.stderr) as bar:
+            def advance(_done: int, _total: int) -> None:
+                bar.update(1)
+
+            report = run_evaluation(base, tuned, rows, adapter=str(adapter),
+                                    validation=str(path), max_tokens=max_tokens,
+                                    style=reference, style_note=note, progress=advance)
+    finally:
+        base.close()
+        tuned.close()
+    json_path, chart_path = write_outputs(report, out)
+    _print_evaluation(report)
+    typer.echo(f"wrote {json_path} and {chart_path}", err=True)

@@ -1013,6 +1013,12 @@ class FinetuneSettings(_Group):
     16, alpha 32, learning rate 2e-4, 3 epochs) are the ones of the project's reference
     pipeline. On these 2-core CPUs a step at 1 x 256 tokens takes about 25 s, so cap real runs
     with `FINETUNE_MAX_STEPS` and `FINETUNE_MAX_SECONDS`; a CUDA GPU is used when present.
+
+    `writer-assistant evaluate` and `POST /api/v1/evaluations` compare the base model with base
+    plus an adapter on a dataset's validation split (perplexity, ROUGE-L, BLEU, style
+    similarity, side-by-side samples); the service keeps its evaluations under
+    `FINETUNE_DIR/evaluations`. Requests name datasets and adapters by name, under
+    `FINETUNE_DIR/datasets` and `FINETUNE_DIR/adapters` (relative paths, no `..`).
     """
 
     title: ClassVar[str] = "Fine-tuning"
@@ -1092,6 +1098,14 @@ class FinetuneSettings(_Group):
         env="FINETUNE_SAVE_STEPS",
         default=25, ge=1,
         description="Steps between checkpoints; a run killed midway resumes from the last.",
+    )
+    evaluation_n_ctx: int = setting(
+        env="EVALUATION_N_CTX",
+        default=1024, ge=256, le=32_768,
+        description="Context window (tokens) of the models an evaluation opens beside the "
+        "served one; each keeps the logits of every position, n_ctx x 49,152 floats "
+        "(about 200 MB at 1024 for the embedded model). A longer example's context is cut "
+        "from its start to fit.",
     )
 
 

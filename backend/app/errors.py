@@ -237,3 +237,29 @@ class AdapterMismatch(WriterAssistantError):
     ``details`` carries both hashes. Train the adapter again on this base."""
 
     code = "adapter_mismatch"
+
+
+class AdapterNotFound(WriterAssistantError):
+    """No LoRA adapter of that name (or path) under ``ADAPTERS_DIR``."""
+
+    code = "adapter_not_found"
+
+
+class DatasetNotFound(WriterAssistantError):
+    """No dataset file of that name (or path) under ``FINETUNE_DIR``."""
+
+    code = "dataset_not_found"
+
+
+class DatasetInvalid(InvalidRequest):
+    """A dataset file that cannot be used: a line that is not a JSON object with the fields
+    an example needs, or no example at all."""
+
+    code = "dataset_invalid"
+
+
+class EvaluationNotFound(WriterAssistantError):
+    """No evaluation job of that id for the caller (another tenant's job is not found
+    either)."""
+
+    code = "evaluation_not_found"

@@ -14,6 +14,7 @@ from app.api.sse import OpenStreams
 from app.archive.service import Archive, ArchiveState
 from app.config import Settings
 from app.errors import ModelUnavailable
+from app.finetune.jobs import EvaluationJobs
 from app.llm.prefix_cache import CacheStats, PrefixCache
 from app.llm.protocol import TextGenerator
 from app.llm.scheduler import Scheduler
@@ -48,6 +49,7 @@ class Services:
     scheduler: Scheduler
     streams: OpenStreams
     metrics: Metrics
+    evaluations: EvaluationJobs
     runner: AgentRunner | None = None
     feedback: FeedbackStore | None = None
     voices: VoiceProfiles = field(default_factory=VoiceProfiles)

@@ -24,12 +24,16 @@ from starlette.types import Receive, Scope, Send
 
 from app.errors import (
     AdapterMismatch,
+    AdapterNotFound,
     AgentOutputInvalid,
     ArchiveFileNotFound,
     ArchiveUnavailable,
     ContextLengthExceeded,
+    DatasetInvalid,
+    DatasetNotFound,
     DocumentTooLarge,
     EmbeddingModelMismatch,
+    EvaluationNotFound,
     FeedbackUnavailable,
     GenerationFailed,
     GenerationNotFound,
@@ -90,6 +94,10 @@ STATUS: dict[type[WriterAssistantError], int] = {
     GenerationTimeout: 504,
     RateLimited: 429,
     Unauthenticated: 401,
+    AdapterNotFound: 404,
+    DatasetNotFound: 404,
+    DatasetInvalid: 422,
+    EvaluationNotFound: 404,
     InvalidAdapter: 422,
     AdapterMismatch: 409,
 }

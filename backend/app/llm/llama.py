@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import llama_cpp
+import numpy as np
 from llama_cpp import Llama, LlamaGrammar, StoppingCriteriaList, llama_types
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.config import ModelSettings
-from app.errors import GenerationFailed, ModelUnavailable
+from app.errors import GenerationFailed, InvalidAdapter, ModelUnavailable
 from app.llm.prefix_cache import Match, PrefixCache, Snapshot, as_tokens, common_prefix
 from app.llm.protocol import (
     ChatMessage,
@@ -238,6 +239,101 @@ class GgufTokenizer:
 
     def _tokenize_rendered(self, prompt: str) -> list[int]:
         return self._llama.tokenize(prompt.encode("utf-8"), add_bos=self._add_bos, special=True)
+
+
+
+class LlamaScorer:
+    """A model opened for evaluation, not for serving: the base GGUF, with a LoRA adapter
+    applied when one is given (``Llama(lora_path=...)``), keeping the logits of every position
+    (``logits_all``) so that the probability the model gives each token of a text can be read.
+
+    Its own ``Llama`` (the service's model stays as it is): ``n_ctx`` tokens of window, and a
+    float32 score matrix of ``n_ctx x n_vocab`` (about 200 MB at ``n_ctx`` 1024 for the
+    49,152-token vocabulary of SmolLM2). Blocking and not thread-safe: one caller at a time.
+    """
+
+    def __init__(self, llama: Llama, name: str) -> None:
+        self._llama = llama
+        self.name = name
+
+    @classmethod
+    def load(cls, model_path: Path, adapter_path: Path | None = None, *, n_ctx: int,
+             n_threads: int | None = None) -> LlamaScorer:
+        """Open ``model_path`` (with the LoRA adapter at ``adapter_path``) for scoring
+        (blocking: about a second for the embedded model; an adapter turns off mmap, so the
+        base's weights are read into memory).
+
+        Raises:
+            ModelUnavailable: the base file is missing, not GGUF or fails to load.
+            InvalidAdapter: the adapter is not GGUF, or llama.cpp refuses it for this base
+                (another architecture, tensor names or shapes that do not match;
+                :func:`app.finetune.export.check_adapter` says so earlier and better).
+        """
+        check_gguf(model_path)
+        if adapter_path is not None:
+            try:
+                check_gguf(adapter_path, "the adapter")
+            except ModelUnavailable:
+                raise InvalidAdapter(f"{adapter_path.name} is not a readable GGUF file.",
+                                     param="adapter") from None
+        threads = n_threads or os.cpu_count() or 1
+        try:
+            llama = Llama(model_path=str(model_path),
+                          lora_path=str(adapter_path) if adapter_path else None,
+                          n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                          logits_all=True, verbose=False)
+        except (ValueError, RuntimeError, OSError) as error:
+            logger.error("llama.cpp could not load %s (adapter %s): %s", model_path,
+                         adapter_path, error)
+            if adapter_path is not None and "LoRA" in str(error):
+                raise InvalidAdapter(
+                    f"llama.cpp refused the adapter {adapter_path.name} for the base model "
+                    f"{model_path.stem}: it was made for another base model, or is no LoRA "
+                    "adapter (see the server log).", param="adapter") from error
+            raise ModelUnavailable("The model file could not be loaded: check MODEL_PATH "
+                                   "(see the server log).") from error
+        name = model_path.stem + (f"+{adapter_path.stem}" if adapter_path else "")
+        return cls(llama, name)
+
+    @property
+    def n_ctx(self) -> int:
+        """The scorer's context window, in tokens."""
+        return self._llama.n_ctx()
+
+    def tokenize(self, text: str, *, bos: bool) -> list[int]:
+        """Token ids of ``text`` (special-token text not parsed), with BOS first when ``bos``
+        and the model wants one."""
+        add_bos = bos and bool(self._llama._model.add_bos_token())
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+
+    def logits(self, tokens: Sequence[int], first: int = 0) -> np.ndarray:
+        """The model's logits after each of ``tokens`` from position ``first`` on, evaluated
+        from an empty KV cache: shape ``(len(tokens) - first, n_vocab)``, float32; row ``i``
+        scores the token at position ``first + i + 1``.
+
+        Raises:
+            ValueError: more tokens than ``n_ctx``.
+        """
+        if len(tokens) > self.n_ctx:
+            raise ValueError(f"{len(tokens)} tokens do not fit n_ctx {self.n_ctx}")
+        self._llama.reset()
+        self._llama.eval(list(tokens))
+        return np.array(self._llama.scores[first:len(tokens)], copy=True)
+
+    def greedy(self, prompt_tokens: Sequence[int], max_tokens: int) -> tuple[str, int]:
+        """Greedy decoding (temperature 0: the most probable token each step) after
+        ``prompt_tokens``, until the end-of-generation token or ``max_tokens``: the text and
+        its completion tokens. Reuses the KV cache for the prompt's prefix already in it."""
+        completion = self._llama.create_completion(
+            list(prompt_tokens), max_tokens=max_tokens, temperature=0.0, top_k=1,
+            repeat_penalty=1.0, seed=0)
+        done = cast(llama_types.CreateCompletionResponse, completion)
+        usage = done.get("usage") or {"completion_tokens": 0}
+        return done["choices"][0]["text"], int(usage["completion_tokens"])
+
+    def close(self) -> None:
+        """Free the model and its adapter (the object is unusable afterwards)."""
+        self._llama.close()
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from fastapi import APIRouter
 
 from app.agents.spec import AgentSpec
-from app.api.v1 import archive, health, metrics, tokens, voice
+from app.api.v1 import archive, evaluations, health, metrics, tokens, voice
 from app.api.v1.agents import agents_router
 from app.api.v1.context import context_router
 from app.api.v1.generations import generations_router
@@ -27,6 +27,7 @@ def build_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
     router.include_router(generations_router(registry), prefix=API_PREFIX)
     router.include_router(archive.router, prefix=API_PREFIX)
     router.include_router(voice.router, prefix=API_PREFIX)
+    router.include_router(evaluations.router, prefix=API_PREFIX)
     router.include_router(health.router, prefix=API_PREFIX)
     router.include_router(health.router)
     router.include_router(metrics.router)
