@@ -256,3 +256,17 @@ def test_the_store_does_not_block_on_a_busy_event_loop(settings):
     import asyncio
 
     asyncio.run(go())
+
+
+def test_expired_records_are_purged_while_the_server_runs(settings):
+    """The purge runs again every GENERATIONS_PURGE_INTERVAL_S, not only at startup."""
+    short = settings.replace(generations_retention_days=1.0 / 86_400,
+                             generations_purge_interval_s=0.1)
+    with TestClient(create_app(short, generator=FakeGenerator())) as client:
+        made = client.post("/api/v1/generate-chapter", json=_body()).json()["generation_id"]
+        assert client.get(f"/api/v1/generations/{made}").status_code == 200
+        for _ in range(100):
+            if client.get(f"/api/v1/generations/{made}").status_code == 404:
+                break
+            time.sleep(0.05)
+        assert client.get(f"/api/v1/generations/{made}").status_code == 404
