@@ -237,3 +237,11 @@ class AdapterMismatch(WriterAssistantError):
     ``details`` carries both hashes. Train the adapter again on this base."""
 
     code = "adapter_mismatch"
+
+
+class UnknownModel(InvalidRequest):
+    """A request's ``model`` names neither ``base`` nor a registered adapter (or an adapter
+    this server cannot serve: a remote model server serves only ``base``); ``details.available``
+    lists the names it may use."""
+
+    code = "unknown_model"
