@@ -99,6 +99,10 @@ class ModelRecord(BaseModel):
     sha256: str | None = Field(description="SHA-256 of the GGUF file (hex); null for a "
                                "remote server.")
     runtime: str | None = Field(description="What ran it, e.g. llama-cpp-python 0.3.36.")
+    adapter: str | None = Field(default=None, description="The LoRA adapter applied (its "
+                                "registry name, the request's `model`); null: the base model.")
+    adapter_sha256: str | None = Field(default=None, description="SHA-256 (hex) of the "
+                                       "adapter's GGUF file; null: the base model.")
 
 
 class GenerationRecord(BaseModel):

@@ -48,6 +48,11 @@ class AgentRequest(_Strict):
         default=False, description="Keep this request in its generation record (stories are "
         "private, so by default only its SHA-256 is kept); a stored request can be replayed "
         "without sending it again.")
+    model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                            max_length=64)] = Field(
+        default="base", description="The model to generate with: `base` (the served model "
+        "itself) or the name of a registered LoRA adapter (GET /api/v1/models lists them). "
+        "An unknown name is refused (422 `unknown_model`, listing the names there are).")
 
 
 class TargetWordsRequest(AgentRequest):
