@@ -4,6 +4,7 @@ request's `model` (routing, refusals, records and the cache key) and GET /api/v1
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,13 +37,22 @@ def registry(settings: Settings) -> AdapterRegistry:
     return AdapterRegistry(settings.adapters.dir)
 
 
+@pytest.fixture(scope="module")
+def _prebuilt(base_gguf, base_sha256, tmp_path_factory) -> Path:
+    """A registry with `holmes` (from a fine-tune's directory, record included) and `bare`
+    (a bare GGUF file); registering reads the base GGUF's metadata (seconds), so once."""
+    out = tmp_path_factory.mktemp("sources")
+    registry = AdapterRegistry(out / "adapters")
+    registry.add("holmes", finetune_dir(out / "ft", base_gguf, base_sha256, tensors=False),
+                 base_gguf)
+    registry.add("bare", metadata_adapter(out / "bare.gguf", base_sha256), base_gguf)
+    return registry.directory
+
+
 @pytest.fixture
-def holmes(registry, base_gguf, base_sha256, tmp_path) -> AdapterRegistry:
-    """The registry with `holmes` (from a fine-tune's directory, record included) and `bare`
-    (a bare GGUF file)."""
-    registry.add("holmes", finetune_dir(tmp_path / "ft", base_gguf, base_sha256,
-                                        tensors=False), base_gguf)
-    registry.add("bare", metadata_adapter(tmp_path / "bare.gguf", base_sha256), base_gguf)
+def holmes(registry, _prebuilt) -> AdapterRegistry:
+    """This test's registry holding `holmes` and `bare` (see ``_prebuilt``)."""
+    shutil.copytree(_prebuilt, registry.directory)
     return registry
 
 
