@@ -3,9 +3,9 @@
 :func:`make_adapter` writes a peft adapter (``adapter_config.json`` and
 ``adapter_model.safetensors``) of random A and B matrices and exports it with the real
 exporter to a GGUF LoRA adapter for the base model; ``scale`` sets how far it moves the
-model (0.2 changes SmolLM2-135M's greedy output within a few tokens). :func:`metadata_adapter`
-writes a GGUF LoRA adapter of metadata only, naming any base model (what registering reads). :func:`training_record` is a training record
-to put beside one.
+model (0.2 changes SmolLM2-135M's greedy output within a few tokens).
+:func:`metadata_adapter` writes a GGUF LoRA adapter of metadata only, naming any base model
+(what registering reads). :func:`training_record` is a training record to put beside one.
 """
 
 from __future__ import annotations

@@ -6,14 +6,12 @@ KV cache nor a prefix snapshot), so the base answers the same before and after t
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from app.config import Settings
-from app.llm.llama import LlamaRuntime, default_model_path
+from app.llm.llama import LlamaRuntime, default_model_path, file_sha256
 from app.llm.protocol import ChatMessage, LoraAdapter, SamplingParams, SharedPrefix
-from app.llm.llama import file_sha256
 from tests.lora import make_adapter
 
 pytestmark = pytest.mark.model

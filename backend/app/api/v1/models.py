@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.api.errors import REFUSALS, error_responses
-from app.errors import ModelUnavailable
+from app.api.errors import MODEL_ERRORS, REFUSALS, error_responses
 from app.schemas.models import AdapterInfo, BaseModelInfo, ModelsResponse
 from app.state import Services, get_services
 
@@ -13,7 +12,7 @@ router = APIRouter(tags=["models"])
 
 
 @router.get("/models", response_model=ModelsResponse,
-            responses=error_responses(*REFUSALS, ModelUnavailable))
+            responses=error_responses(*REFUSALS, *MODEL_ERRORS))
 async def list_models(services: Services = Depends(get_services)) -> ModelsResponse:
     """The models a request's `model` may name: `base` (the served model: its name, GGUF
     SHA-256 and n_ctx) and every registered LoRA adapter with its training record. Adapters
