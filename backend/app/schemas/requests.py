@@ -50,9 +50,8 @@ class AgentRequest(_Strict):
         "without sending it again.")
     model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                             max_length=64)] = Field(
-        default="base", description="The model to generate with: `base` (the served model "
-        "itself) or the name of a registered LoRA adapter (GET /api/v1/models lists them). "
-        "An unknown name is refused (422 `unknown_model`, listing the names there are).")
+        default="base", description="`base` (the served model) or a registered LoRA "
+        "adapter's name (GET /api/v1/models).")
 
 
 class TargetWordsRequest(AgentRequest):

@@ -211,3 +211,14 @@ def test_models_lists_the_base_and_every_adapter_with_its_record(settings, holme
     assert training["steps"] == 2 and training["hyperparameters"]["lora_r"] == 4
     assert training["train_loss"] == 3.25 and training["dataset"]["train"]["examples"] == 4
     assert body["adapters"][0]["training"] is None
+
+
+def test_the_request_digest_names_an_adapter_but_not_the_default_base():
+    from app.generations.records import request_json, request_sha256
+    from app.schemas.requests import GenerateChapterRequest
+
+    plain = GenerateChapterRequest.model_validate(seed_example())
+    base = GenerateChapterRequest.model_validate({**seed_example(), "model": "base"})
+    tuned = GenerateChapterRequest.model_validate({**seed_example(), "model": "holmes"})
+    assert "model" not in request_json(base) and request_json(tuned)["model"] == "holmes"
+    assert request_sha256(plain) == request_sha256(base) != request_sha256(tuned)
