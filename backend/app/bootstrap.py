@@ -34,6 +34,7 @@ from app.config import Settings, warn_unknown_settings
 from app.context.summaries import SummaryCache
 from app.errors import GenerationStoreUnavailable, ModelUnavailable
 from app.finetune.jobs import EvaluationJobs
+from app.finetune.registry import AdapterRegistry
 from app.generations.recorder import Recorder
 from app.generations.records import ModelIdentity
 from app.llm.protocol import TextGenerator
@@ -125,6 +126,9 @@ def build_runner(settings: Settings, generator: TextGenerator, scheduler: Schedu
     retrieved passages in each request's context; with ``require_archive`` (returns the
     request's archive or raises ``ArchiveUnavailable``), the archivist's retrieval.
 
+    A request's ``model`` picks ``base`` or a LoRA adapter of the registry in
+    ``ADAPTERS_DIR`` (when the generator serves adapters).
+
     Opens the summary cache (:func:`open_summary_cache`), the generation store (with
     ``GENERATIONS_ENABLED``: :func:`open_recorder`) and the runner's assembly threads;
     :func:`close_runner` releases them.
@@ -145,7 +149,8 @@ def build_runner(settings: Settings, generator: TextGenerator, scheduler: Schedu
                                        if archive is not None else None),
                        retrieve=(archive_search(require_archive) if require_archive is not None
                                  else None),
-                       summary_cache=cache, recorder=recorder)
+                       summary_cache=cache, recorder=recorder,
+                       adapters=AdapterRegistry(settings.adapters.dir))
 
 
 def open_recorder(settings: Settings, generator: TextGenerator, metrics: Metrics) -> Recorder:

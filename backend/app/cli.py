@@ -7,7 +7,8 @@ the same :class:`app.agents.runner.AgentRunner` as the service. Archive commands
 PATH...`` (with a progress bar), ``reindex``, ``search``, ``files``, ``delete``, ``stats``.
 ``generations list|show|replay|export``: the generation records (:mod:`app.generations.cli`).
 The author's own model: ``dataset`` (a training set from the voice files or paths) and
-``finetune`` (a LoRA adapter of the embedded model, exported as a GGUF LoRA adapter).
+``finetune`` (a LoRA adapter of the embedded model, exported as a GGUF LoRA adapter);
+``adapters add|remove|list``: the adapters served beside the base (:mod:`app.finetune.cli`).
 All read the same settings as the server (environment and ``.env``); ``--db-path``,
 ``--chroma-host`` and ``--chroma-port`` override the store's location.
 """
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from app.config import Settings
 from app.errors import ArchiveUnavailable, WriterAssistantError
+from app.finetune.cli import app as adapters_app
 from app.generations.cli import app as generations_app
 from app.tenancy import LOCAL_TENANT, current_tenant
 
@@ -46,6 +48,7 @@ app = typer.Typer(help="Writer Assistant: command-line tools.", no_args_is_help=
 
 
 app.add_typer(generations_app, name="generations")
+app.add_typer(adapters_app, name="adapters")
 
 
 @app.callback()

@@ -1109,6 +1109,30 @@ class FinetuneSettings(_Group):
     )
 
 
+class AdapterSettings(_Group):
+    """LoRA adapters served beside the base model.
+
+    Adapters are registered by name in `ADAPTERS_DIR` (`writer-assistant adapters add NAME
+    PATH`, checked against the served base model) and a request picks one with `"model":
+    "NAME"` (`"base"`, the default, is the model itself). One loaded base model serves them
+    all: an adapter is loaded the first time a request asks for it and applied per
+    generation, inside the generation's turn at the model. `GET /api/v1/models` lists them
+    with their training records. Only the in-process model (`LLM_BACKEND=llama_cpp`) serves
+    adapters.
+    """
+
+    title: ClassVar[str] = "LoRA adapters"
+
+    dir: Path = setting(
+        env="ADAPTERS_DIR",
+        default=Path("data/adapters"),
+        description="Directory of the registered adapters: `<dir>/<name>/adapter.gguf`, its "
+        "`training.json` when it has one and `adapter.json` (what registering it recorded). "
+        "Kept apart from FINETUNE_DIR, so a fine-tune running again never changes an adapter "
+        "being served (relative paths are taken from the working directory).",
+    )
+
+
 #: The groups of :class:`Settings`, in the order the docs list them.
 GROUPS: dict[str, type[_Group]] = {
     "model": ModelSettings,
@@ -1124,6 +1148,7 @@ GROUPS: dict[str, type[_Group]] = {
     "voice": VoiceSettings,
     "generations": GenerationSettings,
     "finetune": FinetuneSettings,
+    "adapters": AdapterSettings,
 }
 
 
@@ -1273,6 +1298,7 @@ class Settings(BaseSettings):
     voice: VoiceSettings = VoiceSettings()
     generations: GenerationSettings = GenerationSettings()
     finetune: FinetuneSettings = FinetuneSettings()
+    adapters: AdapterSettings = AdapterSettings()
 
     @classmethod
     def settings_customise_sources(

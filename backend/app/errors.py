@@ -263,3 +263,11 @@ class EvaluationNotFound(WriterAssistantError):
     either)."""
 
     code = "evaluation_not_found"
+
+
+class UnknownModel(InvalidRequest):
+    """A request's ``model`` names neither ``base`` nor a registered adapter (or an adapter
+    this server cannot serve: a remote model server serves only ``base``); ``details.available``
+    lists the names it may use."""
+
+    code = "unknown_model"

@@ -63,6 +63,7 @@ def settings(tmp_path: Path) -> Settings:
                     archive_db_path=tmp_path / "archive",
                     feedback_db_path=tmp_path / "feedback.sqlite3",
                     generations_db_path=tmp_path / "generations.sqlite3", archive_enabled=False,
+                    adapters_dir=tmp_path / "adapters",
                     rate_limit_per_minute=0, rate_limit_concurrent=0,
                     rate_limit_auth_failures_per_minute=0, quality_max_retries=0)
 
@@ -95,7 +96,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = Settings(summary_cache_dir=state / "summaries", archive_db_path=state / "archive",
                         feedback_db_path=state / "feedback.sqlite3",
                         generations_db_path=state / "generations.sqlite3",
-                        quality_max_retries=1)
+                        adapters_dir=state / "adapters", quality_max_retries=1)
     with serve(create_app(settings)) as base:
         yield base
 

@@ -34,6 +34,7 @@ from app.errors import GenerationFailed, WriterAssistantError
 from app.generations.recorder import draw_seed, new_generation_id, now_utc
 from app.generations.records import (
     GenerationRecord,
+    ModelRecord,
     SamplingRecord,
     request_json,
     request_sha256,
@@ -82,6 +83,7 @@ class _Record:
     model: str = ""
     report: AssemblyReport | None = None
     sampling: SamplingRecord | None = None
+    model_record: ModelRecord | None = None
     drafts: list[PipelineDraft] = field(default_factory=list)
     calls: list[PipelineCall] = field(default_factory=list)
 
@@ -223,6 +225,8 @@ class ChapterPipeline:
                     record.title = request.title
                     record.model = result.report.model
                     record.sampling = result.generation.sampling if result.generation else None
+                    record.model_record = (result.generation.model if result.generation
+                                           else None)
                 record.call(round_, phase, result)
                 draft = PipelineDraft(round=round_, text=result.text.strip(),
                                       quality=quality(result))  # type: ignore[arg-type]
@@ -255,14 +259,16 @@ class ChapterPipeline:
                 await items.aclose()
         body = record.body(stopped, failure, generation_id, request.seed)
         if generation_id is not None and record.sampling is not None:
-            await self._keep(request, generation_id, record.sampling, body, replay_of)
+            await self._keep(request, generation_id, record.sampling, body, replay_of,
+                             record.model_record)
         yield DONE, body
 
     async def _keep(self, request: ChapterPipelineRequest, generation_id: str,
                     sampling: SamplingRecord, body: dict[str, Any],
-                    replay_of: str | None) -> None:
+                    replay_of: str | None, model: ModelRecord | None = None) -> None:
         """Record the run (its calls were recorded as they finished) with the first draft's
-        ``sampling``; a store that fails is logged and counted, never raised."""
+        ``sampling`` and ``model`` (the base, or with the adapter it ran with); a store that
+        fails is logged and counted, never raised."""
         recorder = self.runner.recorder
         assert recorder is not None
         tenant = current_tenant.get()
@@ -272,7 +278,7 @@ class ChapterPipeline:
             operation=PIPELINE_OPERATION, story_id=story_id_of(request),
             request_sha256=request_sha256(request),
             request=request_json(request) if request.store_request else None,
-            model=recorder.model_record(),
+            model=model or recorder.model_record(),
             sampling=sampling,
             text=response.chapter_text, usage=response.usage,
             timings=TimingsOut(queue_ms=0.0, time_to_first_token_ms=0.0,
@@ -290,7 +296,7 @@ class ChapterPipeline:
         review = await self._call(self.specs["review"], EditorReviewRequest(
             structured_context=story,
             context_processing_config=request.context_processing_config,
-            chapter_number=record.chapter_number, cache=request.cache,
+            chapter_number=record.chapter_number, cache=request.cache, model=request.model,
             seed=call_seed(request.seed, draft.round, 1)))
         record.call(draft.round, "review", review)
         for item in getattr(review.output, "suggestions", []):
@@ -305,7 +311,7 @@ class ChapterPipeline:
                 structured_context=story,
                 context_processing_config=request.context_processing_config,
                 chapter_number=record.chapter_number, rater_name=rater.name,
-                criteria=rater.criteria, cache=request.cache,
+                criteria=rater.criteria, cache=request.cache, model=request.model,
                 seed=call_seed(request.seed, draft.round, slot)))
             record.call(draft.round, "rate", rated)
             output: Any = rated.output
@@ -370,7 +376,8 @@ def _revise_request(request: ChapterPipelineRequest, story: StructuredContext, n
         structured_context=story,
         context_processing_config=request.context_processing_config,
         temperature=request.temperature, max_tokens=request.max_tokens, seed=request.seed,
-        cache=request.cache, target_words=request.target_words, chapter_number=number,
+        cache=request.cache, model=request.model, target_words=request.target_words,
+        chapter_number=number,
         user_request=revision_request(selected) if selected else
         "Polish the chapter: tighten the prose and keep its events.")
 

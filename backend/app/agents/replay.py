@@ -108,6 +108,9 @@ async def replay(runner: AgentRunner, registry: Mapping[str, AgentSpec],
         prompt = sha256_text(runner.generator.render_prompt(result.messages)) == \
             record.prompt_sha256
     identical = result.text == record.text and output == record.output
+    ran_on = result.generation.model if result.generation is not None else None
+    if ran_on is not None:  # the same base, and the same adapter file (or none) as recorded
+        model_identical = model_identical and ran_on.adapter_sha256 == record.model.adapter_sha256
     return Replayed(result.generation.generation_id if result.generation else None,
                     result.text, identical, prompt, model_identical,
                     first_difference(record.text, result.text))

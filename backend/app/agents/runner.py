@@ -47,8 +47,10 @@ from app.errors import (
     GenerationTimeout,
     OutputTruncated,
     ServiceDraining,
+    UnknownModel,
     WriterAssistantError,
 )
+from app.finetune.registry import AdapterRegistry
 from app.generations.recorder import Recorder, Stamp, now_utc
 from app.generations.records import (
     GenerationRecord,
@@ -58,14 +60,17 @@ from app.generations.records import (
     sha256_text,
 )
 from app.llm.protocol import (
+    BASE_MODEL,
     ChatMessage,
     Completion,
+    LoraAdapter,
     SamplingParams,
     SharedPrefix,
     StreamItem,
     TextGenerator,
     Timings,
     TokenDelta,
+    serves_adapters,
 )
 from app.llm.scheduler import JobClass, Scheduler, Turn
 from app.observability.logging import log_error_answer, log_generation
@@ -219,6 +224,8 @@ class AgentRunner:
     ``extra_elements``, when given, supplies more context elements per request (the archive's
     retrieved passages); they go after the story's shared block. ``summary_cache``, when
     given (and ``DISTILLATION_ENABLED``), lets the runner summarize what overflows.
+    ``adapters``, when given (and the generator serves adapters), is the registry a
+    request's ``model`` names a LoRA adapter from; without it only ``base`` is served.
     ``recorder``, when given, records every agent call (``generation_id``, the seed drawn when
     the request gave none) and answers a repeated seeded request from the response cache
     without a turn at the model (:mod:`app.generations.recorder`). ``metrics``
@@ -238,9 +245,11 @@ class AgentRunner:
         retrieve: Retrieve | None = None,
         summary_cache: SummaryCache | None = None,
         recorder: Recorder | None = None,
+        adapters: AdapterRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.recorder = recorder
+        self.adapters = adapters if serves_adapters(generator) else None
         self.generator = generator
         self.scheduler = scheduler
         self.metrics = metrics
@@ -360,6 +369,29 @@ class AgentRunner:
         return plan_sampling(spec, request, self.settings.sampling,
                              self.settings.endpoints.of(spec.operation), window)
 
+    def model_for(self, name: str) -> LoraAdapter | None:
+        """The adapter a request's ``model`` names (``None``: ``base``), checked against the
+        served base model. Blocking (reads the registry's entry): call it off the loop.
+
+        Raises:
+            UnknownModel: neither ``base`` nor an adapter this server serves.
+            AdapterMismatch: the adapter was made for another base model.
+        """
+        if self.adapters is None:
+            if name == BASE_MODEL:
+                return None
+            raise UnknownModel(
+                f"No model {name!r} here: this server serves only {BASE_MODEL!r} (adapters "
+                "are served by the in-process model, LLM_BACKEND=llama_cpp).",
+                param="model", available=[BASE_MODEL])
+        return self.adapters.resolve(name, getattr(self.generator, "sha256", None) or None)
+
+    def model_label(self, adapter: LoraAdapter | None) -> str:
+        """What answers name as their ``model``: the base model's name, and ``+`` the
+        adapter's name when one is applied (``SmolLM2-135M-Instruct.Q4_1+holmes``)."""
+        name = self.generator.model_name
+        return f"{name}+{adapter.name}" if adapter is not None else name
+
     async def _plan(self, spec: AgentSpec, request: Any) -> _Plan:
         """The request's task, sampling and context elements: its story's (with the
         archive passages retrieved for it), or for an archive agent the passages retrieved
@@ -367,10 +399,15 @@ class AgentRunner:
 
         Raises:
             UnknownReference, InvalidRequest: the request cannot be served as given.
+            UnknownModel, AdapterMismatch: its ``model`` cannot be served.
             ArchiveUnavailable, EmbeddingModelMismatch: an archive agent's retrieval failed.
         """
         task = spec.build_task(request)
         sampling = self._sampling_plan(spec, request)
+        name = getattr(request, "model", BASE_MODEL)
+        if name != BASE_MODEL:
+            adapter = await self.off_loop(self.model_for, name)
+            sampling = replace(sampling, params=replace(sampling.params, adapter=adapter))
         config = getattr(request, "context_processing_config", None)
         if spec.retrieval_query is not None:
             elements = source_elements(await self._retrieve(spec.retrieval_query(request),
@@ -420,7 +457,7 @@ class AgentRunner:
             context=self.settings.context,
             distillation=self.settings.distillation,
             n_ctx=generator.n_ctx,
-            model=generator.model_name,
+            model=self.model_label(plan.params.adapter),
             max_tokens=plan.params.max_tokens,
             completion_reserve=self.completion_reserve,
             max_context_tokens=plan.max_context_tokens,
@@ -578,7 +615,7 @@ class AgentRunner:
             request_sha256=request_sha256(request),
             request=request_json(request) if getattr(request, "store_request", False)
             else None,
-            model=self.recorder.model_record(),
+            model=stamp.model or self.recorder.model_record(params.adapter),
             sampling=stamp.sampling or SamplingRecord.of(params),
             prompt_sha256=sha256_text(self.generator.render_prompt(result.messages))
             if result.messages else None,
@@ -973,7 +1010,7 @@ def _cached_result(spec: AgentSpec, request: Any, plan: _Plan, record: Generatio
                        record.attempts, problems=tuple(record.quality.problems),
                        repairs=tuple(record.quality.repairs),
                        generation=Stamp(record.id, record.sampling.seed, "hit",
-                                        sampling=record.sampling))
+                                        sampling=record.sampling, model=record.model))
 
 
 async def _from_cache(result: AgentResult

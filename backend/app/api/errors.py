@@ -54,6 +54,7 @@ from app.errors import (
     RequestTooLarge,
     ServiceDraining,
     Unauthenticated,
+    UnknownModel,
     UnknownReference,
     UnsupportedDocument,
     VoiceProfileMissing,
@@ -100,6 +101,7 @@ STATUS: dict[type[WriterAssistantError], int] = {
     EvaluationNotFound: 404,
     InvalidAdapter: 422,
     AdapterMismatch: 409,
+    UnknownModel: 422,
 }
 
 #: Fixed headers by error class (found along the class hierarchy like :data:`STATUS`). Every
@@ -122,12 +124,15 @@ TURN_ERRORS: tuple[type[WriterAssistantError], ...] = (QueueFull, QueueTimeout, 
 #: A request's story context that cannot be served as given.
 CONTEXT_ERRORS: tuple[type[WriterAssistantError], ...] = (UnknownReference,
                                                            ContextLengthExceeded)
+#: A request's ``model``: no such model here (422), or an adapter made for another base (409).
+MODEL_CHOICE_ERRORS: tuple[type[WriterAssistantError], ...] = (UnknownModel, AdapterMismatch)
 #: Any use of the story archive.
 ARCHIVE_ERRORS: tuple[type[WriterAssistantError], ...] = (ArchiveUnavailable,
                                                            EmbeddingModelMismatch)
 #: An agent operation: everything above and the JSON agents' output checks.
 AGENT_ERRORS: tuple[type[WriterAssistantError], ...] = (
-    *BODY_ERRORS, *CONTEXT_ERRORS, *MODEL_ERRORS, *TURN_ERRORS, AgentOutputInvalid,
+    *BODY_ERRORS, *CONTEXT_ERRORS, *MODEL_CHOICE_ERRORS, *MODEL_ERRORS, *TURN_ERRORS,
+    AgentOutputInvalid,
     OutputTruncated,
 )
 

@@ -22,7 +22,6 @@ checkpoint and stops, and running again continues from it).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,20 +29,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from app.errors import DatasetTooSmall, InvalidRequest
 from app.finetune.dataset import (
     TRAIN_FILE,
     VALIDATION_FILE,
-    DatasetReport,
     read_examples,
     read_report,
 )
 from app.finetune.export import export_lora_gguf, read_base_model
+from app.finetune.record import ADAPTER_FILE, RECORD_FILE, TrainingRecord
 
 if TYPE_CHECKING:
     import torch
@@ -52,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 PEFT_DIR = "peft"
-ADAPTER_FILE = "adapter.gguf"
-RECORD_FILE = "training.json"
 #: Label of the tokens that carry no loss (the prompt, padding): PyTorch's cross-entropy
 #: ``ignore_index`` default, which transformers' causal LM loss uses.
 IGNORE_INDEX = -100
@@ -88,38 +84,6 @@ class Hyperparameters:
     save_steps: int = 25
     eval_examples: int = 16
     seed: int = 0
-
-
-class TrainingRecord(BaseModel):
-    """What an adapter was trained from and how (``training.json`` beside the adapter)."""
-
-    base_model: str = Field(description="The base GGUF's general.name.")
-    base_model_file: str
-    base_model_sha256: str = Field(description="SHA-256 (hex) of the base GGUF file.")
-    base_model_architecture: str
-    dataset_dir: str
-    dataset: DatasetReport
-    hyperparameters: dict[str, Any]
-    steps: int = Field(description="Optimizer steps done, over every run of this adapter.")
-    planned_steps: int = Field(description="min(max_steps, the steps the epochs ask for).")
-    resumed_from_step: int | None = Field(
-        description="The checkpoint's step this run resumed from; null for a fresh run.")
-    stopped_by: Literal["plan", "max_seconds"] = Field(
-        description="'plan': the planned steps were done; 'max_seconds': the time cap.")
-    train_examples: int
-    train_loss: float | None = Field(description="Mean training loss (nats per token) of "
-                                     "this run's steps.")
-    last_train_loss: float | None = Field(description="Loss of the last logged step.")
-    validation_loss: float | None = Field(
-        description="Mean loss (nats per completion token) on the first eval_examples "
-        "validation examples; null when eval_examples is 0.")
-    validation_examples: int
-    seconds: float = Field(description="Wall-clock seconds of this run (loading included).")
-    train_seconds: float = Field(description="Seconds of this run's training loop.")
-    seconds_per_step: float | None
-    device: str = Field(description="'cuda' or 'cpu'.")
-    versions: dict[str, str] = Field(description="torch, transformers and peft versions.")
-    adapter_gguf: str = Field(description="File name of the GGUF LoRA adapter.")
 
 
 def encode_example(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_seq_len: int
@@ -303,13 +267,3 @@ def finetune(dataset_dir: Path, adapter_dir: Path, *, base_gguf: Path,
     logger.info("adapter %s: %d steps, train loss %.3f, %s", adapter_dir, record.steps,
                 record.train_loss or math.nan, device)
     return record
-
-
-def read_record(adapter_dir: Path) -> TrainingRecord:
-    """The ``training.json`` of the adapter in ``adapter_dir``.
-
-    Raises:
-        FileNotFoundError: no record there.
-    """
-    return TrainingRecord.model_validate(
-        json.loads((adapter_dir / RECORD_FILE).read_text(encoding="utf-8")))

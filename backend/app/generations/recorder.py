@@ -8,9 +8,10 @@ a locked file) never costs the author an answer: the failure is logged and count
 missing.
 
 The cache key is the SHA-256 of: the tenant, the operation, the model file's SHA-256 and
-runtime, the prompt text (chat template applied) of the first attempt, the sampling (seed
-included) with the JSON schema, and the content check's retry budget: everything the answer
-depends on. So tenants never share entries, and another model file never answers.
+runtime (and the LoRA adapter file's SHA-256, when one is applied), the prompt text (chat
+template applied) of the first attempt, the sampling (seed included) with the JSON schema,
+and the content check's retry budget: everything the answer depends on. So tenants never
+share entries, and another model file (or adapter) never answers.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from app.generations.records import (
     sha256_text,
 )
 from app.generations.store import GenerationStore, SqliteGenerationStore
-from app.llm.protocol import SamplingParams
+from app.llm.protocol import LoraAdapter, SamplingParams
 from app.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class Stamp:
     cache_key: str | None = None
     #: The sampling of the first attempt (seed included).
     sampling: SamplingRecord | None = None
+    #: The model it ran on (the base, or the base with an adapter).
+    model: ModelRecord | None = None
 
     def fields(self) -> dict[str, Any]:
         """The fields answers and ``meta`` events carry."""
@@ -137,25 +140,34 @@ class Recorder:
         cacheable = (self.settings.cache_enabled and self.identity.sha256 is not None
                      and use_cache and (caller_seeded or params.temperature == 0))
         return params, Stamp(new_generation_id(), params.seed, "miss" if cacheable else "off",
-                             sampling=SamplingRecord.of(params))
+                             sampling=SamplingRecord.of(params),
+                             model=self.model_record(params.adapter))
 
     def key(self, tenant: str, operation: str, prompt: str, params: SamplingParams,
             retries: int) -> str:
         """The cache key of a generation (see the module): SHA-256, hex. At temperature 0
-        the seed is left out: greedy decoding does not use it."""
+        the seed is left out: greedy decoding does not use it. A LoRA adapter enters by its
+        file's SHA-256 (the base model's keys are those from before adapters were served)."""
         sampling = asdict(params)
+        adapter = sampling.pop("adapter")
         if params.temperature == 0:
             sampling["seed"] = None
-        return sha256_text(canonical_json({
+        key: dict[str, Any] = {
             "tenant": tenant, "operation": operation, "model": self.identity.sha256,
             "runtime": self.identity.runtime, "prompt": prompt,
             "sampling": sampling, "retries": retries,
-        }))
+        }
+        if adapter is not None:
+            key["adapter"] = adapter["sha256"]
+        return sha256_text(canonical_json(key))
 
-    def model_record(self) -> ModelRecord:
-        """The model every record of this recorder names."""
+    def model_record(self, adapter: LoraAdapter | None = None) -> ModelRecord:
+        """The model a record of this recorder names: the base, with ``adapter`` when one was
+        applied."""
         return ModelRecord(name=self.identity.name, sha256=self.identity.sha256,
-                           runtime=self.identity.runtime)
+                           runtime=self.identity.runtime,
+                           adapter=adapter.name if adapter else None,
+                           adapter_sha256=adapter.sha256 if adapter else None)
 
     # --- the store, off the event loop ----------------------------------------------------
     async def _guard(self, operation: str, work: Callable[[], T], fallback: T) -> T:

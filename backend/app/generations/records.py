@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.context.report import AssemblyReport
-from app.llm.protocol import SamplingParams
+from app.llm.protocol import BASE_MODEL, SamplingParams
 from app.schemas.responses import Quality, TimingsOut
 from app.schemas.usage import Usage
 
@@ -60,8 +60,14 @@ def sha256_text(text: str) -> str:
 
 
 def request_json(request: BaseModel) -> dict[str, Any]:
-    """``request`` as JSON-ready data without its serving fields (:data:`SERVING_FIELDS`)."""
-    return request.model_dump(mode="json", exclude=set(SERVING_FIELDS))
+    """``request`` as JSON-ready data without its serving fields (:data:`SERVING_FIELDS`).
+    A ``model`` of ``base`` (the default) is left out too, so a request for the base has the
+    digest it had before requests could pick a model (its records can still be replayed); an
+    adapter's name is kept: a request on another model is another request."""
+    data = request.model_dump(mode="json", exclude=set(SERVING_FIELDS))
+    if data.get("model") == BASE_MODEL:
+        del data["model"]
+    return data
 
 
 def request_sha256(request: BaseModel) -> str:
@@ -99,6 +105,10 @@ class ModelRecord(BaseModel):
     sha256: str | None = Field(description="SHA-256 of the GGUF file (hex); null for a "
                                "remote server.")
     runtime: str | None = Field(description="What ran it, e.g. llama-cpp-python 0.3.36.")
+    adapter: str | None = Field(default=None, description="The LoRA adapter applied (its "
+                                "registry name, the request's `model`); null: the base model.")
+    adapter_sha256: str | None = Field(default=None, description="SHA-256 (hex) of the "
+                                       "adapter's GGUF file; null: the base model.")
 
 
 class GenerationRecord(BaseModel):

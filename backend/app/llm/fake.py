@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.errors import GenerationFailed
+from app.errors import GenerationFailed, InvalidRequest
 from app.llm.protocol import (
     ChatMessage,
     Completion,
@@ -43,6 +43,9 @@ class FakeGenerator:
     streams). It keeps no KV state: ``cached_tokens`` is always 0. It honours
     ``params.stop`` as the real runtime does: the reply ends before the first stop string
     (finish reason ``stop``); the token that completed it counts as produced.
+    ``serves_adapters``: whether it accepts ``params.adapter`` (a reply callable sees it in
+    the params; ``adapters`` records the adapter name of each call, ``None`` for the base);
+    when false it refuses one as the remote backend does.
     """
 
     replies: list[Reply] = field(default_factory=lambda: ["Once upon a time."])
@@ -56,6 +59,8 @@ class FakeGenerator:
     calls: list[tuple[list[ChatMessage], SamplingParams]] = field(default_factory=list)
     prefixes: list[SharedPrefix | None] = field(default_factory=list)
     produced: list[int] = field(default_factory=list)
+    serves_adapters: bool = True
+    adapters: list[str | None] = field(default_factory=list)
 
     @property
     def n_ctx(self) -> int:
@@ -98,8 +103,11 @@ class FakeGenerator:
         self, messages: Sequence[ChatMessage], params: SamplingParams,
         prefix: SharedPrefix | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
+        if params.adapter is not None and not self.serves_adapters:
+            raise InvalidRequest("the fake model serves no adapters", param="model")
         prompt_tokens = self._check(messages, params)
         self.prefixes.append(prefix)
+        self.adapters.append(params.adapter.name if params.adapter else None)
         pieces = re.findall(r"\S+\s*|\s+", self._reply(messages, params))
         call = len(self.produced)
         self.produced.append(0)

@@ -23,8 +23,11 @@ class LazyModel:
 
     Counts and prompts come from the same file's tokenizer and template, exactly as
     :class:`LlamaRuntime` computes them. ``n_ctx`` is ``LLM_N_CTX`` until the model is loaded,
-    then what llama.cpp reports. ``loaded`` tells whether the weights were loaded.
+    then what llama.cpp reports. ``loaded`` tells whether the weights were loaded. It serves
+    LoRA adapters as the runtime does.
     """
+
+    serves_adapters = True
 
     def __init__(self, settings: ModelSettings, tokenizer: GgufTokenizer) -> None:
         self._settings = settings

@@ -30,11 +30,12 @@ from llama_cpp import Llama, LlamaGrammar, StoppingCriteriaList, llama_types
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.config import ModelSettings
-from app.errors import GenerationFailed, InvalidAdapter, ModelUnavailable
+from app.errors import GenerationFailed, InvalidAdapter, ModelUnavailable, WriterAssistantError
 from app.llm.prefix_cache import Match, PrefixCache, Snapshot, as_tokens, common_prefix
 from app.llm.protocol import (
     ChatMessage,
     Completion,
+    LoraAdapter,
     SamplingParams,
     SharedPrefix,
     StopScanner,
@@ -361,7 +362,19 @@ class LlamaRuntime(GgufTokenizer):
     cache already holds of the prompt is kept; a snapshot from :attr:`prefix_cache` that shares
     more of it is restored when that is faster than processing the difference; and a story's
     shared block that no snapshot holds yet is processed on its own and snapshotted.
+
+    LoRA adapters (``SamplingParams.adapter``): the one loaded base model serves them all. An
+    adapter is loaded (``llama_adapter_lora_init``) the first time a generation asks for it
+    and kept (llama.cpp frees it with the model); before each generation the model thread
+    sets the context's adapters to the generation's (``llama_set_adapters_lora``: that one
+    at scale 1, or none for the base) when they differ. This happens inside the generation's
+    turn (the lock here, under the scheduler's turn), never between two generations' tokens.
+    KV state is keyed on the adapter as on the tenant: the live KV cache is dropped when the
+    adapter changes, and prefix snapshots live in a namespace per adapter.
     """
+
+    #: Generations may name a LoRA adapter (:func:`app.llm.protocol.serves_adapters`).
+    serves_adapters = True
 
     def __init__(self, llama: Llama, name: str, *, sha256: str = "", kv_cache_type: str = "f16",
                  prefix_cache: PrefixCache | None = None, min_snapshot_tokens: int = 256) -> None:
@@ -373,7 +386,10 @@ class LlamaRuntime(GgufTokenizer):
         self._lock = asyncio.Lock()
         self._grammars: dict[str, LlamaGrammar] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-        self._owner: str | None = None  # whose prompt the live KV cache holds
+        # whose prompt the live KV cache holds: (tenant, adapter SHA-256 or "" for the base)
+        self._owner: tuple[str, str] | None = None
+        self._adapters: dict[str, Any] = {}  # SHA-256 -> llama_adapter_lora handle
+        self._applied = ""  # SHA-256 of the adapter set on the context ("": none)
         self._live = _Schedule(0, 0)  # the schedule the live KV cache was computed on
         self._rates = _Rates()
 
@@ -483,6 +499,8 @@ class LlamaRuntime(GgufTokenizer):
                         text.append(value)
                         yield TokenDelta(value)
                     elif kind == "error":
+                        if isinstance(value, WriterAssistantError):
+                            raise value
                         raise GenerationFailed(
                             f"the model failed while generating ({type(value).__name__})"
                         ) from value
@@ -502,12 +520,73 @@ class LlamaRuntime(GgufTokenizer):
                 cancel.set()
                 await _wait_uncancellable(worker)
 
-    # --- the KV cache (model thread) ---------------------------------------------------
-    def _namespace(self, owner: str) -> str:
-        """Snapshots are shared only on the same model file, KV cache type and tenant."""
-        return f"{self.sha256[:16]}:{self.kv_cache_type}:{owner}"
+    # --- LoRA adapters (model thread) --------------------------------------------------
+    @property
+    def loaded_adapters(self) -> int:
+        """Adapters loaded into memory so far."""
+        return len(self._adapters)
 
-    def _prepare_kv(self, tokens: list[int], shared: int, owner: str) -> int:
+    def _apply(self, adapter: LoraAdapter | None) -> str:
+        """Set the context's adapters to ``adapter`` alone (``None``: none), loading it on
+        first use. Returns its SHA-256 ("" for the base).
+
+        Raises:
+            GenerationFailed: llama.cpp could not load or set it (the cause is logged).
+        """
+        key = adapter.sha256 if adapter is not None else ""
+        if key == self._applied:
+            return key
+        ctx = self._llama._ctx.ctx
+        if adapter is None:
+            failed = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            handle = self._adapters.get(key)
+            if handle is None:
+                handle = self._load_adapter(adapter)
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
+            scales = (ctypes.c_float * 1)(1.0)
+            failed = llama_cpp.llama_set_adapters_lora(ctx, handles, 1, scales)
+        if failed:
+            logger.error("llama.cpp could not set the adapter %s (%d)",
+                         adapter.name if adapter else "none", failed)
+            raise GenerationFailed("The model could not switch to the requested adapter "
+                                   "(see the server log).")
+        self._applied = key
+        return key
+
+    def _load_adapter(self, adapter: LoraAdapter) -> Any:
+        """Load ``adapter``'s GGUF into the model (once; about 10 ms a MB).
+
+        Raises:
+            GenerationFailed: the file is gone, not GGUF, or llama.cpp refused it.
+        """
+        started = time.perf_counter()
+        try:
+            check_gguf(adapter.path, f"the adapter {adapter.name}")
+        except ModelUnavailable as error:
+            raise GenerationFailed(f"The adapter {adapter.name} could not be loaded: its "
+                                   "file is missing or not GGUF (see the server log).") from error
+        handle = llama_cpp.llama_adapter_lora_init(self._llama._model.model,
+                                                   str(adapter.path).encode("utf-8"))
+        if not handle:
+            logger.error("llama.cpp could not load the adapter %s from %s", adapter.name,
+                         adapter.path)
+            raise GenerationFailed(f"The adapter {adapter.name} could not be loaded by "
+                                   "llama.cpp (see the server log); register it again.")
+        self._adapters[adapter.sha256] = handle
+        logger.info("adapter loaded", extra={"adapter": adapter.name,
+                                             "sha256": adapter.sha256[:12],
+                                             "seconds": round(time.perf_counter() - started, 3)})
+        return handle
+
+    # --- the KV cache (model thread) ---------------------------------------------------
+    def _namespace(self, owner: str, adapter: str = "") -> str:
+        """Snapshots are shared only on the same model file, adapter, KV cache type and
+        tenant (the base's namespace is the one from before adapters were served)."""
+        model = f"{self.sha256[:16]}+{adapter[:16]}" if adapter else self.sha256[:16]
+        return f"{model}:{self.kv_cache_type}:{owner}"
+
+    def _prepare_kv(self, tokens: list[int], shared: int, owner: str, adapter: str = "") -> int:
         """Make the KV cache hold every prompt token but the last, reusing what can be had
         without processing it, and snapshot the shared block (the first ``shared`` tokens)
         when no snapshot holds it yet. Returns the prompt tokens reused.
@@ -518,11 +597,14 @@ class LlamaRuntime(GgufTokenizer):
         reused (the live cache, a snapshot) was computed on a schedule that agrees with it up
         to the point reused. Greedy output is then the same with the cache on, off, or
         evicting, and a repeated prompt reuses all of itself.
+
+        ``adapter``: the SHA-256 of the adapter set on the context ("" for the base): state
+        computed under another adapter (or none) is never reused, live or snapshotted.
         """
         llama = self._llama
-        if owner != self._owner:
-            llama.n_tokens = 0  # another tenant's state is never reused
-            self._owner, self._live = owner, _Schedule(0, 0)
+        if (owner, adapter) != self._owner:
+            llama.n_tokens = 0  # another tenant's or adapter's state is never reused
+            self._owner, self._live = (owner, adapter), _Schedule(0, 0)
         last = len(tokens) - 1
         schedule = _Schedule(min(shared, last), last)
         shared = schedule.shared
@@ -533,7 +615,7 @@ class LlamaRuntime(GgufTokenizer):
             n_batch)
         base = live
         cache = self.prefix_cache
-        namespace = self._namespace(owner)
+        namespace = self._namespace(owner, adapter)
         snapshot_worthy = cache is not None and shared >= self._min_snapshot_tokens
         if snapshot_worthy and cache is not None and live < shared:
             match = cache.best(namespace, wanted)
@@ -646,7 +728,8 @@ class LlamaRuntime(GgufTokenizer):
         # or the end-of-generation token (sampled, not output).
         scanner = StopScanner(params.stop)
         try:
-            cached = self._prepare_kv(tokens, shared, owner)
+            adapter = self._apply(params.adapter)
+            cached = self._prepare_kv(tokens, shared, owner, adapter)
             streamed = self._llama.create_completion(
                 tokens,
                 max_tokens=params.max_tokens,

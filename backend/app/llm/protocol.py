@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from app.config import SamplingSettings
@@ -27,6 +28,25 @@ class ChatMessage:
     content: str
 
 
+#: The request ``model`` that names the served model itself, without an adapter.
+BASE_MODEL = "base"
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A registered LoRA adapter to apply to the base model for one generation.
+
+    ``name``: its registry name; ``path``: its GGUF LoRA adapter file; ``sha256``: that file's
+    SHA-256 (hex), which identifies it wherever state computed with it is kept (the KV cache,
+    prefix snapshots, the response cache). Checked against the base model when registered
+    (:mod:`app.finetune.registry`).
+    """
+
+    name: str
+    path: Path
+    sha256: str
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling settings for one generation.
@@ -35,6 +55,8 @@ class SamplingParams:
     constrains decoding to JSON matching it. ``seed`` ``None`` means a random seed. ``stop``:
     strings that end the completion where one first appears (it is not part of the text, and
     the finish reason is ``stop``); every backend honours them (see :class:`StopScanner`).
+    ``adapter``: the LoRA adapter to generate with (``None``: the base model); a backend
+    that serves no adapters (``serves_adapters`` false) refuses one.
     """
 
     max_tokens: int
@@ -45,6 +67,7 @@ class SamplingParams:
     seed: int | None = None
     json_schema: dict[str, Any] | None = None
     stop: tuple[str, ...] = ()
+    adapter: LoraAdapter | None = None
 
     @classmethod
     def of(cls, defaults: SamplingSettings, *, max_tokens: int | None = None,
@@ -194,6 +217,13 @@ class TextGenerator(Protocol):
         the model. Raises as :meth:`generate`.
         """
         ...
+
+
+def serves_adapters(generator: object) -> bool:
+    """Whether ``generator`` applies LoRA adapters (``SamplingParams.adapter``): it says so
+    with a true ``serves_adapters`` attribute (the in-process llama.cpp runtime does; a remote
+    model server does not)."""
+    return bool(getattr(generator, "serves_adapters", False))
 
 
 async def final_completion(stream: AsyncIterator[StreamItem]) -> Completion:

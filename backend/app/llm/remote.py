@@ -61,6 +61,7 @@ from app.config import ModelSettings
 from app.errors import (
     ContextLengthExceeded,
     GenerationFailed,
+    InvalidRequest,
     ModelOverloaded,
     ModelUnavailable,
     WriterAssistantError,
@@ -221,7 +222,14 @@ class RemoteGenerator:
 
     Build it with :meth:`connect`, which checks the server and the tokenizers. ``retry`` is
     the policy for transient failures of the server while serving requests.
+
+    It serves the base model only (``serves_adapters`` false): the server's own adapters
+    cannot be checked against the base model, so a generation naming a LoRA adapter is
+    refused (the runner refuses such a request before it gets here).
     """
+
+    #: LoRA adapters are not served through a remote model server.
+    serves_adapters = False
 
     def __init__(
         self,
@@ -372,6 +380,10 @@ class RemoteGenerator:
         self, messages: Sequence[ChatMessage], params: SamplingParams,
         prefix: SharedPrefix | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
+        if params.adapter is not None:
+            raise InvalidRequest(f"The adapter {params.adapter.name} cannot be served: this "
+                                 "server's model runs on a remote model server, which serves "
+                                 "only the base model.", param="model")
         prompt_tokens = await asyncio.get_running_loop().run_in_executor(
             self._counting, functools.partial(self.count_prompt_tokens, messages))
         check_window(prompt_tokens, params.max_tokens, self.n_ctx)

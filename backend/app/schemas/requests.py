@@ -48,6 +48,10 @@ class AgentRequest(_Strict):
         default=False, description="Keep this request in its generation record (stories are "
         "private, so by default only its SHA-256 is kept); a stored request can be replayed "
         "without sending it again.")
+    model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                            max_length=64)] = Field(
+        default="base", description="`base` (the served model) or a registered LoRA "
+        "adapter's name (GET /api/v1/models).")
 
 
 class TargetWordsRequest(AgentRequest):

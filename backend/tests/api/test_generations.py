@@ -40,7 +40,8 @@ def test_every_answer_carries_a_generation_id_and_the_seed_it_used(client, fake)
     record = client.get(f"/api/v1/generations/{body['generation_id']}").json()
     assert record["sampling"]["seed"] == body["seed"]
     assert record["text"] == body["chapter_text"] and record["operation"] == "generate-chapter"
-    assert record["model"] == {"name": "fake", "sha256": fake.sha256, "runtime": "fake"}
+    assert record["model"] == {"name": "fake", "sha256": fake.sha256, "runtime": "fake",
+                               "adapter": None, "adapter_sha256": None}
     assert record["request"] is None and len(record["request_sha256"]) == 64
     assert len(record["prompt_sha256"]) == 64 and record["context_metadata"]["agent"] == "writer"
     assert "tenant" not in record

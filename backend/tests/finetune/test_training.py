@@ -20,12 +20,8 @@ from typer.testing import CliRunner
 from app import cli
 from app.errors import AdapterMismatch, DatasetTooSmall, InvalidAdapter
 from app.finetune.export import BASE_SHA256_KEY, check_adapter, read_adapter
-from app.finetune.training import (
-    IGNORE_INDEX,
-    encode_example,
-    last_complete_checkpoint,
-    read_record,
-)
+from app.finetune.record import read_record
+from app.finetune.training import IGNORE_INDEX, encode_example, last_complete_checkpoint
 from app.llm.llama import file_sha256
 
 pytestmark = pytest.mark.model

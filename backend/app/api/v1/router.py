@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from fastapi import APIRouter
 
 from app.agents.spec import AgentSpec
-from app.api.v1 import archive, evaluations, health, metrics, tokens, voice
+from app.api.v1 import archive, evaluations, health, metrics, models, tokens, voice
 from app.api.v1.agents import agents_router
 from app.api.v1.context import context_router
 from app.api.v1.generations import generations_router
@@ -22,6 +22,7 @@ def build_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
     router = APIRouter()
     router.include_router(agents_router(registry), prefix=API_PREFIX)
     router.include_router(tokens.router, prefix=API_PREFIX)
+    router.include_router(models.router, prefix=API_PREFIX)
     router.include_router(context_router(registry), prefix=API_PREFIX)
     router.include_router(pipeline_router(registry), prefix=API_PREFIX)
     router.include_router(generations_router(registry), prefix=API_PREFIX)
