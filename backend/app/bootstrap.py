@@ -105,7 +105,7 @@ def build_services(settings: Settings, generator: TextGenerator | None = None) -
     archive = ArchiveState(status="loading" if settings.archive.enabled else "disabled",
                            metrics=metrics)
     evaluations = EvaluationJobs(settings.finetune, scheduler, settings.model.path,
-                                 settings.model.n_threads)
+                                 settings.model.n_threads, registered=settings.adapters.dir)
     services = Services(settings=settings, model=ModelState(), archive=archive,
                         scheduler=scheduler, streams=OpenStreams(), metrics=metrics,
                         evaluations=evaluations)

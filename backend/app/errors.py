@@ -240,7 +240,8 @@ class AdapterMismatch(WriterAssistantError):
 
 
 class AdapterNotFound(WriterAssistantError):
-    """No LoRA adapter of that name (or path) under ``ADAPTERS_DIR``."""
+    """No LoRA adapter of that name (or path) to evaluate: neither registered in
+    ``ADAPTERS_DIR`` nor under ``FINETUNE_DIR/adapters``."""
 
     code = "adapter_not_found"
 

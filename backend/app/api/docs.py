@@ -55,6 +55,8 @@ ROUTE_EXAMPLES = {
     f"{API_PREFIX}/chapter-pipeline/stream": "chapter-pipeline",
     f"{API_PREFIX}/voice/compare": "voice-compare",
     f"{API_PREFIX}/feedback": "feedback",
+    f"{API_PREFIX}/generations/{{generation_id}}/replay": "generation-replay",
+    f"{API_PREFIX}/evaluations": "evaluation",
 }
 #: The docs pages: what they load and what they contact is the app's own (inline scripts and
 #: styles are the pages' own; ReDoc draws with data: images and searches in a blob: worker).

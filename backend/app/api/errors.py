@@ -124,8 +124,10 @@ TURN_ERRORS: tuple[type[WriterAssistantError], ...] = (QueueFull, QueueTimeout, 
 #: A request's story context that cannot be served as given.
 CONTEXT_ERRORS: tuple[type[WriterAssistantError], ...] = (UnknownReference,
                                                            ContextLengthExceeded)
-#: A request's ``model``: no such model here (422), or an adapter made for another base (409).
-MODEL_CHOICE_ERRORS: tuple[type[WriterAssistantError], ...] = (UnknownModel, AdapterMismatch)
+#: A request's ``model``: no such model here (422), an adapter made for another base (409), or
+#: a registered adapter file that is no longer a usable GGUF LoRA adapter (422).
+MODEL_CHOICE_ERRORS: tuple[type[WriterAssistantError], ...] = (UnknownModel, AdapterMismatch,
+                                                                InvalidAdapter)
 #: Any use of the story archive.
 ARCHIVE_ERRORS: tuple[type[WriterAssistantError], ...] = (ArchiveUnavailable,
                                                            EmbeddingModelMismatch)

@@ -166,6 +166,17 @@ def _examples() -> dict[str, tuple[str, dict[str, Any]]]:
         "voice-compare": (
             "Alice: a sentence of Carroll's against your voice",
             {"text": ALICE_CHAPTER_1_OPENING.split("\n\n")[0]}),
+        "generation-replay": (
+            "A short scene, replayed with its request (it was not stored)",
+            {"request": {"structured_context": {
+                "plot_elements": [{"type": "scene", "content": "Hero enters forest",
+                                   "priority": "high"}],
+                "character_contexts": [{"character_id": "hero", "character_name": "Aria",
+                                        "current_state": "determined"}]},
+                "max_tokens": 64, "seed": 42}}),
+        "evaluation": (
+            "The holmes adapter against the base model on its held-out stories",
+            {"adapter": "holmes", "validation": "holmes", "examples": 8, "max_tokens": 64}),
         "feedback": (
             "Alice: the author chose a variant of chapter 2",
             {"story_id": "alice", "operation": "generate-chapter",

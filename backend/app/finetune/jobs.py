@@ -75,23 +75,27 @@ def _below(root: Path, name: str) -> Path | None:
     return path if path.is_relative_to(base) else None
 
 
-def resolve_adapter(adapters_dir: Path, name: str) -> Path:
-    """The adapter file ``name`` names under ``adapters_dir``: the file itself, ``name.gguf``,
-    or the one ``.gguf`` in the directory ``name``.
+def resolve_adapter(adapters_dir: Path | tuple[Path, ...], name: str) -> Path:
+    """The adapter file ``name`` names under ``adapters_dir`` (or the first of several
+    directories that has it): the file itself, ``name.gguf``, or the one ``.gguf`` in the
+    directory ``name``.
 
     Raises:
-        AdapterNotFound: none of these exists below ``adapters_dir`` (HTTP 404).
+        AdapterNotFound: none of these exists below any of the directories (HTTP 404).
     """
-    path = _below(adapters_dir, name)
-    candidates = [] if path is None else [path, path.with_name(path.name + ".gguf")]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-        if candidate.is_dir() and len(found := sorted(candidate.glob("*.gguf"))) == 1:
-            return found[0]
-    raise AdapterNotFound(f"No adapter {name!r} under FINETUNE_DIR/{ADAPTERS}: name one that "
-                          "`writer-assistant finetune --name NAME` made (or its .gguf file, "
-                          "relative to that directory).", param="adapter")
+    directories = adapters_dir if isinstance(adapters_dir, tuple) else (adapters_dir,)
+    for directory in directories:
+        path = _below(directory, name)
+        candidates = [] if path is None else [path, path.with_name(path.name + ".gguf")]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+            if candidate.is_dir() and len(found := sorted(candidate.glob("*.gguf"))) == 1:
+                return found[0]
+    raise AdapterNotFound(f"No adapter {name!r}: name one registered in ADAPTERS_DIR "
+                          "(`writer-assistant adapters add`, as GET /api/v1/models lists "
+                          f"them) or one under FINETUNE_DIR/{ADAPTERS} that "
+                          "`writer-assistant finetune --name NAME` made.", param="adapter")
 
 
 def resolve_validation(finetune_dir: Path, name: str) -> Path:
@@ -140,8 +144,12 @@ class EvaluationJobs:
     embedded one) with ``n_threads`` threads (``None``: all cores)."""
 
     def __init__(self, settings: FinetuneSettings, scheduler: Scheduler,
-                 model_path: Path | None, n_threads: int | None = None) -> None:
+                 model_path: Path | None, n_threads: int | None = None,
+                 registered: Path | None = None) -> None:
         self.settings = settings
+        #: Where adapter names are looked up: the registered (served) ones first.
+        self.adapter_dirs = (*((registered,) if registered is not None else ()),
+                             settings.dir / ADAPTERS)
         self.scheduler = scheduler
         self.model_path = model_path
         self.n_threads = n_threads
@@ -205,7 +213,7 @@ class EvaluationJobs:
             AdapterMismatch: it was made for another base model (HTTP 409).
             DatasetInvalid: the validation file has a bad line or no example (HTTP 422).
         """
-        adapter = resolve_adapter(self.settings.dir / ADAPTERS, request.adapter)
+        adapter = resolve_adapter(self.adapter_dirs, request.adapter)
         validation = resolve_validation(self.settings.dir / DATASETS, request.validation)
         examples = read_examples(validation, request.examples)
         check_base(self.model_path, adapter)

@@ -139,7 +139,7 @@ def replay(ctx: typer.Context,
     it is not)."""
     from app import bootstrap
     from app.agents.registry import REGISTRY
-    from app.agents.replay import replay as run_replay
+    from app.generations.replay import replay as run_replay
 
     settings = Settings(**(ctx.obj or {}))
     given: dict[str, Any] | None = None

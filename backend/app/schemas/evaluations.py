@@ -39,8 +39,9 @@ class EvaluationRequest(_Strict):
     """An evaluation of an adapter against the base model."""
 
     adapter: RelativePath = Field(
-        description="The adapter: its name (`writer-assistant finetune --name`), or a .gguf "
-        "path relative to FINETUNE_DIR/adapters.", examples=["holmes"])
+        description="The adapter: a registered adapter's name (GET /api/v1/models), else one "
+        "`writer-assistant finetune --name` made, or a .gguf path relative to "
+        "FINETUNE_DIR/adapters.", examples=["holmes"])
     validation: RelativePath = Field(
         description="The dataset: its name (`writer-assistant dataset --name`), whose "
         "validation.jsonl is evaluated, or a JSONL path relative to FINETUNE_DIR/datasets.",

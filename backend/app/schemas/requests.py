@@ -36,18 +36,13 @@ class AgentRequest(_Strict):
     )
     seed: int | None = Field(
         default=None, ge=0, le=2**31 - 1,
-        description="Sampling seed. Without one a seed is drawn and returned (`seed` in the "
-        "answer), so the generation can be replayed; with one (or at temperature 0) an "
-        "identical request is answered from the response cache.")
+        description="Sampling seed (default: one drawn, returned as `seed`).")
     cache: bool = Field(
-        default=True, description="Let the response cache answer this request when an "
-        "identical one was answered before (same prompt, sampling with an explicit seed or "
-        "temperature 0, model file); false (or the header `Cache-Control: no-cache`) always "
-        "generates.")
+        default=True, description="false: never answer from the response cache (README, "
+        "\"Every generation on the record\").")
     store_request: bool = Field(
-        default=False, description="Keep this request in its generation record (stories are "
-        "private, so by default only its SHA-256 is kept); a stored request can be replayed "
-        "without sending it again.")
+        default=False, description="Keep this request in its generation record (default: "
+        "only its SHA-256).")
     model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                             max_length=64)] = Field(
         default="base", description="`base` (the served model) or a registered LoRA "

@@ -18,6 +18,7 @@ from app.errors import (
     DatasetNotFound,
     EvaluationNotFound,
     InvalidAdapter,
+    InvalidRequest,
     ModelUnavailable,
 )
 from app.finetune.evaluate import voice_style
@@ -29,7 +30,7 @@ router = APIRouter(tags=["evaluations"])
 
 _CREATE = error_responses(*REFUSALS, *BODY_ERRORS, AdapterNotFound, DatasetNotFound,
                           DatasetInvalid, InvalidAdapter, AdapterMismatch, ModelUnavailable)
-_READ = error_responses(*REFUSALS, EvaluationNotFound)
+_READ = error_responses(*REFUSALS, InvalidRequest, EvaluationNotFound)
 
 JobId = PathParam(description="The id POST /api/v1/evaluations answered.", max_length=64)
 

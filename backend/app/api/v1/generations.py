@@ -1,5 +1,5 @@
 """``/api/v1/generations``: every generation on the record, listed, read, deleted and
-replayed (:mod:`app.generations`, :mod:`app.agents.replay`). Records are the tenant's own:
+replayed (:mod:`app.generations`, :mod:`app.generations.replay`). Records are the tenant's own:
 another tenant's answers 404."""
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations.
@@ -10,18 +10,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.agents.replay import replay
 from app.agents.spec import AgentSpec
 from app.api.disconnect import unless_disconnected
 from app.api.errors import AGENT_ERRORS, REFUSALS, error_responses
-from app.errors import GenerationNotFound, GenerationStoreUnavailable, ReplayRequestMismatch
+from app.errors import (
+    GenerationNotFound,
+    GenerationStoreUnavailable,
+    InvalidRequest,
+    ModelUnavailable,
+    ReplayRequestMismatch,
+)
 from app.generations.recorder import Recorder
 from app.generations.records import GenerationRecord, GenerationSummary, RecordQuery
+from app.generations.replay import replay
 from app.schemas.generations import GenerationList, ReplayRequest, ReplayResponse
 from app.state import Services, get_services
 from app.tenancy import current_tenant
 
-_READ = error_responses(*REFUSALS, GenerationNotFound, GenerationStoreUnavailable)
+_READ = error_responses(*REFUSALS, InvalidRequest, GenerationNotFound,
+                        GenerationStoreUnavailable, ModelUnavailable)
 
 
 def _recorder(services: Services) -> Recorder:
