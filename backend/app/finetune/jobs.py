@@ -51,7 +51,7 @@ from app.finetune.evaluate import (
     read_examples,
     write_outputs,
 )
-from app.llm.scheduler import JobClass, Scheduler
+from app.llm.scheduler import JobClass, Scheduler, wait_uncancellable
 from app.schemas.evaluations import EvaluationJob, EvaluationRequest, JobError, Progress
 
 logger = logging.getLogger(__name__)
@@ -121,16 +121,7 @@ async def _in_thread(function: Callable[..., T], *args: Any) -> T:
     meanwhile (the turn must not pass on while the thread still uses a model); a
     cancellation is raised once the thread is done."""
     future = asyncio.ensure_future(asyncio.to_thread(function, *args))
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancelled = True
-        except Exception:  # noqa: BLE001 - raised below, from the future itself
-            break
-    if cancelled:
-        raise asyncio.CancelledError
+    await wait_uncancellable(future)
     return future.result()
 
 

@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: What a failing store raises (a closed or corrupt database, a full disk, a bad row).
+_STORE_ERRORS = (sqlite3.Error, OSError, ValueError)
+
 #: Seeds are drawn from [0, 2**31 - 1): what the request schema accepts.
 SEED_LIMIT = 2**31 - 1
 
@@ -170,13 +173,17 @@ class Recorder:
                            adapter_sha256=adapter.sha256 if adapter else None)
 
     # --- the store, off the event loop ----------------------------------------------------
+    def _failed(self, operation: str, error: Exception) -> None:
+        logger.error("the generation store failed (%s: %s: %s)", operation,
+                     type(error).__name__, error)
+        self.metrics.count_generation_store_error(operation)
+
     async def _guard(self, operation: str, work: Callable[[], T], fallback: T) -> T:
+        """``work`` on the store's thread; ``fallback`` when the store fails."""
         try:
             return await self._off_loop(work)
-        except (sqlite3.Error, OSError, ValueError) as error:
-            logger.error("the generation store failed (%s: %s: %s)", operation,
-                         type(error).__name__, error)
-            self.metrics.count_generation_store_error(operation)
+        except _STORE_ERRORS as error:
+            self._failed(operation, error)
             return fallback
 
     async def cached(self, tenant: str, key: str) -> GenerationRecord | None:
@@ -215,12 +222,15 @@ class Recorder:
         return await self._read("delete", lambda: self.store.delete(tenant, generation_id))
 
     async def _read(self, operation: str, work: Callable[[], T]) -> T:
+        """``work`` on the store's thread.
+
+        Raises:
+            GenerationStoreUnavailable: the store failed.
+        """
         try:
             return await self._off_loop(work)
-        except (sqlite3.Error, OSError, ValueError) as error:
-            logger.error("the generation store failed (%s: %s: %s)", operation,
-                         type(error).__name__, error)
-            self.metrics.count_generation_store_error(operation)
+        except _STORE_ERRORS as error:
+            self._failed(operation, error)
             raise GenerationStoreUnavailable(
                 "The generation store failed; retry, and check GENERATIONS_DB_PATH (see the "
                 "server log).") from error

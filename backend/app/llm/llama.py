@@ -47,6 +47,7 @@ from app.llm.protocol import (
     final_completion,
     rendered_prefix,
 )
+from app.llm.scheduler import wait_uncancellable
 
 logger = logging.getLogger(__name__)
 
@@ -518,7 +519,7 @@ class LlamaRuntime(GgufTokenizer):
                         return
             finally:
                 cancel.set()
-                await _wait_uncancellable(worker)
+                await wait_uncancellable(worker)
 
     # --- LoRA adapters (model thread) --------------------------------------------------
     @property
@@ -796,21 +797,3 @@ class _Schedule:
         theirs = set(other.boundaries(n_batch))
         limit = min(match, other.last, self.last)
         return next((b for b in self.boundaries(n_batch) if b <= limit and b in theirs), 0)
-
-
-async def _wait_uncancellable(future: asyncio.Future[Any]) -> None:
-    """Wait for the worker thread even if this task is cancelled meanwhile.
-
-    The model lock must not be released while a thread still uses the model; a cancellation
-    that arrives while waiting is re-raised once the thread is done.
-    """
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancelled = True
-        except Exception:  # noqa: BLE001 - the worker reports its errors as events
-            break
-    if cancelled:
-        raise asyncio.CancelledError

@@ -20,7 +20,7 @@ import enum
 import math
 import time
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from app.errors import QueueFull, QueueTimeout, ServiceDraining
 
@@ -181,3 +181,20 @@ class Turn:
         traceback: TracebackType | None,
     ) -> None:
         self._scheduler._release(self)
+
+
+async def wait_uncancellable(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` (a worker thread using the model) even if this task is cancelled
+    meanwhile: a turn must not pass on while a thread still uses the model. A cancellation
+    that arrives while waiting is raised once the thread is done; the thread's own outcome
+    (result or error) stays on ``future`` for the caller to read."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception:  # noqa: BLE001 - the outcome is read from the future by the caller
+            break
+    if cancelled:
+        raise asyncio.CancelledError
