@@ -23,6 +23,7 @@ from app.agents.spec import AgentSpec
 from app.errors import InvalidRequest, ReplayRequestMismatch
 from app.generations.records import GenerationRecord, request_sha256, sha256_text
 from app.schemas.pipeline import ChapterPipelineRequest
+from app.tenancy import current_tenant
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,12 @@ async def replay(runner: AgentRunner, registry: Mapping[str, AgentSpec],
         request = _request(record, ChapterPipelineRequest, given)
         request = request.model_copy(update={"seed": record.sampling.seed, "cache": False})
         response = await ChapterPipeline(runner, registry).run(request, replay_of=record.id)
+        if runner.recorder is not None and response.generation_id is not None:
+            # the same adapter file (or none) as recorded, from the replay's own record
+            replayed = await runner.recorder.get(current_tenant.get(), response.generation_id)
+            if replayed is not None:
+                model_identical = (model_identical and replayed.model.adapter_sha256
+                                   == record.model.adapter_sha256)
         return Replayed(response.generation_id, response.chapter_text,
                         response.chapter_text == record.text, None, model_identical,
                         first_difference(record.text, response.chapter_text))

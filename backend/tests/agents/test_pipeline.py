@@ -218,3 +218,29 @@ def test_without_min_score_every_round_runs(settings):
         record = client.post(PATH, json=body(max_rounds=2, min_score=None)).json()
     assert record["stopped_because"] == "max_rounds"
     assert [d["mean_score"] for d in record["drafts"]] == [10, 10]
+
+
+def test_a_run_is_recorded_with_its_calls_and_replays_with_its_seed(settings):
+    """The run's record names its calls' records; the editor's and raters' seeds derive from
+    the run's, so a replay of a stored request makes the same calls with the same seeds."""
+    team = Team(scores=[6])
+    generator = FakeGenerator(replies=[team])
+    with TestClient(create_app(settings, generator=generator)) as client:
+        answer = client.post(PATH, json=body(max_rounds=2, min_score=None, store_request=True))
+        assert answer.status_code == 200, answer.text
+        run = answer.json()
+        record = client.get(f"/api/v1/generations/{run['generation_id']}").json()
+        assert record["kind"] == "pipeline" and record["sampling"]["seed"] == run["seed"]
+        assert record["children"] == [call["generation_id"] for call in run["calls"]]
+        assert record["text"] == run["chapter_text"] and record["request"] is not None
+        first_seeds = [params.seed for _, params in generator.calls]
+        # draft and revision use the run's seed; the editor and rater seeds derive from it
+        assert len(first_seeds) == 6 and first_seeds[0] == first_seeds[3] == run["seed"]
+        assert len({first_seeds[0], first_seeds[1], first_seeds[2]}) == 3
+        replayed = client.post(f"/api/v1/generations/{run['generation_id']}/replay")
+        assert replayed.status_code == 200, replayed.text
+        out = replayed.json()
+        assert out["identical"] is True and out["model_identical"] is True
+        assert [params.seed for _, params in generator.calls[6:]] == first_seeds
+        again = client.get(f"/api/v1/generations/{out['generation_id']}").json()
+        assert again["replay_of"] == run["generation_id"] and again["kind"] == "pipeline"
