@@ -69,9 +69,13 @@ EVALUATIONS = "evaluations"
 
 
 def _below(root: Path, name: str) -> Path | None:
-    """``root / name`` resolved, when it stays below ``root`` (symbolic links followed)."""
+    """``root / name`` resolved, when it stays below ``root`` (symbolic links followed);
+    ``None`` for a name no file system path can have (a NUL byte)."""
     base = root.resolve()
-    path = (base / name).resolve()
+    try:
+        path = (base / name).resolve()
+    except (ValueError, OSError):
+        return None
     return path if path.is_relative_to(base) else None
 
 

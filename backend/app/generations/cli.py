@@ -22,7 +22,7 @@ import typer
 
 from app.config import Settings
 from app.errors import GenerationNotFound, WriterAssistantError
-from app.generations.records import GenerationRecord, RecordQuery
+from app.generations.records import MAX_OFFSET, GenerationRecord, RecordQuery
 from app.generations.store import SqliteGenerationStore, dump_lines
 from app.tenancy import current_tenant
 
@@ -75,7 +75,7 @@ Operation = Annotated[str | None, typer.Option(help="Only this operation's recor
 def list_records(ctx: typer.Context, story_id: Story = None, operation: Operation = None,
                  since: Since = None, until: Until = None,
                  limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
-                 offset: Annotated[int, typer.Option(min=0)] = 0) -> None:
+                 offset: Annotated[int, typer.Option(min=0, max=MAX_OFFSET)] = 0) -> None:
     """One line per record, newest first: id, time, operation, story, seed, tokens, text."""
     query = RecordQuery(story_id=story_id, operation=operation, since=since, until=until,
                         limit=limit, offset=offset)

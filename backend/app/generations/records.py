@@ -26,6 +26,9 @@ from app.schemas.usage import Usage
 #: digest, so a request sent again with ``cache: false`` is still the same request.
 SERVING_FIELDS = frozenset({"cache", "store_request"})
 
+#: The largest page offset a listing takes (SQLite's integers are 64-bit).
+MAX_OFFSET = 1_000_000_000
+
 #: How an answer met the response cache: served from it, generated and stored for the next
 #: identical request, or generated without it (not seeded, skipped, or off).
 CacheOutcome = Literal["hit", "miss", "off"]
@@ -182,4 +185,4 @@ class RecordQuery(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)

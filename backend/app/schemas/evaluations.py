@@ -19,7 +19,9 @@ MAX_EVALUATION_TOKENS = 256
 
 def _relative(value: str) -> str:
     """A relative POSIX path that stays below its directory: no absolute path, no ``..``,
-    no backslash, no empty part."""
+    no backslash, no empty part, no control character (a NUL byte is no file name)."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError("the path may not contain control characters")
     path = PurePosixPath(value)
     if value.startswith(("/", "~")) or path.is_absolute() or "\\" in value:
         raise ValueError("give a path relative to its directory, not an absolute one")

@@ -147,6 +147,7 @@ async def test_another_tenants_job_is_not_found(settings, finetune_dir):
     ({"adapter": "../adapters/tiny"}, 422, "invalid_request"),
     ({"validation": "/etc/passwd"}, 422, "invalid_request"),
     ({"validation": "holmes/../../adapters"}, 422, "invalid_request"),
+    ({"adapter": "\u0000"}, 422, "invalid_request"),  # the fuzz found a 500 here
     ({"examples": 0}, 422, "invalid_request"),
     ({"adapter": "nothing"}, 404, "adapter_not_found"),
     ({"validation": "nothing"}, 404, "dataset_not_found"),

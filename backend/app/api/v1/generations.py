@@ -21,7 +21,12 @@ from app.errors import (
     ReplayRequestMismatch,
 )
 from app.generations.recorder import Recorder
-from app.generations.records import GenerationRecord, GenerationSummary, RecordQuery
+from app.generations.records import (
+    MAX_OFFSET,
+    GenerationRecord,
+    GenerationSummary,
+    RecordQuery,
+)
 from app.generations.replay import replay
 from app.schemas.generations import GenerationList, ReplayRequest, ReplayResponse
 from app.state import Services, get_services
@@ -66,7 +71,7 @@ def generations_router(registry: Mapping[str, AgentSpec]) -> APIRouter:
         since: Annotated[datetime | None, Query(description="ISO 8601; inclusive.")] = None,
         until: Annotated[datetime | None, Query(description="ISO 8601; exclusive.")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> GenerationList:
         """The tenant's records, newest first, filtered by story id (the request's
         `story_id` or the story metadata's), operation and time, one page at a time."""
